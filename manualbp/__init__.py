@@ -1,0 +1,38 @@
+"""manualbp: hand-derived backpropagation for MLPs, verified against automatic differentiation.
+
+The equations are those of derivation.md: z^l = W^l a^{l-1} + b^l, a^l = σ^l(z^l),
+and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in the module
+`manualbp.backprop` (``mbp.backprop.backprop`` is the single-example backward pass).
+"""
+
+from manualbp import backprop
+from manualbp.activations import ACTIVATIONS, Activation, get_activation
+from manualbp.gradients import (
+    autodiff_value_and_grad,
+    forward,
+    loss,
+    manual_value_and_grad,
+    per_example_grads,
+)
+from manualbp.losses import LOSSES, Loss, get_loss
+from manualbp.network import MLP, Layer, Params
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "LOSSES",
+    "MLP",
+    "Activation",
+    "Layer",
+    "Loss",
+    "Params",
+    "autodiff_value_and_grad",
+    "backprop",
+    "forward",
+    "get_activation",
+    "get_loss",
+    "loss",
+    "manual_value_and_grad",
+    "per_example_grads",
+]

@@ -1,0 +1,190 @@
+"""Activation and output functions σ with their hand-derived derivatives σ'.
+
+An activation is a pair of pure functions (σ, σ'), as in derivation.md: σ^l acts
+componentwise on z^l, so σ^l'(z^l) is a vector of the same shape and the chain
+rule through σ is a componentwise product (the ⊙ in equations (1) and (4)).
+
+Softmax is the one output function that is not componentwise: ŷ_i depends on
+every z_j. Its Jacobian is J_ij = ∂ŷ_i/∂z_j = ŷ_i (δ_ij − ŷ_j), that is
+J = diag(ŷ) − ŷ ŷᵀ (symmetric). Equation (4) then reads, with g = ∂E/∂ŷ,
+
+    δ^L = Jᵀ g = diag(ŷ) g − ŷ (ŷᵀ g) = ŷ ⊙ (g − ⟨g, ŷ⟩),
+
+an O(N_L) product that never builds the N_L × N_L matrix. `Activation.jac_t_dot`
+carries that closed form; `Activation.deriv` returns the full Jacobian so the
+verifier can check it entry by entry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+class Activation(NamedTuple):
+    """σ and its hand-derived derivative σ'.
+
+    Attributes:
+        name: short name, used in reports.
+        fn: σ(z), elementwise (or, with ``elementwise=False``, on the last axis).
+        deriv: σ'(z), same shape as z. For a non-componentwise σ (softmax), the
+            Jacobian J_ij = ∂σ_i/∂z_j of one example, shape (N, N).
+        elementwise: whether σ acts componentwise. Only componentwise functions
+            may be hidden activations, since equation (1) multiplies by σ^l'(z^l)
+            componentwise.
+        jac_t_dot: for a non-componentwise σ, the closed form of J_σ(z)ᵀ g.
+        deriv_from_output: optional σ'(z) written through a = σ(z), where that
+            is cheaper (σ' = a(1 − a) for the sigmoid); backprop uses it with
+            the stored a^l instead of recomputing σ from z^l.
+    """
+
+    name: str
+    fn: Callable[[Array], Array]
+    deriv: Callable[[Array], Array]
+    elementwise: bool = True
+    jac_t_dot: Callable[[Array, Array], Array] | None = None
+    deriv_from_output: Callable[[Array], Array] | None = None
+
+
+def _identity(z):
+    return z
+
+
+def _identity_deriv(z):
+    return jnp.ones_like(z)
+
+
+def _sigmoid_deriv(z):
+    s = jax.nn.sigmoid(z)
+    return s * (1 - s)
+
+
+def _sigmoid_deriv_from_output(a):
+    return a * (1 - a)
+
+
+def _tanh_deriv(z):
+    t = jnp.tanh(z)
+    return 1 - t * t
+
+
+def _tanh_deriv_from_output(a):
+    return 1 - a * a
+
+
+def _relu_deriv(z):
+    # σ'(0) = 0, the subgradient jax.nn.relu's autodiff picks.
+    return jnp.where(z > 0, 1, 0).astype(z.dtype)
+
+
+LEAKY_SLOPE = 0.01
+
+
+def _leaky_relu(z):
+    return jax.nn.leaky_relu(z, negative_slope=LEAKY_SLOPE)
+
+
+def _leaky_relu_deriv(z):
+    # σ'(0) = 1, as jax.nn.leaky_relu (z >= 0 takes the identity branch).
+    return jnp.where(z >= 0, 1, LEAKY_SLOPE).astype(z.dtype)
+
+
+def _elu_deriv(z):
+    # α = 1: σ(z) = e^z − 1 for z ≤ 0, so σ'(z) = e^z there; σ'(0) = 1 either way.
+    return jnp.where(z > 0, 1, jnp.exp(jnp.minimum(z, 0))).astype(z.dtype)
+
+
+def _elu_deriv_from_output(a):
+    # For z ≤ 0, a = e^z − 1, so σ'(z) = e^z = a + 1.
+    return jnp.where(a > 0, 1, a + 1).astype(a.dtype)
+
+
+def _softplus_deriv(z):
+    # d/dz log(1 + e^z) = e^z / (1 + e^z) = sigmoid(z).
+    return jax.nn.sigmoid(z)
+
+
+def _silu_deriv(z):
+    # σ = z s with s = sigmoid(z): σ' = s + z s(1 − s) = s (1 + z (1 − s)).
+    s = jax.nn.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+GELU_C = math.sqrt(2 / math.pi)
+GELU_K = 0.044715
+
+
+def _gelu(z):
+    return jax.nn.gelu(z, approximate=True)
+
+
+def _gelu_deriv(z):
+    # σ = ½ z (1 + t), t = tanh(u), u = c (z + k z³):
+    # σ' = ½ (1 + t) + ½ z (1 − t²) c (1 + 3 k z²).
+    t = jnp.tanh(GELU_C * (z + GELU_K * z**3))
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * GELU_C * (1 + 3 * GELU_K * z * z)
+
+
+def _softmax(z):
+    return jax.nn.softmax(z, axis=-1)
+
+
+def _softmax_jacobian(z):
+    """J = diag(ŷ) − ŷ ŷᵀ for one example z of shape (N,). Shape (N, N)."""
+    y_hat = _softmax(z)
+    return jnp.diag(y_hat) - jnp.outer(y_hat, y_hat)
+
+
+def _softmax_jac_t_dot(z, g):
+    """Jᵀ g = ŷ ⊙ (g − ⟨g, ŷ⟩), on the last axis (one example or a batch)."""
+    y_hat = _softmax(z)
+    return y_hat * (g - jnp.sum(g * y_hat, axis=-1, keepdims=True))
+
+
+identity = Activation("identity", _identity, _identity_deriv)
+sigmoid = Activation(
+    "sigmoid", jax.nn.sigmoid, _sigmoid_deriv, deriv_from_output=_sigmoid_deriv_from_output
+)
+tanh = Activation("tanh", jnp.tanh, _tanh_deriv, deriv_from_output=_tanh_deriv_from_output)
+relu = Activation("relu", jax.nn.relu, _relu_deriv)
+leaky_relu = Activation("leaky_relu", _leaky_relu, _leaky_relu_deriv)
+elu = Activation("elu", jax.nn.elu, _elu_deriv, deriv_from_output=_elu_deriv_from_output)
+softplus = Activation("softplus", jax.nn.softplus, _softplus_deriv)
+silu = Activation("silu", jax.nn.silu, _silu_deriv)
+gelu = Activation("gelu", _gelu, _gelu_deriv)
+softmax = Activation(
+    "softmax", _softmax, _softmax_jacobian, elementwise=False, jac_t_dot=_softmax_jac_t_dot
+)
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (identity, sigmoid, tanh, relu, leaky_relu, elu, softplus, silu, gelu, softmax)
+}
+"""Every built-in σ by name; all but softmax are componentwise and may be hidden."""
+
+HIDDEN_ACTIVATIONS = tuple(name for name, a in ACTIVATIONS.items() if a.elementwise)
+
+
+def get_activation(spec: str | Activation, *, argument: str = "activation") -> Activation:
+    """Resolve a name or an `Activation` to an `Activation`.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+        TypeError: for anything that is neither a name nor an `Activation`.
+    """
+    if isinstance(spec, Activation):
+        return spec
+    if isinstance(spec, str):
+        if spec not in ACTIVATIONS:
+            valid = ", ".join(ACTIVATIONS)
+            raise ValueError(f"{argument}: unknown activation {spec!r}; expected one of {valid}")
+        return ACTIVATIONS[spec]
+    raise TypeError(
+        f"{argument}: expected an activation name or an mbp.Activation, got {type(spec).__name__}"
+    )

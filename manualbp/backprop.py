@@ -1,0 +1,159 @@
+"""Equations (1)–(4) of derivation.md and the backward pass that composes them.
+
+Each equation is one small pure function on one example, with the
+derivation's symbols and math shapes (vectors (N_l,), W^l of shape
+(N_l, N_{l-1})). `backprop` composes them in the derivation's order:
+
+1. forward pass, storing every z^l and a^l      (network.forward_pass)
+2. δ^L by equation (4)                           (output_delta)
+3. δ^l for l = L-1..2 by equation (1)            (hidden_delta)
+4. ∂E/∂W^l and ∂E/∂b^l by equations (2), (3)     (weight_grad, bias_grad)
+
+`backprop_batch` is the same computation for a batch (B rows), written so that
+equation (2)'s sum over the batch happens inside one matrix product and no
+per-example gradient is ever materialized. Nothing here calls autodiff.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from manualbp.activations import Activation
+from manualbp.network import MLP, Layer, Params, example_loss, forward_pass, forward_pass_batch
+
+Array = jax.Array
+
+
+def sigma_prime(sigma: Activation, z: Array, a: Array) -> Array:
+    """σ^l'(z^l), through the stored a^l = σ^l(z^l) where that is cheaper."""
+    if sigma.deriv_from_output is not None:
+        return sigma.deriv_from_output(a)
+    return sigma.deriv(z)
+
+
+def output_delta(dE_dyhat: Array, z: Array, sigma: Activation) -> Array:
+    """Eq. (4): δ^L = ∂E/∂ŷ ⊙ σ^L'(z^L). Shapes: (N_L,).
+
+    For a σ^L that is not componentwise (softmax) the ⊙ becomes the transposed
+    Jacobian, δ^L = J_σ(z^L)ᵀ ∂E/∂ŷ (see activations.py).
+    """
+    if sigma.elementwise:
+        return dE_dyhat * sigma.deriv(z)
+    if sigma.jac_t_dot is not None:
+        return sigma.jac_t_dot(z, dE_dyhat)
+    return sigma.deriv(z).T @ dE_dyhat
+
+
+def hidden_delta(delta_next: Array, W_next: Array, sigma_prime_z: Array) -> Array:
+    """Eq. (1): δ^l = (W^{l+1})ᵀ δ^{l+1} ⊙ σ^l'(z^l). Shapes: (N_l,).
+
+    Args:
+        delta_next: δ^{l+1}, shape (N_{l+1},).
+        W_next: W^{l+1}, shape (N_{l+1}, N_l).
+        sigma_prime_z: σ^l'(z^l), shape (N_l,).
+    """
+    return (W_next.T @ delta_next) * sigma_prime_z
+
+
+def weight_grad(delta: Array, a_prev: Array) -> Array:
+    """Eq. (2): ∂E/∂W^l_kj = δ^l_k a^{l-1}_j, i.e. δ^l (a^{l-1})ᵀ. Shape: (N_l, N_{l-1})."""
+    return jnp.outer(delta, a_prev)
+
+
+def bias_grad(delta: Array) -> Array:
+    """Eq. (3): ∂E/∂b^l = δ^l. Shape: (N_l,)."""
+    return delta
+
+
+def delta_L(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
+    """Step 2: δ^L for one example, fused (ŷ − y) where the pair allows it, else eq. (4)."""
+    fused = net.fused_loss
+    if net.fused and fused is not None:
+        return fused.delta(z_L, y)
+    return output_delta(net.cost.grad(y_hat, y), z_L, net.output)
+
+
+def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Params]:
+    """E and its gradients for one example, by equations (1)–(4).
+
+    Args:
+        net: the network.
+        params: its parameters; ``params[k]`` is layer l = k + 2.
+        x: the input a^1, shape (N_1,).
+        y: the target, shape (N_L,).
+
+    Returns:
+        (E, grads), grads with the structure of params.
+    """
+    zs, as_ = forward_pass(net, params, x)  # step 1; zs[k] = z^{k+2}, as_[k] = a^{k+1}
+    delta = delta_L(net, zs[-1], as_[-1], y)  # step 2
+    grads = [None] * len(params)
+    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
+        grads[k] = Layer(W=weight_grad(delta, as_[k]), b=bias_grad(delta))  # step 4
+        if k > 0:  # step 3: δ^{l-1}; none is needed for the input layer
+            delta = hidden_delta(
+                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            )
+    return example_loss(net, zs[-1], as_[-1], y), tuple(grads)
+
+
+# --- the batched form -----------------------------------------------------------
+#
+# Rows are examples: Z^l and Δ^l have shape (B, N_l). The batch loss is the mean
+# of the per-example E, so ∂(mean E)/∂z^L_b = δ^L_b / B; scaling Δ^L by 1/B once
+# makes every later Δ^l carry it, and equations (2) and (3) become plain sums
+# over the batch.
+
+
+def hidden_delta_batch(delta_next: Array, W_next: Array, sigma_prime_z: Array) -> Array:
+    """Eq. (1) for a batch: Δ^l = Δ^{l+1} W^{l+1} ⊙ σ^l'(Z^l). Shapes: (B, N_l)."""
+    return (delta_next @ W_next) * sigma_prime_z
+
+
+def weight_grad_batch(delta: Array, a_prev: Array) -> Array:
+    """Eq. (2) summed over the batch: Σ_b δ^l_b (a^{l-1}_b)ᵀ = (Δ^l)ᵀ A^{l-1}.
+
+    Shape: (N_l, N_{l-1}).
+    """
+    return delta.T @ a_prev
+
+
+def bias_grad_batch(delta: Array) -> Array:
+    """Eq. (3) summed over the batch: Σ_b δ^l_b. Shape: (N_l,)."""
+    return jnp.sum(delta, axis=0)
+
+
+def delta_L_batch(net: MLP, z_L: Array, y_hat: Array, Y: Array) -> Array:
+    """Step 2 for a batch: row b is δ^L of example b. Shape: (B, N_L)."""
+    fused = net.fused_loss
+    if net.fused and fused is not None:
+        return fused.delta(z_L, Y)
+    dE_dyhat = jax.vmap(net.cost.grad)(y_hat, Y)
+    return jax.vmap(lambda g, z: output_delta(g, z, net.output))(dE_dyhat, z_L)
+
+
+def backprop_batch(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
+    """The batch mean of E and its gradients, by equations (1)–(4).
+
+    Args:
+        net: the network.
+        params: its parameters; ``params[k]`` is layer l = k + 2.
+        X: inputs, shape (B, N_1).
+        Y: targets, shape (B, N_L).
+
+    Returns:
+        (mean E, grads of mean E), grads with the structure of params.
+    """
+    B = X.shape[0]
+    zs, as_ = forward_pass_batch(net, params, X)  # step 1
+    delta = delta_L_batch(net, zs[-1], as_[-1], Y) / B  # step 2, for the mean
+    grads = [None] * len(params)
+    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
+        grads[k] = Layer(W=weight_grad_batch(delta, as_[k]), b=bias_grad_batch(delta))  # step 4
+        if k > 0:  # step 3
+            delta = hidden_delta_batch(
+                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            )
+    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+    return E, tuple(grads)

@@ -1,0 +1,118 @@
+"""The public gradient functions: input checks, then jitted math with the net static.
+
+This is the one place where `jax.jit` and `jax.vmap` wrap the math of
+network.py, backprop.py and autodiff.py. Every function here takes a batch:
+X of shape (B, N_1), and Y as (B, N_L), as integer class labels (B,) when
+N_L > 1 (one-hot encoded), or as (B,) when N_L = 1 (read as the column (B, 1)).
+Inputs are cast to the parameters' dtype; gradients come back with the
+structure and dtype of params.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from manualbp import autodiff, backprop, validation
+from manualbp.network import MLP, Params, as_targets, batch_loss, forward_pass_batch
+
+Array = jax.Array
+
+
+def _compute_dtype(params: Params):
+    return jnp.result_type(*jax.tree.leaves(params))
+
+
+def _like_params(grads: Params, params: Params) -> Params:
+    return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(net: MLP, params: Params, X: Array) -> Array:
+    _, as_ = forward_pass_batch(net, params, X.astype(_compute_dtype(params)))
+    return as_[-1]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
+    dtype = _compute_dtype(params)
+    return batch_loss(net, params, X.astype(dtype), as_targets(net, Y, dtype))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _manual_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, form: str):
+    dtype = _compute_dtype(params)
+    X, Y = X.astype(dtype), as_targets(net, Y, dtype)
+    if form == "batched":
+        E, grads = backprop.backprop_batch(net, params, X, Y)
+    else:
+        per_E, per_grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(
+            net, params, X, Y
+        )
+        E, grads = jnp.mean(per_E), jax.tree.map(lambda g: jnp.mean(g, axis=0), per_grads)
+    return E, _like_params(grads, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _autodiff_value_and_grad(net: MLP, params: Params, X: Array, Y: Array):
+    dtype = _compute_dtype(params)
+    E, grads = autodiff.value_and_grad(net, params, X.astype(dtype), as_targets(net, Y, dtype))
+    return E, _like_params(grads, params)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
+    dtype = _compute_dtype(params)
+    X, Y = X.astype(dtype), as_targets(net, Y, dtype)
+    _, grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(net, params, X, Y)
+    return _like_params(grads, params)
+
+
+def forward(net: MLP, params: Params, X: Array) -> Array:
+    """ŷ = a^L for X (B, N_1); returns (B, N_L)."""
+    validation.check_batch(net, params, X)
+    return _forward(net, params, X)
+
+
+def loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
+    """The batch mean of the per-example E (fused logits form where there is one)."""
+    validation.check_batch(net, params, X, Y)
+    return _loss(net, params, X, Y)
+
+
+FORMS = ("batched", "vmap")
+
+
+def manual_value_and_grad(
+    net: MLP, params: Params, X: Array, Y: Array, *, form: str = "batched"
+) -> tuple[Array, Params]:
+    """The batch-mean E and its gradients by equations (1)–(4) only; no autodiff.
+
+    Args:
+        net, params, X, Y: the network, its parameters and a batch.
+        form: ``"batched"`` (default) runs `backprop.backprop_batch`, where
+            equation (2) sums over the batch inside one matrix product;
+            ``"vmap"`` maps the single-example `backprop.backprop` over the
+            batch and averages the per-example gradients. Both are tested equal.
+
+    Returns:
+        (E, grads), grads with the structure and dtype of params.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")
+    validation.check_batch(net, params, X, Y)
+    return _manual_value_and_grad(net, params, X, Y, form)
+
+
+def autodiff_value_and_grad(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
+    """The batch-mean E and its gradients by `jax.value_and_grad` of the same loss."""
+    validation.check_batch(net, params, X, Y)
+    return _autodiff_value_and_grad(net, params, X, Y)
+
+
+def per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
+    """Each example's gradients by equations (1)–(4); every leaf has a leading axis B."""
+    validation.check_batch(net, params, X, Y)
+    return _per_example_grads(net, params, X, Y)

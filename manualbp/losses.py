@@ -1,0 +1,154 @@
+"""Error functions E(ŷ, y) with their hand-derived gradients ∂E/∂ŷ.
+
+A loss is a pair of pure functions on one example: ``fn(y_hat, y)`` is E (a
+scalar) and ``grad(y_hat, y)`` is ∂E/∂ŷ (shape (N_L,)), the factor equation (4)
+multiplies by σ^L'(z^L). The batch loss is the mean of E over the examples.
+
+Two output/loss pairs also come fused, computed from the logits z^L:
+
+* softmax + cross-entropy. With g_j = ∂E/∂ŷ_j = −y_j/ŷ_j, equation (4) for the
+  softmax (see activations.py) gives δ^L = ŷ ⊙ (g − ⟨g, ŷ⟩) = −y + ŷ Σ_j y_j,
+  which is ŷ − y for targets that sum to one. The 1/ŷ_j in g cancels against
+  the ŷ_j in the softmax Jacobian, so δ^L never divides by a probability that
+  may have underflowed to zero. The value is E = Σ_j y_j (logsumexp(z) − z_j),
+  finite for any finite z.
+* sigmoid + binary cross-entropy. With σ' = ŷ(1 − ŷ) and
+  ∂E/∂ŷ = (ŷ − y) / (ŷ(1 − ŷ)), σ' cancels the denominator: δ^L = ŷ − y. The
+  value is E = Σ_j softplus(z_j) − y_j z_j, since log ŷ = −softplus(−z) and
+  log(1 − ŷ) = −softplus(z).
+
+The fused forms are mathematically the same E and δ^L as the general ones; they
+differ only in rounding, and stay finite where ŷ saturates to 0 or 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from manualbp import activations
+
+Array = jax.Array
+
+
+class Loss(NamedTuple):
+    """E and its hand-derived gradient ∂E/∂ŷ, both on one example.
+
+    Attributes:
+        name: short name, used in reports.
+        fn: ``fn(y_hat, y)``, the example's E, a scalar.
+        grad: ``grad(y_hat, y)``, ∂E/∂ŷ, shape (N_L,).
+    """
+
+    name: str
+    fn: Callable[[Array, Array], Array]
+    grad: Callable[[Array, Array], Array]
+
+
+def _mse(y_hat, y):
+    """E = ½ Σ_j (ŷ_j − y_j)²."""
+    return 0.5 * jnp.sum((y_hat - y) ** 2, axis=-1)
+
+
+def _mse_grad(y_hat, y):
+    """∂E/∂ŷ_j = ŷ_j − y_j."""
+    return y_hat - y
+
+
+def _cross_entropy(y_hat, y):
+    """E = −Σ_j y_j log ŷ_j."""
+    return -jnp.sum(y * jnp.log(y_hat), axis=-1)
+
+
+def _cross_entropy_grad(y_hat, y):
+    """∂E/∂ŷ_j = −y_j / ŷ_j."""
+    return -y / y_hat
+
+
+def _binary_cross_entropy(y_hat, y):
+    """E = −Σ_j [y_j log ŷ_j + (1 − y_j) log(1 − ŷ_j)]."""
+    return -jnp.sum(y * jnp.log(y_hat) + (1 - y) * jnp.log1p(-y_hat), axis=-1)
+
+
+def _binary_cross_entropy_grad(y_hat, y):
+    """∂E/∂ŷ_j = −y_j/ŷ_j + (1 − y_j)/(1 − ŷ_j) = (ŷ_j − y_j) / (ŷ_j (1 − ŷ_j))."""
+    return (y_hat - y) / (y_hat * (1 - y_hat))
+
+
+mse = Loss("mse", _mse, _mse_grad)
+cross_entropy = Loss("cross_entropy", _cross_entropy, _cross_entropy_grad)
+binary_cross_entropy = Loss(
+    "binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_grad
+)
+
+LOSSES: dict[str, Loss] = {loss.name: loss for loss in (mse, cross_entropy, binary_cross_entropy)}
+
+
+class FusedLoss(NamedTuple):
+    """E and δ^L computed from the logits z^L for one output/loss pair.
+
+    Attributes:
+        fn: ``fn(z, y)``, the example's E, equal to ``loss.fn(σ(z), y)``.
+        delta: ``delta(z, y)``, δ^L, equal to equation (4) for that pair.
+    """
+
+    fn: Callable[[Array, Array], Array]
+    delta: Callable[[Array, Array], Array]
+
+
+def _softmax_cross_entropy(z, y):
+    """E = Σ_j y_j (logsumexp(z) − z_j)."""
+    lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+    return jnp.sum(y * (lse - z), axis=-1)
+
+
+def _softmax_cross_entropy_delta(z, y):
+    """δ^L = ŷ Σ_j y_j − y (= ŷ − y for targets that sum to one)."""
+    return jax.nn.softmax(z, axis=-1) * jnp.sum(y, axis=-1, keepdims=True) - y
+
+
+def _sigmoid_binary_cross_entropy(z, y):
+    """E = Σ_j softplus(z_j) − y_j z_j."""
+    return jnp.sum(jax.nn.softplus(z) - y * z, axis=-1)
+
+
+def _sigmoid_binary_cross_entropy_delta(z, y):
+    """δ^L = ŷ − y."""
+    return jax.nn.sigmoid(z) - y
+
+
+# Keyed by the objects themselves, not their names, so a user's own
+# Activation("softmax", ...) with its own derivative is never replaced by ours.
+_FUSED = {
+    (activations.softmax, cross_entropy): FusedLoss(
+        _softmax_cross_entropy, _softmax_cross_entropy_delta
+    ),
+    (activations.sigmoid, binary_cross_entropy): FusedLoss(
+        _sigmoid_binary_cross_entropy, _sigmoid_binary_cross_entropy_delta
+    ),
+}
+
+
+def fused_loss(output: activations.Activation, loss: Loss) -> FusedLoss | None:
+    """The fused, logits-based E and δ^L for this output/loss pair, if we have one."""
+    return _FUSED.get((output, loss))
+
+
+def get_loss(spec: str | Loss, *, argument: str = "loss") -> Loss:
+    """Resolve a name or a `Loss` to a `Loss`.
+
+    Raises:
+        ValueError: for an unknown name, listing the valid ones.
+        TypeError: for anything that is neither a name nor a `Loss`.
+    """
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        if spec not in LOSSES:
+            valid = ", ".join(LOSSES)
+            raise ValueError(f"{argument}: unknown loss {spec!r}; expected one of {valid}")
+        return LOSSES[spec]
+    raise TypeError(f"{argument}: expected a loss name or an mbp.Loss, got {type(spec).__name__}")

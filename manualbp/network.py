@@ -1,0 +1,282 @@
+"""The network: its description `MLP`, its parameters, and the forward pass.
+
+Layer numbering follows derivation.md: l = 1 is the input layer (a^1 = x, no
+parameters), layers l = 2..L carry W^l of shape (N_l, N_{l-1}) and b^l of
+shape (N_l,). In code the parameters are a tuple, and ``params[k]`` is layer
+l = k + 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from manualbp import activations as _activations
+from manualbp import losses as _losses
+from manualbp.activations import Activation
+from manualbp.losses import FusedLoss, Loss
+
+Array = jax.Array
+
+
+class Layer(NamedTuple):
+    """The parameters of one layer l: W^l (N_l, N_{l-1}) and b^l (N_l,)."""
+
+    W: Array
+    b: Array
+
+
+Params = tuple[Layer, ...]
+
+INIT_SCHEMES = ("lecun", "glorot", "he", "nielsen", "nielsen_scaled")
+"""Weight initializations; see `MLP.init`."""
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class MLP:
+    """A multilayer perceptron z^l = W^l a^{l-1} + b^l, a^l = σ^l(z^l), l = 2..L.
+
+    Frozen and hashable, so it can be a static argument of `jax.jit`.
+
+    Args:
+        sizes: (N_1, ..., N_L); N_1 is the input width, N_L the output width.
+        hidden: σ^l for the hidden layers l = 2..L-1: a name, an `Activation`,
+            or a sequence of those, one per hidden layer.
+        output: σ^L, the output function: a name or an `Activation`.
+        loss: E, a name or a `Loss`.
+        fused: use the fused δ^L = ŷ − y for softmax + cross_entropy and
+            sigmoid + binary_cross_entropy (see losses.py). With False, the
+            manual path uses the general equation (4) even for those pairs.
+
+    Attributes:
+        sizes: (N_1, ..., N_L).
+        activations: (σ^2, ..., σ^L); ``activations[k]`` belongs to ``params[k]``.
+        cost: the resolved `Loss` (``net.loss`` is the batch-loss method).
+        fused: as the argument.
+    """
+
+    sizes: tuple[int, ...]
+    activations: tuple[Activation, ...]
+    cost: Loss
+    fused: bool
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        hidden: str | Activation | Sequence[str | Activation] = "tanh",
+        output: str | Activation = "identity",
+        loss: str | Loss = "mse",
+        fused: bool = True,
+    ):
+        sizes = _check_sizes(sizes)
+        n_hidden = len(sizes) - 2
+        if isinstance(hidden, (str, Activation)):
+            hidden = (hidden,) * n_hidden
+        elif isinstance(hidden, Sequence):
+            hidden = tuple(hidden)
+            if len(hidden) != n_hidden:
+                raise ValueError(
+                    f"hidden: expected one activation per hidden layer ({n_hidden} for "
+                    f"sizes={sizes}), got {len(hidden)}"
+                )
+        else:
+            raise TypeError(
+                "hidden: expected an activation name, an mbp.Activation or a sequence of "
+                f"them, got {type(hidden).__name__}"
+            )
+        sigmas = []
+        for k, spec in enumerate(hidden):
+            sigma = _activations.get_activation(spec, argument=f"hidden (layer l={k + 2})")
+            if not sigma.elementwise:
+                raise ValueError(
+                    f"hidden (layer l={k + 2}): {sigma.name!r} is not componentwise; equation (1) "
+                    "needs a componentwise σ' (valid hidden activations: "
+                    f"{', '.join(_activations.HIDDEN_ACTIVATIONS)})"
+                )
+            sigmas.append(sigma)
+        sigmas.append(_activations.get_activation(output, argument="output"))
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "activations", tuple(sigmas))
+        object.__setattr__(self, "cost", _losses.get_loss(loss))
+        object.__setattr__(self, "fused", bool(fused))
+
+    def __repr__(self) -> str:
+        hidden = [s.name for s in self.hidden]
+        hidden = hidden[0] if len(set(hidden)) == 1 else hidden
+        return (
+            f"MLP(sizes={self.sizes}, hidden={hidden!r}, output={self.output.name!r}, "
+            f"loss={self.cost.name!r})"
+        )
+
+    @property
+    def L(self) -> int:
+        """The number of layers, input layer included."""
+        return len(self.sizes)
+
+    @property
+    def hidden(self) -> tuple[Activation, ...]:
+        """(σ^2, ..., σ^{L-1})."""
+        return self.activations[:-1]
+
+    @property
+    def output(self) -> Activation:
+        """σ^L."""
+        return self.activations[-1]
+
+    @property
+    def fused_loss(self) -> FusedLoss | None:
+        """The fused logits-based E and δ^L for (σ^L, E), if there is one."""
+        return _losses.fused_loss(self.output, self.cost)
+
+    @property
+    def classifier(self) -> bool:
+        """Whether targets are classes (softmax, or sigmoid with binary cross-entropy)."""
+        return self.output is _activations.softmax or self.cost is _losses.binary_cross_entropy
+
+    def init(self, key: Array, dtype=jnp.float32, scheme: str = "lecun") -> Params:
+        """Random parameters, one `Layer` per layer l = 2..L.
+
+        Args:
+            key: a `jax.random` key.
+            dtype: the parameters' floating dtype.
+            scheme: the weight distribution, with n_in = N_{l-1}, n_out = N_l:
+                ``"lecun"`` (default) W ~ N(0, 1/n_in), b = 0: keeps the
+                variance of z^l near that of a^{l-1} for any σ with slope about
+                1 at 0, so every built-in trains from it;
+                ``"glorot"`` W ~ N(0, 2/(n_in + n_out)), b = 0;
+                ``"he"`` W ~ N(0, 2/n_in), b = 0 (for ReLU-like σ);
+                ``"nielsen"`` W, b ~ N(0, 1) (Nielsen's chapter 1);
+                ``"nielsen_scaled"`` W ~ N(0, 1/n_in), b ~ N(0, 1) (chapter 3).
+
+        Returns:
+            A tuple of `Layer`; ``params[k]`` is layer l = k + 2.
+        """
+        if scheme not in INIT_SCHEMES:
+            raise ValueError(
+                f"scheme: unknown init scheme {scheme!r}; expected one of {', '.join(INIT_SCHEMES)}"
+            )
+        dtype = jnp.dtype(dtype)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+        return _init(self.sizes, key, dtype, scheme)
+
+    def forward(self, params: Params, X: Array) -> Array:
+        """ŷ = a^L for a batch X of shape (B, N_1); returns (B, N_L)."""
+        from manualbp import gradients
+
+        return gradients.forward(self, params, X)
+
+    def loss(self, params: Params, X: Array, Y: Array) -> Array:
+        """The batch mean of the per-example E; see `gradients.loss` for Y's forms."""
+        from manualbp import gradients
+
+        return gradients.loss(self, params, X, Y)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3))
+def _init(sizes: tuple[int, ...], key: Array, dtype, scheme: str) -> Params:
+    params = []
+    keys = jax.random.split(key, len(sizes) - 1)
+    for key_l, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
+        key_W, key_b = jax.random.split(key_l)
+        W_std = {
+            "lecun": (1 / n_in) ** 0.5,
+            "glorot": (2 / (n_in + n_out)) ** 0.5,
+            "he": (2 / n_in) ** 0.5,
+            "nielsen": 1.0,
+            "nielsen_scaled": (1 / n_in) ** 0.5,
+        }[scheme]
+        W = W_std * jax.random.normal(key_W, (n_out, n_in), dtype)
+        if scheme.startswith("nielsen"):
+            b = jax.random.normal(key_b, (n_out,), dtype)
+        else:
+            b = jnp.zeros((n_out,), dtype)
+        params.append(Layer(W, b))
+    return tuple(params)
+
+
+def _check_sizes(sizes) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
+        raise TypeError(
+            f"sizes: expected a sequence of layer widths (N_1, ..., N_L), got {sizes!r}"
+        )
+    if len(sizes) < 2:
+        raise ValueError(
+            f"sizes: expected at least two layers (input and output), got {tuple(sizes)}"
+        )
+    for l, n in enumerate(sizes, start=1):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(
+                f"sizes: expected positive integer widths, got N_{l} = {n!r} in {tuple(sizes)}"
+            )
+    return tuple(int(n) for n in sizes)
+
+
+# --- the forward pass (step 1 of derivation.md) --------------------------------
+
+
+def layer_forward(W: Array, b: Array, a_prev: Array, sigma: Activation) -> tuple[Array, Array]:
+    """z^l = W^l a^{l-1} + b^l and a^l = σ^l(z^l) for one example. Shapes: (N_l,)."""
+    z = W @ a_prev + b
+    return z, sigma.fn(z)
+
+
+def forward_pass(net: MLP, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
+    """Step 1 for one example x (N_1,): every z^l and a^l.
+
+    Returns:
+        (zs, as_) with ``zs[k]`` = z^{k+2} and ``as_[k]`` = a^{k+1}, so
+        ``as_[0]`` is a^1 = x and ``as_[-1]`` is ŷ = a^L.
+    """
+    zs, as_ = [], [x]
+    for (W, b), sigma in zip(params, net.activations, strict=True):
+        z, a = layer_forward(W, b, as_[-1], sigma)
+        zs.append(z)
+        as_.append(a)
+    return zs, as_
+
+
+def forward_pass_batch(net: MLP, params: Params, X: Array) -> tuple[list[Array], list[Array]]:
+    """Step 1 for a batch X (B, N_1): rows are examples, Z^l = A^{l-1} (W^l)ᵀ + b^l.
+
+    The same layout as `forward_pass`, each array with a leading batch axis.
+    """
+    zs, as_ = [], [X]
+    for (W, b), sigma in zip(params, net.activations, strict=True):
+        z = as_[-1] @ W.T + b[None, :]
+        zs.append(z)
+        as_.append(sigma.fn(z))
+    return zs, as_
+
+
+def example_loss(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
+    """E for one example from z^L and ŷ: the fused logits form where there is one."""
+    fused = net.fused_loss
+    if fused is not None:
+        return fused.fn(z_L, y)
+    return net.cost.fn(y_hat, y)
+
+
+def batch_loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
+    """The batch mean of E for X (B, N_1) and targets Y (B, N_L)."""
+    zs, as_ = forward_pass_batch(net, params, X)
+    return jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+
+
+def as_targets(net: MLP, Y: Array, dtype) -> Array:
+    """Targets of shape (B, N_L) in ``dtype`` from any accepted form of Y.
+
+    Accepted: (B, N_L); integer class labels of shape (B,) with a softmax
+    output, one-hot encoded here; and, when N_L = 1, a vector (B,) read as the
+    column (B, 1). `validation.check_batch` rejects everything else first.
+    """
+    if Y.ndim == 1 and jnp.issubdtype(Y.dtype, jnp.integer) and net.sizes[-1] > 1:
+        return jax.nn.one_hot(Y, net.sizes[-1], dtype=dtype)
+    if Y.ndim == 1:
+        Y = Y[:, None]
+    return Y.astype(dtype)
