@@ -32,3 +32,46 @@ def assert_grads_close(actual, reference, sizes, batch, dtype):
 def grads_close(actual, reference, sizes, batch, dtype) -> bool:
     errors, rtol = grad_errors(actual, reference, sizes, batch, dtype)
     return all(rel <= rtol for _, _, rel in errors)
+
+
+def numpy_case(net, seed: int, batch: int, dtype):
+    """Params, X and Y for ``net`` drawn with NumPy, so no JAX random kernel compiles.
+
+    W ~ N(0, 1/N_{l-1}) and b ~ N(0, 1) (non-zero biases, so equation (3)
+    matters); targets suit the loss as in `manualbp.data.random_batch`.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from manualbp import losses
+    from manualbp.network import Layer
+
+    rng = np.random.default_rng(seed)
+    params = tuple(
+        Layer(
+            jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), dtype),
+            jnp.asarray(rng.normal(size=n_out), dtype),
+        )
+        for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+    N_1, N_L = net.sizes[0], net.sizes[-1]
+    X = jnp.asarray(rng.normal(size=(batch, N_1)), dtype)
+    if net.cost is losses.cross_entropy and N_L > 1:
+        Y = jnp.asarray(rng.integers(0, N_L, size=batch))
+    elif net.cost is losses.cross_entropy:
+        Y = jnp.ones((batch, 1), dtype)
+    elif net.cost is losses.binary_cross_entropy:
+        Y = jnp.asarray(rng.integers(0, 2, size=(batch, N_L)), dtype)
+    else:
+        Y = jnp.asarray(rng.normal(size=(batch, N_L)), dtype)
+    return params, X, Y
+
+
+def trees_equal(a, b) -> bool:
+    """Bit-for-bit equality of two pytrees of arrays with the same structure."""
+    import jax
+    import numpy as np
+
+    return jax.tree.structure(a) == jax.tree.structure(b) and all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
