@@ -11,10 +11,15 @@ derivation's symbols and math shapes (vectors (N_l,), W^l of shape
 
 `backprop_batch` is the same computation for a batch (B rows), written so that
 equation (2)'s sum over the batch happens inside one matrix product and no
-per-example gradient is ever materialized. Nothing here calls autodiff.
+per-example gradient is ever materialized; `backward_batch` also returns every
+Δ^l and accepts another set of `Equations`, which is how `verify` checks a
+derivation of one's own. Nothing here calls autodiff.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -100,10 +105,9 @@ def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Param
 
 # --- the batched form -----------------------------------------------------------
 #
-# Rows are examples: Z^l and Δ^l have shape (B, N_l). The batch loss is the mean
-# of the per-example E, so ∂(mean E)/∂z^L_b = δ^L_b / B; scaling Δ^L by 1/B once
-# makes every later Δ^l carry it, and equations (2) and (3) become plain sums
-# over the batch.
+# Rows are examples: Z^l and Δ^l have shape (B, N_l), and row b of Δ^l is δ^l of
+# example b. The batch loss is the mean of the per-example E, so equations (2)
+# and (3) for the batch are the means of the per-example ones over the rows.
 
 
 def hidden_delta_batch(delta_next: Array, W_next: Array, sigma_prime_z: Array) -> Array:
@@ -112,25 +116,68 @@ def hidden_delta_batch(delta_next: Array, W_next: Array, sigma_prime_z: Array) -
 
 
 def weight_grad_batch(delta: Array, a_prev: Array) -> Array:
-    """Eq. (2) summed over the batch: Σ_b δ^l_b (a^{l-1}_b)ᵀ = (Δ^l)ᵀ A^{l-1}.
+    """Eq. (2) averaged over the batch: (1/B) Σ_b δ^l_b (a^{l-1}_b)ᵀ = (Δ^l)ᵀ A^{l-1} / B.
 
+    One matrix product sums over the batch; no per-example gradient is formed.
     Shape: (N_l, N_{l-1}).
     """
-    return delta.T @ a_prev
+    return (delta.T @ a_prev) / delta.shape[0]
 
 
 def bias_grad_batch(delta: Array) -> Array:
-    """Eq. (3) summed over the batch: Σ_b δ^l_b. Shape: (N_l,)."""
-    return jnp.sum(delta, axis=0)
+    """Eq. (3) averaged over the batch: (1/B) Σ_b δ^l_b. Shape: (N_l,)."""
+    return jnp.mean(delta, axis=0)
 
 
-def delta_L_batch(net: MLP, z_L: Array, y_hat: Array, Y: Array) -> Array:
-    """Step 2 for a batch: row b is δ^L of example b. Shape: (B, N_L)."""
+def output_delta_batch(net: MLP, z_L: Array, y_hat: Array, Y: Array) -> Array:
+    """Step 2 for a batch by eq. (4), fused where allowed. Shape: (B, N_L), row b is δ^L_b."""
     fused = net.fused_loss
     if net.fused and fused is not None:
         return fused.delta(z_L, Y)
     dE_dyhat = jax.vmap(net.cost.grad)(y_hat, Y)
     return jax.vmap(lambda g, z: output_delta(g, z, net.output))(dE_dyhat, z_L)
+
+
+class Equations(NamedTuple):
+    """The batched equations the backward pass composes; `verify` checks any such set.
+
+    Attributes:
+        output_delta: eq. (4), ``(net, Z^L, Ŷ, Y) -> Δ^L``.
+        hidden_delta: eq. (1), ``(Δ^{l+1}, W^{l+1}, σ^l'(Z^l)) -> Δ^l``.
+        weight_grad: eq. (2), ``(Δ^l, A^{l-1}) -> ∂E/∂W^l`` of the batch-mean E.
+        bias_grad: eq. (3), ``(Δ^l) -> ∂E/∂b^l`` of the batch-mean E.
+    """
+
+    output_delta: Callable
+    hidden_delta: Callable
+    weight_grad: Callable
+    bias_grad: Callable
+
+
+EQUATIONS = Equations(output_delta_batch, hidden_delta_batch, weight_grad_batch, bias_grad_batch)
+
+
+def backward_batch(
+    net: MLP, params: Params, X: Array, Y: Array, equations: Equations = EQUATIONS
+) -> tuple[Array, Params, tuple[Array, ...]]:
+    """Steps 1–4 for a batch, also returning every Δ^l.
+
+    Returns:
+        (mean E, grads of mean E, deltas) with ``deltas[k]`` = Δ^{k+2}, shape
+        (B, N_{k+2}), one δ per example.
+    """
+    zs, as_ = forward_pass_batch(net, params, X)  # step 1
+    delta = equations.output_delta(net, zs[-1], as_[-1], Y)  # step 2
+    grads, deltas = [None] * len(params), [None] * len(params)
+    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
+        deltas[k] = delta
+        grads[k] = Layer(W=equations.weight_grad(delta, as_[k]), b=equations.bias_grad(delta))
+        if k > 0:  # step 3; none is needed for the input layer
+            delta = equations.hidden_delta(
+                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            )
+    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+    return E, tuple(grads), tuple(deltas)
 
 
 def backprop_batch(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
@@ -145,15 +192,5 @@ def backprop_batch(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array,
     Returns:
         (mean E, grads of mean E), grads with the structure of params.
     """
-    B = X.shape[0]
-    zs, as_ = forward_pass_batch(net, params, X)  # step 1
-    delta = delta_L_batch(net, zs[-1], as_[-1], Y) / B  # step 2, for the mean
-    grads = [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
-        grads[k] = Layer(W=weight_grad_batch(delta, as_[k]), b=bias_grad_batch(delta))  # step 4
-        if k > 0:  # step 3
-            delta = hidden_delta_batch(
-                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
-            )
-    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
-    return E, tuple(grads)
+    E, grads, _ = backward_batch(net, params, X, Y)
+    return E, grads

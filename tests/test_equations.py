@@ -98,14 +98,15 @@ def test_public_api_on_the_hand_computed_case():
         np.testing.assert_array_equal(got, want)
 
 
-def test_batched_equations_sum_the_single_example_ones():
-    # Two examples: the second is the first negated, so every row differs.
+def test_batched_equations_average_the_single_example_ones():
+    # Two examples, the second's δ and x scaled, so every row differs.
     deltas = jnp.stack([delta2, -2 * delta2])
     xs = jnp.stack([x, 3 * x])
     np.testing.assert_array_equal(
-        weight_grad_batch(deltas, xs), weight_grad(delta2, x) + weight_grad(-2 * delta2, 3 * x)
+        weight_grad_batch(deltas, xs),
+        (weight_grad(delta2, x) + weight_grad(-2 * delta2, 3 * x)) / 2,
     )
-    np.testing.assert_array_equal(bias_grad_batch(deltas), delta2 - 2 * delta2)
+    np.testing.assert_array_equal(bias_grad_batch(deltas), (delta2 - 2 * delta2) / 2)
     sp = jnp.array([[0.0, 1.0], [1.0, 1.0]])
     np.testing.assert_array_equal(
         hidden_delta_batch(jnp.stack([delta3, 2 * delta3]), PARAMS[1].W, sp),
