@@ -1,0 +1,450 @@
+"""Training with the hand-derived gradients: optax updates, one jitted epoch, checkpoints.
+
+`train` is orchestration. The gradients come from `backprop.backprop_batch`
+(equations (1)–(4), ``grad="manual"``) or from `autodiff.value_and_grad`
+(``grad="autodiff"``); the update from any optax `GradientTransformation`.
+
+One epoch is one compiled program: shuffle with the epoch's key
+(`jax.random.permutation`), then `jax.lax.scan` over the mini-batches, so no
+Python runs between steps. The program is cached on the static settings (net,
+optimizer object, gradient path, batch size, compute dtype, mesh) and the
+shapes, so calling `train` again with the same ones compiles nothing; pass the
+same optimizer object to reuse it (optax builds new functions on every
+``optax.adam(...)`` call).
+
+Remainder rule: an epoch runs ⌊n / batch_size⌋ steps of exactly ``batch_size``
+examples each. The n mod batch_size examples that the epoch's permutation puts
+last are left out of that epoch only; the next epoch's permutation leaves out
+others, so every example is used and every step has the same shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from manualbp import autodiff, backprop, checkpoint, tolerance, validation
+from manualbp.network import MLP, Params, as_targets, batch_loss, forward_pass_batch
+
+Array = jax.Array
+
+GRADS = ("manual", "autodiff")
+
+
+class TrainResult(NamedTuple):
+    """What `train` returns.
+
+    Attributes:
+        params: the trained parameters, ``params[k]`` is layer l = k + 2.
+        opt_state: the optimizer's state after the last step.
+        history: one dict per completed epoch (see `train`).
+        key: the PRNG key that would shuffle the next epoch.
+    """
+
+    params: Params
+    opt_state: Any
+    history: list[dict]
+    key: Array
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a non-finite loss (or parameters); ``epoch`` names the epoch.
+
+    Attributes:
+        epoch: the 1-based epoch in which it happened; nothing of it was kept.
+        history: the history of the epochs before it.
+    """
+
+    def __init__(self, message: str, epoch: int, history: list[dict]):
+        super().__init__(message)
+        self.epoch = epoch
+        self.history = history
+
+
+# --- the compiled programs -------------------------------------------------------
+
+
+def _value_and_grad(net: MLP, grad: str, params: Params, X: Array, Y: Array):
+    if grad == "manual":
+        return backprop.backprop_batch(net, params, X, Y)  # equations (1)-(4)
+    return autodiff.value_and_grad(net, params, X, Y)
+
+
+def _cast(tree, dtype):
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("net", "optimizer", "grad", "batch_size", "compute_dtype", "batch_sharding"),
+    donate_argnames=("params", "opt_state"),
+)
+def _epoch(
+    params, opt_state, key, X, Y, *, net, optimizer, grad, batch_size, compute_dtype, batch_sharding
+):
+    """One epoch: shuffle, then one optimizer step per mini-batch, under `lax.scan`.
+
+    Returns the new params, opt_state and key, each step's loss (before its
+    update), and whether every loss and parameter is finite.
+    """
+    key, key_shuffle = jax.random.split(key)
+    steps = X.shape[0] // batch_size
+    order = jax.random.permutation(key_shuffle, X.shape[0])[: steps * batch_size]
+
+    def step(carry, rows):
+        params, opt_state = carry
+        X_b, Y_b = X[rows], Y[rows]
+        if batch_sharding is not None:  # data parallel: each device gets B / devices rows
+            X_b = jax.lax.with_sharding_constraint(X_b, batch_sharding)
+            Y_b = jax.lax.with_sharding_constraint(Y_b, batch_sharding)
+        E, grads = _value_and_grad(
+            net,
+            grad,
+            _cast(params, compute_dtype),
+            X_b.astype(compute_dtype),
+            Y_b.astype(compute_dtype),
+        )
+        # Gradients go back to each parameter's dtype (float32 under bfloat16
+        # compute), so the update accumulates in the parameters' precision.
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), E.astype(X.dtype)
+
+    (params, opt_state), losses = jax.lax.scan(
+        step, (params, opt_state), order.reshape(steps, batch_size)
+    )
+    finite = jnp.all(jnp.isfinite(losses))
+    for p in jax.tree.leaves(params):
+        finite = finite & jnp.all(jnp.isfinite(p))
+    return params, opt_state, key, losses, finite
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _evaluate(params, X, Y, *, net):
+    """The mean loss on (X, Y) and, for a classifier, the accuracy (else NaN)."""
+    E = batch_loss(net, params, X, Y)
+    if not net.classifier:
+        return E, jnp.nan
+    _, as_ = forward_pass_batch(net, params, X)
+    y_hat = as_[-1]
+    if net.sizes[-1] > 1 and net.output.name == "softmax":
+        correct = jnp.argmax(y_hat, axis=1) == jnp.argmax(Y, axis=1)
+    else:  # sigmoid outputs, one yes/no decision per output
+        correct = (y_hat > 0.5) == (Y > 0.5)
+    return E, jnp.mean(correct)
+
+
+@functools.partial(jax.jit, static_argnames="net")
+def _both_grads(params, X, Y, *, net):
+    """Manual and autodiff gradients of the same batch loss, for ``check_every``."""
+    return backprop.backprop_batch(net, params, X, Y)[1], autodiff.value_and_grad(
+        net, params, X, Y
+    )[1]
+
+
+# --- the orchestration ---------------------------------------------------------------
+
+
+def data_parallel_mesh(devices=None) -> Mesh:
+    """A one-axis mesh ``("batch",)`` over ``devices`` (default: all), with Auto axis types."""
+    devices = jax.devices() if devices is None else list(devices)
+    return jax.make_mesh(
+        (len(devices),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
+
+
+def train(
+    net: MLP,
+    params: Params,
+    optimizer: optax.GradientTransformation,
+    X,
+    Y,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: Array,
+    grad: str = "manual",
+    eval_data: tuple | None = None,
+    check_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    mesh: Mesh | None = None,
+    compute_dtype=None,
+    callback: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
+
+    Args:
+        net: the network.
+        params: the starting parameters (not modified; the result is new arrays).
+        optimizer: any optax `GradientTransformation`. Reuse the same object
+            across calls to reuse the compiled epoch.
+        X: inputs (n, N_1); integer inputs are cast to the parameters' dtype.
+        Y: targets in any form `gradients.loss` accepts.
+        epochs: the total number of epochs; a resumed run counts the
+            checkpoint's epochs too.
+        batch_size: examples per step, 1 ≤ batch_size ≤ n. Each epoch leaves
+            out the n mod batch_size examples its shuffle puts last (module
+            docstring).
+        key: a `jax.random` key; epoch e is shuffled with a key split off the
+            previous epoch's. The same key gives the same bits on CPU.
+        grad: ``"manual"`` (equations (1)–(4), never autodiff) or
+            ``"autodiff"`` (`jax.value_and_grad` of the same loss); start both
+            from the same params and key to compare them side by side.
+        eval_data: optional (X_test, Y_test), evaluated after every epoch.
+        check_every: every this many epochs, compare the manual and autodiff
+            gradients at the current parameters on the first ``batch_size``
+            training examples, with `manualbp.tolerance`'s rule, and record
+            the outcome in the history. The check never stops training.
+        checkpoint_dir: after every epoch, save the run there atomically
+            (`manualbp.checkpoint`). If it already holds a checkpoint of the
+            same run, training resumes after its last completed epoch and
+            ends bit-identical (on CPU) to an uninterrupted run; one of a
+            different run raises `CheckpointMismatchError`, an unreadable one
+            `CheckpointError`; neither is overwritten.
+        progress: print one line per epoch with its metrics to stderr.
+        mesh: data parallelism: a `jax.sharding.Mesh` with Auto axis types
+            (`data_parallel_mesh` builds one). Each batch is sharded over all
+            its axes, parameters and optimizer state are replicated; results
+            equal the single-device ones within the tolerance rule (the sums
+            over the batch are reduced in another order). batch_size must be
+            a multiple of ``mesh.size``.
+        compute_dtype: e.g. ``jnp.bfloat16``: the forward and backward passes
+            run in this dtype on cast copies of the parameters and the batch;
+            the gradients are cast back to the parameters' dtype before the
+            optimizer, so parameters, optimizer state and updates stay in
+            float32. Default: the parameters' dtype.
+        callback: called with each epoch's history entry, after its
+            checkpoint is written.
+
+    Returns:
+        `TrainResult` (params, opt_state, history, key). ``history`` is a list
+        with one dict per epoch: ``epoch`` (1-based); ``loss``, the mean over
+        the epoch's steps of each mini-batch's loss before its update; with
+        ``eval_data``, ``test_loss`` and, when ``net.classifier``,
+        ``test_accuracy``; on checked epochs ``grad_check`` =
+        {``max_rel_error``, ``rtol``, ``passed``}. Every value is a plain
+        Python number, so the history is JSON-able.
+
+    Raises:
+        DivergenceError: a loss or parameter became inf or NaN; the error names
+            the epoch, and the checkpoint of the epoch before stays.
+        ValueError, TypeError: bad arguments, or non-finite X or Y.
+
+    Several hosts: JAX is the distributed engine, manualbp adds no
+    communication. Start every host with the same program, call
+    ``jax.distributed.initialize(coordinator_address, num_processes,
+    process_id)`` first (on managed clusters it needs no arguments), build the
+    mesh over all global devices with ``data_parallel_mesh()``, and pass it as
+    ``mesh``. Every host must load the same X, Y and key; the data are placed
+    replicated, each device computes its rows of each batch, and XLA sums the
+    gradients across hosts. Only process 0 writes the checkpoint, so give
+    every host the same ``checkpoint_dir`` on a shared file system.
+    """
+    validation.check_batch(net, params, X, Y)
+    validation.check_finite(X, Y)
+    n = X.shape[0]
+    grad, epochs, batch_size, check_every = _check_settings(
+        grad, epochs, batch_size, check_every, n, mesh
+    )
+    param_dtype = jnp.result_type(*jax.tree.leaves(params))
+    compute_dtype = _check_compute_dtype(compute_dtype, param_dtype)
+    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    batch_sharding = (
+        None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
+    )
+
+    # Host copies: the epoch donates its params and opt_state, never the caller's arrays.
+    params = _place(jax.tree.map(np.asarray, params), replicated)
+    opt_state = _place(jax.tree.map(np.asarray, optimizer.init(params)), replicated)
+    X_train = _place(np.asarray(X, dtype=param_dtype), replicated)
+    Y_train = _place(np.asarray(as_targets(net, jnp.asarray(Y), param_dtype)), replicated)
+    test = None
+    if eval_data is not None:
+        test = _prepare_eval(net, params, eval_data, param_dtype, replicated)
+
+    history: list[dict] = []
+    start = 0
+    if checkpoint_dir is not None:
+        run = {
+            "grad": grad,
+            "batch_size": batch_size,
+            "compute_dtype": jnp.dtype(compute_dtype).name,
+            "X": [list(X_train.shape), X_train.dtype.name],
+            "Y": [list(Y_train.shape), Y_train.dtype.name],
+            "key": checkpoint.key_description(key),
+        }
+        print_ = checkpoint.fingerprint(net, params, opt_state, run)
+        saved = checkpoint.load(checkpoint_dir, print_, params, opt_state)
+        if saved is not None:
+            if saved.epoch > epochs:
+                raise ValueError(
+                    f"epochs: the checkpoint in {checkpoint_dir} has already completed "
+                    f"{saved.epoch} epochs, more than epochs={epochs}"
+                )
+            start, history = saved.epoch, saved.history
+            params = _place(saved.params, replicated)
+            opt_state = _place(saved.opt_state, replicated)
+            key = saved.key
+    if replicated is not None:
+        key = jax.device_put(key, replicated)
+
+    statics = dict(
+        net=net,
+        optimizer=optimizer,
+        grad=grad,
+        batch_size=batch_size,
+        compute_dtype=compute_dtype,
+        batch_sharding=batch_sharding,
+    )
+    for epoch in range(start + 1, epochs + 1):
+        started = time.perf_counter()
+        params_next, opt_state, key, losses, finite = _epoch(
+            params, opt_state, key, X_train, Y_train, **statics
+        )
+        if not bool(finite):
+            raise DivergenceError(
+                _divergence_message(epoch, np.asarray(losses), checkpoint_dir), epoch, history
+            )
+        params = params_next
+        record = {"epoch": epoch, "loss": float(np.mean(np.asarray(losses, np.float64)))}
+        if test is not None:
+            test_loss, accuracy = _evaluate(params, *test, net=net)
+            record["test_loss"] = float(test_loss)
+            if net.classifier:
+                record["test_accuracy"] = float(accuracy)
+        if check_every is not None and epoch % check_every == 0:
+            record["grad_check"] = _grad_check(net, params, X_train, Y_train, batch_size)
+        history.append(record)
+        if checkpoint_dir is not None and jax.process_index() == 0:
+            checkpoint.save(
+                checkpoint_dir,
+                checkpoint.Checkpoint(epoch, params, opt_state, key, history),
+                print_,
+            )
+        if progress:
+            print(_progress_line(record, epochs, time.perf_counter() - started), file=sys.stderr)
+        if callback is not None:
+            callback(record)
+    return TrainResult(params=params, opt_state=opt_state, history=history, key=key)
+
+
+def _check_settings(grad, epochs, batch_size, check_every, n, mesh):
+    if grad not in GRADS:
+        raise ValueError(f"grad: expected one of {', '.join(GRADS)}, got {grad!r}")
+    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}: expected an integer ≥ {low}, got {value!r}")
+    if batch_size > n:
+        raise ValueError(
+            f"batch_size: expected at most the {n} training examples, got {batch_size}"
+        )
+    if check_every is not None and (
+        isinstance(check_every, bool)
+        or not isinstance(check_every, (int, np.integer))
+        or check_every < 1
+    ):
+        raise ValueError(f"check_every: expected a positive integer or None, got {check_every!r}")
+    if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+        if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+            raise ValueError(
+                f"mesh: expected Auto axis types, got {mesh.axis_types}; build it with "
+                "mbp.data_parallel_mesh() or jax.make_mesh(..., "
+                "axis_types=(jax.sharding.AxisType.Auto,))"
+            )
+        if batch_size % mesh.size:
+            raise ValueError(
+                f"batch_size: expected a multiple of the mesh's {mesh.size} devices, "
+                f"got {batch_size}"
+            )
+    return grad, int(epochs), int(batch_size), None if check_every is None else int(check_every)
+
+
+def _check_compute_dtype(compute_dtype, param_dtype):
+    if compute_dtype is None:
+        return jnp.dtype(param_dtype)
+    try:
+        compute_dtype = jnp.dtype(compute_dtype)
+    except TypeError as e:
+        raise TypeError(f"compute_dtype: expected a floating dtype, got {compute_dtype!r}") from e
+    if not jnp.issubdtype(compute_dtype, jnp.floating):
+        raise TypeError(f"compute_dtype: expected a floating dtype, got {compute_dtype}")
+    return compute_dtype
+
+
+def _place(tree, sharding):
+    if sharding is None:
+        return jax.device_put(tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
+        tree,
+    )
+
+
+def _prepare_eval(net, params, eval_data, dtype, sharding):
+    if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
+        raise TypeError("eval_data: expected a pair (X_test, Y_test)")
+    X_test, Y_test = eval_data
+    try:
+        validation.check_batch(net, params, X_test, Y_test)
+        validation.check_finite(X_test, Y_test)
+    except (ValueError, TypeError) as e:
+        raise type(e)(f"eval_data: {e}") from e
+    return (
+        _place(np.asarray(X_test, dtype=dtype), sharding),
+        _place(np.asarray(as_targets(net, jnp.asarray(Y_test), dtype)), sharding),
+    )
+
+
+def _grad_check(net, params, X, Y, batch_size) -> dict:
+    manual, auto = _both_grads(params, X[:batch_size], Y[:batch_size], net=net)
+    errors = tolerance.tree_errors(manual, auto)
+    dtype = jnp.result_type(*jax.tree.leaves(params))
+    rtol = tolerance.net_rtol(dtype, net.sizes, batch_size)
+    worst = max(rel for _, _, rel in errors)
+    return {"max_rel_error": worst, "rtol": rtol, "passed": bool(worst <= rtol)}
+
+
+def _divergence_message(epoch, losses, checkpoint_dir) -> str:
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if bad.size:
+        where = f"loss {losses[bad[0]]} at step {bad[0] + 1} of {losses.size}"
+    else:
+        where = f"non-finite parameters after step {losses.size} of {losses.size}"
+    kept = (
+        f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
+        if checkpoint_dir is not None and epoch > 1
+        else ""
+    )
+    return (
+        f"training diverged in epoch {epoch}: {where}{kept}. Try a smaller learning rate "
+        "or check the data's scale"
+    )
+
+
+def _progress_line(record: dict, epochs: int, seconds: float) -> str:
+    width = len(str(epochs))
+    parts = [f"epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
+    for name in ("test_loss", "test_accuracy"):
+        if name in record:
+            parts.append(f"{name} {record[name]:.6g}")
+    if "grad_check" in record:
+        check = record["grad_check"]
+        verdict = "ok" if check["passed"] else "FAILED"
+        parts.append(
+            f"grad_check {verdict} ({check['max_rel_error']:.2e} vs rtol {check['rtol']:.2e})"
+        )
+    parts.append(f"{seconds:.2f}s")
+    return "  ".join(parts)
