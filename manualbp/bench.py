@@ -1,0 +1,523 @@
+"""Benchmark: hand-derived gradients against `jax.grad`, the matmul rate, and training speed.
+
+Answers: is the manual backward pass (equations (1)–(4)) at least as fast as XLA's
+autodiff of the same loss, how close does it come to the machine's float32
+matrix-multiply rate, and how fast does training with it run next to autodiff
+and next to the textbook NumPy loop.
+
+    python scripts/bench.py                        # every configuration (~5 min, 2 CPU cores)
+    python scripts/bench.py --quick                # smoke test, seconds
+    python scripts/bench.py --configs small,medium --json bench.json --markdown bench.md
+
+Method. Everything runs in one process. Each function is called once to compile
+(its first-call time, minus the steady median, is reported as compile time),
+once more to warm up, then timed ``repeats`` times with the variants
+interleaved A B, B A, A B, ... so that drifting machine load hits both alike;
+medians are quoted. Every timed call ends in `jax.block_until_ready`.
+
+FLOP count (float32 multiply-adds counted as 2 FLOPs; elementwise work, the
+loss, σ and σ' are not counted). For a layer l with n_out = N_l, n_in = N_{l-1}
+and a batch of B:
+
+* forward, Z^l = A^{l-1} (W^l)ᵀ:          2 B n_out n_in
+* eq. (2), ∂E/∂W^l = (Δ^l)ᵀ A^{l-1}:        2 B n_out n_in
+* eq. (1), Δ^{l-1} = Δ^l W^l ⊙ σ':          2 B n_out n_in, for every layer but the
+  first (l = 2), whose δ^1 (the gradient with respect to the input) is not needed.
+
+So value-and-grad costs Σ_l 2 B N_l N_{l-1} (3 − [l = 2]) FLOPs, the same work for
+the manual and the autodiff path. Per-example gradients do the forward and
+eq. (1) matmuls and B outer products δ^l (a^{l-1})ᵀ of N_l N_{l-1} multiplies
+each: Σ_l B N_l N_{l-1} (5 − 2 [l = 2]). The matmul rate is 2 n³ / t for a jitted
+n × n float32 product, timed in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import manualbp as mbp
+from manualbp.data import random_batch
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One benchmark network and batch size (float32)."""
+
+    name: str
+    sizes: tuple[int, ...]
+    hidden: str
+    output: str
+    loss: str
+    batch: int
+
+    def net(self) -> mbp.MLP:
+        return mbp.MLP(self.sizes, hidden=self.hidden, output=self.output, loss=self.loss)
+
+
+CONFIGS = (
+    Config("small", (64, 32, 10), "tanh", "softmax", "cross_entropy", 128),
+    Config("nielsen", (784, 30, 10), "sigmoid", "sigmoid", "mse", 10),
+    Config("regression", (1, 64, 64, 1), "tanh", "identity", "mse", 1024),
+    Config("medium", (784, 512, 512, 10), "relu", "softmax", "cross_entropy", 512),
+    Config("deep", (784,) + (256,) * 8 + (10,), "tanh", "softmax", "cross_entropy", 256),
+    Config("large", (1024, 2048, 2048, 1024), "gelu", "identity", "mse", 1024),
+)
+CONFIGS_BY_NAME = {c.name: c for c in CONFIGS}
+
+TRAINING = Config("nielsen", (784, 30, 10), "sigmoid", "sigmoid", "mse", 10)
+"""The training benchmark: Nielsen's chapter-1 network, SGD with η = 3, mini-batches of 10."""
+TRAINING_ETA = 3.0
+
+
+# --- FLOP counts (documented in the module docstring) ----------------------------
+
+
+def value_and_grad_flops(sizes: Sequence[int], batch: int) -> dict[str, int]:
+    """Matmul FLOPs of one value-and-grad: forward, eq. (1) and eq. (2), and their total."""
+    layers = list(zip(sizes[:-1], sizes[1:], strict=True))  # (n_in, n_out) for l = 2..L
+    forward = sum(2 * batch * n_out * n_in for n_in, n_out in layers)
+    eq2 = forward
+    eq1 = sum(2 * batch * n_out * n_in for n_in, n_out in layers[1:])
+    return {"forward": forward, "eq1": eq1, "eq2": eq2, "total": forward + eq1 + eq2}
+
+
+def per_example_flops(sizes: Sequence[int], batch: int) -> int:
+    """FLOPs of per-example gradients: forward and eq. (1) matmuls, B outer products for eq. (2)."""
+    counts = value_and_grad_flops(sizes, batch)
+    outer = sum(batch * n_out * n_in for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+    return counts["forward"] + counts["eq1"] + outer
+
+
+def per_example_bytes(sizes: Sequence[int], batch: int, itemsize: int = 4) -> int:
+    """Bytes of the materialized per-example gradients (every W^l and b^l, B times)."""
+    per = sum(n_out * n_in + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
+    return batch * per * itemsize
+
+
+# --- timing ------------------------------------------------------------------------
+
+
+def _seconds(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Time each function ``repeats`` times, alternating the order A B, B A, ..."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(_seconds(fns[name]))
+    return times
+
+
+def _summary(times: list[float]) -> dict:
+    return {
+        "median_s": float(np.median(times)),
+        "min_s": float(np.min(times)),
+        "max_s": float(np.max(times)),
+        "repeats": len(times),
+        "times_s": [float(t) for t in times],
+    }
+
+
+def _first_calls(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The first (compiling) call of each function, then one warm-up call."""
+    first = {name: _seconds(fn) for name, fn in fns.items()}
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    return first
+
+
+def _repeats_for(seconds_per_round: float, budget_s: float, fixed: int | None) -> int:
+    if fixed is not None:
+        return fixed
+    return int(min(200, max(5, budget_s / max(seconds_per_round, 1e-6))))
+
+
+def matmul_rate(n: int, repeats: int) -> dict:
+    """The float32 rate of a jitted n × n matrix product, 2 n³ / median time."""
+    A = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    B = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    matmul = jax.jit(jnp.matmul)
+    first = _seconds(lambda: matmul(A, B))
+    jax.block_until_ready(matmul(A, B))
+    times = [_seconds(lambda: matmul(A, B)) for _ in range(repeats)]
+    median = float(np.median(times))
+    return {
+        "n": n,
+        "first_call_s": first,
+        **_summary(times),
+        "gflops_median": 2 * n**3 / median / 1e9,
+        "gflops_best": 2 * n**3 / min(times) / 1e9,
+    }
+
+
+def bench_config(
+    config: Config, *, repeats: int | None, budget_s: float, per_example_limit: float
+) -> dict:
+    """Manual and autodiff value-and-grad, and per-example gradients, for one configuration."""
+    net = config.net()
+    params = net.init(jax.random.key(0))
+    X, Y = random_batch(net, jax.random.key(1), config.batch)
+    fns = {
+        "manual": lambda: mbp.manual_value_and_grad(net, params, X, Y),
+        "autodiff": lambda: mbp.autodiff_value_and_grad(net, params, X, Y),
+    }
+    load_before = os.getloadavg()
+    first = _first_calls(fns)
+    round_s = sum(_seconds(fn) for fn in fns.values())
+    times = _interleaved(fns, _repeats_for(round_s, budget_s, repeats))
+    flops = value_and_grad_flops(config.sizes, config.batch)
+    result = {"config": dataclasses.asdict(config), "flops": flops}
+    for name in fns:
+        summary = _summary(times[name])
+        summary["first_call_s"] = first[name]
+        summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
+        summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
+        result[name] = summary
+    result["ratio_manual_over_autodiff"] = (
+        result["manual"]["median_s"] / result["autodiff"]["median_s"]
+    )
+
+    size = per_example_bytes(config.sizes, config.batch)
+    if size > per_example_limit:
+        result["per_example"] = {
+            "skipped": f"would materialize {size / 2**30:.1f} GiB of per-example gradients "
+            f"(limit {per_example_limit / 2**30:.1f} GiB)"
+        }
+    else:
+        # Its own A B pair against the batch gradient: the per-example run writes
+        # B copies of every gradient and would disturb the manual/autodiff pair.
+        pair = {
+            "batch": fns["manual"],
+            "per_example": lambda: mbp.per_example_grads(net, params, X, Y),
+        }
+        first_pe = _seconds(pair["per_example"])
+        jax.block_until_ready(pair["per_example"]())
+        round_s = result["manual"]["median_s"] + _seconds(pair["per_example"])
+        pe_times = _interleaved(pair, _repeats_for(round_s, budget_s / 2, repeats))
+        summary = _summary(pe_times["per_example"])
+        summary["first_call_s"] = first_pe
+        summary["compile_s"] = max(0.0, first_pe - summary["median_s"])
+        summary["bytes"] = size
+        summary["flops"] = per_example_flops(config.sizes, config.batch)
+        summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
+        summary["batch_median_s"] = float(np.median(pe_times["batch"]))
+        summary["ratio_over_batch"] = summary["median_s"] / summary["batch_median_s"]
+        result["per_example"] = summary
+    result["loadavg_before"] = load_before
+    result["loadavg_after"] = os.getloadavg()
+    return result
+
+
+# --- training ------------------------------------------------------------------------
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def numpy_sgd_epoch(
+    params: list[tuple[np.ndarray, np.ndarray]],
+    X: np.ndarray,
+    Y: np.ndarray,
+    batch_size: int,
+    eta: float,
+    rng: np.random.Generator,
+) -> None:
+    """One epoch of the textbook loop, in place: sigmoid layers, E = ½‖ŷ − y‖², plain SGD.
+
+    One example at a time, as Nielsen's ``network.py``: forward storing every z^l
+    and a^l, δ^L by eq. (4), δ^l by eq. (1), ∂E/∂W^l and ∂E/∂b^l by eqs. (2), (3),
+    summed over the mini-batch, then W ← W − η/m Σ ∂E/∂W. The baseline for the
+    training throughput of `manualbp.train`.
+    """
+    order = rng.permutation(len(X))
+    for start in range(0, len(X) - batch_size + 1, batch_size):
+        sum_dW = [np.zeros_like(W) for W, _ in params]
+        sum_db = [np.zeros_like(b) for _, b in params]
+        for i in order[start : start + batch_size]:
+            zs, as_ = [], [X[i]]
+            for W, b in params:
+                zs.append(W @ as_[-1] + b)
+                as_.append(_sigmoid(zs[-1]))
+            delta = (as_[-1] - Y[i]) * as_[-1] * (1 - as_[-1])  # eq. (4), σ' = a(1 − a)
+            for k in reversed(range(len(params))):
+                sum_dW[k] += np.outer(delta, as_[k])  # eq. (2)
+                sum_db[k] += delta  # eq. (3)
+                if k > 0:
+                    delta = (params[k][0].T @ delta) * as_[k] * (1 - as_[k])  # eq. (1)
+        for k, (W, b) in enumerate(params):
+            W -= eta / batch_size * sum_dW[k]
+            b -= eta / batch_size * sum_db[k]
+
+
+def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
+    """Epoch throughput (samples/s): `manualbp.train` manual vs autodiff, and the NumPy loop."""
+    config = TRAINING
+    result = {"config": dataclasses.asdict(config), "eta": TRAINING_ETA, "n_train": n_train}
+    net = config.net()
+    params = net.init(jax.random.key(0), scheme="nielsen")
+    key_X, key_Y = jax.random.split(jax.random.key(1))
+    X = jax.random.uniform(key_X, (n_train, config.sizes[0]), jnp.float32)
+    labels = jax.random.randint(key_Y, (n_train,), 0, config.sizes[-1])
+    Y = jax.nn.one_hot(labels, config.sizes[-1], dtype=jnp.float32)
+    steps = n_train // config.batch
+    samples = steps * config.batch
+
+    np_params = [(np.array(W), np.array(b)) for W, b in params]
+    X_np, Y_np = np.asarray(X[:n_numpy]), np.asarray(Y[:n_numpy])
+    rng = np.random.default_rng(0)
+    numpy_times = [
+        _seconds(lambda: numpy_sgd_epoch(np_params, X_np, Y_np, config.batch, TRAINING_ETA, rng))
+        for _ in range(max(1, repeats // 3))
+    ]
+    numpy_samples = n_numpy // config.batch * config.batch
+    result["numpy"] = {
+        **_summary(numpy_times),
+        "samples": numpy_samples,
+        "samples_per_s": numpy_samples / float(np.median(numpy_times)),
+    }
+
+    try:
+        train = importlib.import_module("manualbp.train").train
+        import optax
+    except (ImportError, AttributeError) as error:
+        result["skipped"] = f"manualbp.train is not available ({error}); JAX training rows skipped"
+        return result
+
+    optimizer = optax.sgd(TRAINING_ETA)  # one object, so the compiled epoch is reused
+    fns = {
+        grad: (
+            lambda grad=grad: (
+                train(
+                    net,
+                    params,
+                    optimizer,
+                    X,
+                    Y,
+                    epochs=1,
+                    batch_size=config.batch,
+                    key=jax.random.key(2),
+                    grad=grad,
+                    progress=False,
+                ).params
+            )
+        )
+        for grad in ("manual", "autodiff")
+    }
+    try:
+        first = _first_calls(fns)
+    except Exception as error:  # a training module still in progress must not sink the run
+        result["skipped"] = f"manualbp.train failed: {type(error).__name__}: {error}"
+        return result
+    times = _interleaved(fns, repeats)
+    for grad in fns:
+        summary = _summary(times[grad])
+        summary["first_call_s"] = first[grad]
+        summary["compile_s"] = max(0.0, first[grad] - summary["median_s"])
+        summary["samples"] = samples
+        summary["samples_per_s"] = samples / summary["median_s"]
+        result[grad] = summary
+    numpy_rate = result["numpy"]["samples_per_s"]
+    result["ratio_manual_over_autodiff_throughput"] = (
+        result["manual"]["samples_per_s"] / result["autodiff"]["samples_per_s"]
+    )
+    result["ratio_manual_over_numpy_throughput"] = result["manual"]["samples_per_s"] / numpy_rate
+    return result
+
+
+# --- environment and report ------------------------------------------------------------
+
+
+THREAD_VARIABLES = (
+    "XLA_FLAGS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "JAX_PLATFORMS",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+    "JAX_ENABLE_X64",
+)
+
+
+def environment() -> dict:
+    """Device, versions and thread settings, for the record."""
+    import optax
+
+    device = jax.devices()[0]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return {
+        "backend": jax.default_backend(),
+        "device": f"{device.platform}: {device.device_kind}",
+        "device_count": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": importlib.import_module("jaxlib").__version__,
+        "numpy": np.__version__,
+        "optax": optax.__version__,
+        "manualbp": mbp.__version__,
+        "git_commit": commit,
+        "matmul_precision": str(jax.config.jax_default_matmul_precision),
+        "env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "loadavg": os.getloadavg(),
+        "argv": sys.argv,
+    }
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.3g}" if seconds < 10 else f"{seconds * 1e3:.0f}"
+
+
+def markdown(report: dict) -> str:
+    """The report as markdown tables."""
+    env, peak = report["environment"], report["matmul"]
+    lines = [
+        f"Device: {env['device']} ({env['cpu_count']} CPUs visible); jax {env['jax']}; "
+        f"load average at start {env['loadavg'][0]:.2f}.",
+        f"float32 matmul rate ({peak['n']}×{peak['n']}, median): "
+        f"{peak['gflops_median']:.1f} GFLOP/s.",
+        "",
+        "| config | B | manual ms | autodiff ms | manual/autodiff | manual GFLOP/s | % of matmul "
+        "| per-example ms | per-example/batch | compile s (manual, autodiff) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["configs"]:
+        m, a, pe = row["manual"], row["autodiff"], row["per_example"]
+        if "skipped" in pe:
+            pe_ms, pe_ratio = "skipped", "—"
+        else:
+            pe_ms, pe_ratio = _ms(pe["median_s"]), f"{pe['ratio_over_batch']:.2f}"
+        lines.append(
+            f"| {row['config']['name']} | {row['config']['batch']} | {_ms(m['median_s'])} "
+            f"| {_ms(a['median_s'])} | {row['ratio_manual_over_autodiff']:.3f} "
+            f"| {m['gflops']:.1f} | {m['gflops'] / peak['gflops_median']:.0%} | {pe_ms} "
+            f"| {pe_ratio} | {m['compile_s']:.2f}, {a['compile_s']:.2f} "
+            f"| {row['loadavg_before'][0]:.1f} |"
+        )
+    training = report.get("training")
+    if training:
+        lines += ["", "Training, one epoch (samples/s, median):", ""]
+        lines += ["| gradients | samples/s | vs NumPy loop |", "|---|---|---|"]
+        numpy_rate = training["numpy"]["samples_per_s"]
+        for grad in ("manual", "autodiff"):
+            if grad in training:
+                rate = training[grad]["samples_per_s"]
+                lines.append(
+                    f"| {grad} (manualbp.train) | {rate:,.0f} | {rate / numpy_rate:.1f}× |"
+                )
+        lines.append(f"| NumPy textbook loop | {numpy_rate:,.0f} | 1.0× |")
+        if "skipped" in training:
+            lines += ["", f"Note: {training['skipped']}."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="manualbp bench", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS_BY_NAME),
+        help=f"comma-separated subset of {', '.join(CONFIGS_BY_NAME)} (default: all)",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats per variant (default: adaptive)"
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=8.0,
+        help="seconds of timed calls per configuration when --repeats is not given",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="few repeats, small sizes: a smoke test"
+    )
+    parser.add_argument("--no-training", action="store_true", help="skip the training rows")
+    parser.add_argument(
+        "--per-example-limit-gib",
+        type=float,
+        default=2.0,
+        help="skip per-example gradients that would take more memory than this",
+    )
+    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
+    parser.add_argument("--markdown", metavar="PATH", help="write the markdown tables here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the markdown tables; return 0 (2 for a bad argument)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    unknown = [name for name in names if name not in CONFIGS_BY_NAME]
+    if unknown or not names:
+        parser.error(f"--configs: unknown {unknown}; expected some of {', '.join(CONFIGS_BY_NAME)}")
+    if args.repeats is not None and args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    repeats = 2 if args.quick and args.repeats is None else args.repeats
+    budget = 0.5 if args.quick else args.budget
+    on_cpu = jax.default_backend() == "cpu"
+
+    report = {"environment": environment()}
+    print(f"# {report['environment']['device']}, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    matmul_n = 512 if args.quick else (2048 if on_cpu else 8192)
+    report["matmul"] = matmul_rate(matmul_n, repeats or 10)
+    report["flop_count"] = (
+        "forward 2·B·N_l·N_{l-1} per layer; eq. (2) the same; eq. (1) the same for every "
+        "layer but the first; elementwise work not counted (see manualbp/bench.py)"
+    )
+    report["configs"] = []
+    for name in names:
+        print(f"# {name} ...", file=sys.stderr, flush=True)
+        report["configs"].append(
+            bench_config(
+                CONFIGS_BY_NAME[name],
+                repeats=repeats,
+                budget_s=budget,
+                per_example_limit=args.per_example_limit_gib * 2**30,
+            )
+        )
+    if not args.no_training:
+        print("# training ...", file=sys.stderr, flush=True)
+        report["training"] = bench_training(
+            n_train=1000 if args.quick else 10_000,
+            n_numpy=100 if args.quick else 2000,
+            repeats=repeats or 6,
+        )
+    report["loadavg_end"] = os.getloadavg()
+
+    table = markdown(report)
+    print(table)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table)
+    return 0

@@ -1,0 +1,14 @@
+"""Benchmark manual gradients against jax.grad; see manualbp/bench.py for the method.
+
+python scripts/bench.py [--configs small,medium] [--repeats N] [--quick] [--json PATH]
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from manualbp.bench import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
