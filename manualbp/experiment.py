@@ -1,0 +1,548 @@
+"""Experiment plumbing: configs as command lines, run folders, metrics, plots, tables.
+
+An experiment is a frozen dataclass of commented defaults (a subclass of
+`RunConfig`, which adds ``seed``, ``runs_dir`` and ``run_name``) and a
+``main(config) -> dict``. `parse_config` turns the dataclass into argparse
+flags: ``batch_size: int = 32  # examples per step`` becomes
+``--batch-size INT`` with that comment as its help; bools become
+``--flag/--no-flag``, ``Literal`` fields choices, ``tuple[int, ...]`` fields
+lists. `start_run` makes ``<runs_dir>/<experiment>/<run_name or timestamp>/``
+and writes ``config.json`` (the config and the environment: versions, backend,
+devices, x64); `Run.log` appends to ``metrics.jsonl``; `Run.plot` writes PNGs
+with matplotlib's Agg canvas (imported only then). `train_command` is
+``manualbp train``.
+
+Orchestration only: the math lives in the other modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import inspect
+import io
+import json
+import math
+import platform
+import re
+import sys
+import time
+import tokenize
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+# --- configs as command lines -----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """What every experiment has: the one seed and where its run folder goes."""
+
+    seed: int = 0  # the one seed: data, initialization and shuffling all derive from it
+    runs_dir: str = "runs"  # run folders go to <runs_dir>/<experiment>/<run name>/
+    run_name: str | None = None  # the run folder's name; None: a timestamp
+
+
+_FIELD_LINE = re.compile(r"^\s+(\w+)\s*:")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's trailing ``# comment`` in the class source (base classes included)."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        lines = source.splitlines()
+        for token in tokenize.generate_tokens(io.StringIO(source).readline):
+            if token.type != tokenize.COMMENT:
+                continue
+            match = _FIELD_LINE.match(lines[token.start[0] - 1])
+            if match:
+                comments[match.group(1)] = token.string.lstrip("#").strip()
+    return comments
+
+
+def _argument(name: str, hint: Any, default: Any) -> dict[str, Any]:
+    """argparse keyword arguments for one field of type ``hint``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) != 1:
+            raise TypeError(f"{name}: unsupported type {hint} (only X | None unions)")
+        return _argument(name, inner[0], default)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        return {"type": type(args[0]), "choices": list(args), "metavar": None}
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return {"type": args[0], "nargs": "+", "metavar": args[0].__name__.upper()}
+    if hint in (int, float, str):
+        return {"type": hint, "metavar": hint.__name__.upper()}
+    raise TypeError(f"{name}: unsupported config field type {hint}")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keep the docstring's layout and show every default."""
+
+
+def build_parser(
+    cls: type, description: str | None = None, prog: str | None = None
+) -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per field of the frozen dataclass ``cls``.
+
+    Args:
+        cls: a dataclass; each field needs a default, and a type among int,
+            float, str, bool, ``Literal[...]``, ``tuple[T, ...]`` and ``T | None``.
+        description: shown by ``-h`` (an experiment passes its module docstring).
+        prog: the program name shown in usage lines.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"expected a dataclass, got {cls!r}")
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description and inspect.cleandoc(description),
+        formatter_class=_HelpFormatter,
+    )
+    hints = typing.get_type_hints(cls)
+    comments = field_comments(cls)
+    for field in dataclasses.fields(cls):
+        if field.default is dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{field.name}: every config field needs a default")
+        kwargs = _argument(field.name, hints[field.name], field.default)
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"),
+            dest=field.name,
+            default=field.default,
+            help=comments.get(field.name, " "),
+            **{k: v for k, v in kwargs.items() if v is not None},
+        )
+    return parser
+
+
+def parse_config(
+    cls: type, argv: Sequence[str] | None = None, description: str | None = None, prog=None
+):
+    """The config ``cls(**flags)`` from the command line (``sys.argv[1:]`` by default).
+
+    ``-h`` prints the flags and exits 0; a wrong type or choice exits 2.
+    """
+    namespace = build_parser(cls, description, prog).parse_args(argv)
+    values = {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in vars(namespace).items()
+    }
+    return cls(**values)
+
+
+def run_main(main, cls: type, description: str | None = None) -> int:
+    """The ``__main__`` entry of an experiment: parse ``sys.argv``, run ``main``, return 0."""
+    main(parse_config(cls, description=description))
+    return 0
+
+
+# --- run folders ----------------------------------------------------------------------
+
+
+def environment() -> dict[str, Any]:
+    """Versions, backend, devices and the x64 flag: what a result depends on besides the config."""
+    import optax
+
+    from manualbp import __version__
+
+    return {
+        "manualbp": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
+        "numpy": np.__version__,
+        "optax": optax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "x64": bool(jax.config.jax_enable_x64),
+    }
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def to_json(value: Any) -> Any:
+    """``value`` as plain JSON: tuples become lists, arrays lists, inf and NaN null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return to_json(np.asarray(value).tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+@dataclasses.dataclass
+class Run:
+    """One run folder: ``config.json``, ``metrics.jsonl`` and plots."""
+
+    path: Path
+
+    def log(self, **record: Any) -> None:
+        """Append one JSON object to ``metrics.jsonl``."""
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(to_json(record), allow_nan=False) + "\n")
+
+    def write_json(self, name: str, value: Any) -> Path:
+        """Write ``value`` as indented JSON to ``<run>/<name>``."""
+        path = self.path / name
+        path.write_text(json.dumps(to_json(value), indent=2, allow_nan=False) + "\n")
+        return path
+
+    def plot(self, name: str, panels: Mapping[str, Mapping[str, Sequence]], **kwargs) -> Path:
+        """`plot_curves` into ``<run>/<name>``."""
+        return plot_curves(self.path / name, panels, **kwargs)
+
+
+def start_run(experiment: str, config: RunConfig) -> Run:
+    """Make ``<runs_dir>/<experiment>/<run_name or timestamp>/`` and write ``config.json``.
+
+    A timestamped folder that already exists gets a ``-2``, ``-3``, ... suffix;
+    a named one is an error, so a run never overwrites another.
+    """
+    parent = Path(config.runs_dir) / experiment
+    parent.mkdir(parents=True, exist_ok=True)
+    if config.run_name is not None:
+        path = parent / config.run_name
+        if path.exists():
+            raise FileExistsError(f"run folder {path} exists; choose another --run-name")
+        path.mkdir()
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, suffix = parent / stamp, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                suffix += 1
+                path = parent / f"{stamp}-{suffix}"
+    run = Run(path)
+    run.write_json(
+        "config.json",
+        {"experiment": experiment, "config": config, "environment": environment()},
+    )
+    return run
+
+
+# --- plots and tables --------------------------------------------------------------------
+
+# Line styles per series, so coinciding curves (manual under autodiff) both stay visible.
+_STYLES = (
+    {"linestyle": "-", "linewidth": 2.5, "alpha": 0.6},
+    {"linestyle": "--", "linewidth": 1.2},
+    {"linestyle": ":", "linewidth": 1.5},
+    {"linestyle": "-.", "linewidth": 1.2},
+)
+
+
+def plot_curves(
+    path: str | Path,
+    panels: Mapping[str, Mapping[str, Sequence]],
+    *,
+    x: Sequence | None = None,
+    xlabel: str = "epoch",
+    title: str | None = None,
+    logy: Sequence[str] = (),
+) -> Path:
+    """One PNG with one axis per panel, every series of a panel on that axis.
+
+    Args:
+        path: the PNG to write.
+        panels: {y label: {series label: y values}}, e.g.
+            {"loss": {"manual": [...], "autodiff": [...]}}.
+        x: the shared x values (default 1, 2, ...).
+        xlabel: the x axis label.
+        title: the figure title.
+        logy: the panels drawn with a logarithmic y axis.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError("plots need matplotlib: pip install manualbp[experiments]") from error
+    figure = Figure(figsize=(4.2 * len(panels), 3.4), dpi=80, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (ylabel, series) in zip(axes, panels.items(), strict=True):
+        for (label, ys), style in zip(series.items(), _cycle(_STYLES, len(series)), strict=True):
+            xs = x if x is not None else range(1, len(ys) + 1)
+            ys = [np.nan if v is None else v for v in ys]
+            ax.plot(list(xs), ys, label=label, **style)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ylabel in logy:
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    path = Path(path)
+    figure.savefig(path)
+    return path
+
+
+def _cycle(items, n):
+    return [items[i % len(items)] for i in range(n)]
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain-text table, one row per mapping; floats with 4 significant digits."""
+    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    cells = [[cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(lines)
+
+
+def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
+    print(format_table(rows, columns))
+
+
+# --- manual vs autodiff training, side by side ------------------------------------------
+
+
+def train_side_by_side(
+    run: Run,
+    net,
+    params,
+    optimizer,
+    train_data: tuple,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: jax.Array,
+    grads: Sequence[str] = ("manual", "autodiff"),
+    eval_data: tuple | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """`manualbp.train` once per gradient path, from the same params, key and optimizer.
+
+    Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
+    go to ``curves.png``, one axis per metric with every path on it.
+
+    Returns:
+        {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
+    """
+    from manualbp.train import train
+
+    results, seconds = {}, {}
+    for grad in grads:
+        started = time.perf_counter()
+        results[grad] = train(
+            net,
+            params,
+            optimizer,
+            *train_data,
+            epochs=epochs,
+            batch_size=batch_size,
+            key=key,
+            grad=grad,
+            eval_data=eval_data,
+            progress=progress,
+            callback=lambda record, grad=grad: run.log(grad=grad, **record),
+        )
+        seconds[grad] = time.perf_counter() - started
+    metrics = [
+        m for m in ("loss", "test_loss", "test_accuracy") if m in results[grads[0]].history[0]
+    ]
+    panels = {
+        metric: {grad: [h[metric] for h in results[grad].history] for grad in grads}
+        for metric in metrics
+    }
+    run.plot("curves.png", panels, logy=[m for m in metrics if m.endswith("loss")])
+    return {**results, "seconds": seconds}
+
+
+def curve_gap(histories: Mapping[str, list[dict]], metric: str = "loss") -> float:
+    """max over epochs of |manual − autodiff| for ``metric`` (0 when the curves coincide)."""
+    manual, autodiff = histories["manual"], histories["autodiff"]
+    return max(abs(a[metric] - b[metric]) for a, b in zip(manual, autodiff, strict=True))
+
+
+def summary_rows(results: Mapping[str, Any], grads: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per gradient path: its last epoch's metrics and its wall time."""
+    rows = []
+    for grad in grads:
+        last = results[grad].history[-1]
+        row = {"grad": grad, **{k: v for k, v in last.items() if not isinstance(v, dict)}}
+        row["seconds"] = results["seconds"][grad]
+        rows.append(row)
+    return rows
+
+
+# --- manualbp train -----------------------------------------------------------------------
+
+Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist"]
+DATASETS = typing.get_args(Dataset)
+OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(RunConfig):
+    """Train an MLP on a data set with manual or autodiff gradients, or both side by side.
+
+    Writes runs/train/<run>/: config.json, metrics.jsonl, curves.png, summary.json.
+    Example: manualbp train --dataset digits --sizes 64 64 10 --epochs 30
+    """
+
+    dataset: Dataset = "moons"  # the data set (digits needs scikit-learn, mnist the IDX files)
+    n: int = 1000  # examples drawn for a synthetic set
+    noise: float = 0.1  # noise of a synthetic set
+    test_fraction: float = 0.2  # share held out for testing (MNIST has its own test set)
+    standardize: bool = True  # scale inputs to zero mean and unit variance (training statistics)
+    sizes: tuple[int, ...] | None = None  # widths N_1 ... N_L (default: N_1 32 N_L from the data)
+    hidden: str = "tanh"  # σ of the hidden layers
+    output: str | None = None  # σ^L (default: softmax for classes, identity for sine)
+    loss: str | None = None  # E (default: cross_entropy for classes, mse for sine)
+    init: str = "lecun"  # weight initialization: lecun, glorot, he, nielsen, nielsen_scaled
+    optimizer: Literal["sgd", "momentum", "adam"] = "adam"  # momentum is SGD with momentum 0.9
+    lr: float = 0.01  # learning rate
+    epochs: int = 20  # passes over the training set
+    batch_size: int = 32  # examples per step
+    grad: Literal["manual", "autodiff", "both"] = "both"  # which gradients train the net
+    mnist_dir: str | None = None  # folder of the MNIST IDX files (default: $MANUALBP_MNIST_DIR)
+    progress: bool = False  # print one line per epoch
+
+
+def make_optimizer(name: str, lr: float):
+    """The optax optimizer for a name of `OPTIMIZERS`."""
+    import optax
+
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adam":
+        return optax.adam(lr)
+    raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+
+
+def load_dataset(config: TrainConfig, key: jax.Array):
+    """((X_train, Y_train), (X_test, Y_test), classes) for ``config.dataset``.
+
+    ``classes`` is None for regression (sine). Synthetic sets are drawn from
+    ``key``, then split with it; digits and MNIST are read from disk.
+    """
+    from manualbp import data
+
+    key_data, key_split = jax.random.split(key)
+    synthetic = {
+        "xor": lambda: data.xor(key_data, config.n, config.noise),
+        "moons": lambda: data.two_moons(key_data, config.n, config.noise),
+        "spirals": lambda: data.spirals(key_data, config.n, noise=config.noise),
+        "sine": lambda: data.sine(key_data, config.n, config.noise),
+        "blobs": lambda: data.blobs(key_data, config.n),
+        "digits": data.digits,
+    }
+    if config.dataset == "mnist":
+        train, test = data.mnist(config.mnist_dir)
+    else:
+        X, Y = synthetic[config.dataset]()
+        train, test = data.train_test_split(key_split, X, Y, config.test_fraction)
+    if config.standardize:
+        X_train, X_test = data.standardize(train[0], test[0])
+        train, test = (X_train, train[1]), (X_test, test[1])
+    classes = None if config.dataset == "sine" else int(np.max(np.asarray(train[1]))) + 1
+    return train, test, classes
+
+
+def train_command(argv: list[str] | None = None) -> int:
+    """``manualbp train``: parse ``argv``, train, write the run folder, print a summary.
+
+    Returns:
+        0 on success; 1 when the data are unavailable (MNIST files missing,
+        scikit-learn absent) or the net does not fit them, with the reason on
+        stderr. Bad flags exit 2 through argparse.
+    """
+    import manualbp as mbp
+
+    config = parse_config(TrainConfig, argv, TrainConfig.__doc__, prog="manualbp train")
+    key_data, key_init, key_train = jax.random.split(jax.random.key(config.seed), 3)
+    try:
+        train, test, classes = load_dataset(config, key_data)
+    except (FileNotFoundError, ImportError) as error:
+        print(f"manualbp train: {error}", file=sys.stderr)
+        return 1
+    N_1, N_L = train[0].shape[1], classes or 1
+    sizes = config.sizes or (N_1, 32, N_L)
+    try:
+        if sizes[0] != N_1:
+            raise ValueError(f"--sizes: {config.dataset} has N_1 = {N_1} inputs, got {sizes[0]}")
+        net = mbp.MLP(
+            sizes,
+            hidden=config.hidden,
+            output=config.output or ("identity" if classes is None else "softmax"),
+            loss=config.loss or ("mse" if classes is None else "cross_entropy"),
+        )
+        params = net.init(key_init, scheme=config.init)
+        mbp.loss(net, params, test[0], test[1])  # shapes and labels fit the net
+    except (ValueError, TypeError) as error:
+        print(f"manualbp train: {error}", file=sys.stderr)
+        return 1
+    run = start_run("train", config)
+    grads = ("manual", "autodiff") if config.grad == "both" else (config.grad,)
+    results = train_side_by_side(
+        run,
+        net,
+        params,
+        make_optimizer(config.optimizer, config.lr),
+        train,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        key=key_train,
+        grads=grads,
+        eval_data=test,
+        progress=config.progress,
+    )
+    rows = summary_rows(results, grads)
+    summary = {"net": repr(net), "final": rows, "run": str(run.path)}
+    if config.grad == "both":
+        summary["max_loss_gap"] = curve_gap({g: results[g].history for g in grads})
+    run.write_json("summary.json", summary)
+    print(f"{net}, {config.dataset}: {len(train[0])} train / {len(test[0])} test examples")
+    print_table(rows)
+    if "max_loss_gap" in summary:
+        print(f"max |manual - autodiff| training loss over epochs: {summary['max_loss_gap']:.3g}")
+    print(f"run folder: {run.path}")
+    return 0
