@@ -1,0 +1,361 @@
+"""Training: the jitted epoch, history, verified training, checkpoints and training faults.
+
+Most tests share one small case (CASE below: same net, optimizer object,
+batch size and data shapes), so the epoch compiles once for the whole file.
+"""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from helpers import trees_equal
+from jax._src.interpreters import ad
+
+import manualbp as mbp
+from manualbp import checkpoint, tolerance
+from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
+from manualbp.train import DivergenceError, train
+
+NET = mbp.MLP((4, 8, 3), hidden="tanh", output="softmax", loss="cross_entropy")
+OPTIMIZER = optax.adam(0.05)  # one object, so every test reuses the compiled epoch
+N, BATCH = 70, 16  # 4 steps per epoch; 6 examples left out of each epoch
+
+
+def make_data(seed=0, n=N):
+    """Three classes from the signs of two features, drawn with NumPy (no JAX kernels)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 4)).astype(np.float32)
+    Y = ((X[:, 0] > 0).astype(np.int32) + (X[:, 1] > 0)).astype(np.int32)
+    return X, Y
+
+
+X, Y = make_data()
+X_TEST, Y_TEST = make_data(seed=1, n=30)
+
+
+def make_params(net=NET, seed=0):
+    rng = np.random.default_rng(seed)
+    return tuple(
+        mbp.Layer(
+            jnp.asarray(rng.normal(size=(n_out, n_in)) / np.sqrt(n_in), jnp.float32),
+            jnp.zeros((n_out,), jnp.float32),
+        )
+        for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+
+
+PARAMS = make_params()
+
+
+def run(epochs=3, **overrides):
+    """`train` on the shared case; keyword overrides change any argument."""
+    arguments = dict(
+        net=NET,
+        params=PARAMS,
+        optimizer=OPTIMIZER,
+        X=X,
+        Y=Y,
+        epochs=epochs,
+        batch_size=BATCH,
+        key=jax.random.key(1),
+        progress=False,
+    )
+    arguments.update(overrides)
+    net, params, optimizer, X_, Y_ = (
+        arguments.pop(name) for name in ("net", "params", "optimizer", "X", "Y")
+    )
+    return train(net, params, optimizer, X_, Y_, **arguments)
+
+
+def results_equal(a, b) -> bool:
+    return (
+        trees_equal((a.params, a.opt_state), (b.params, b.opt_state))
+        and a.history == b.history
+        and np.array_equal(jax.random.key_data(a.key), jax.random.key_data(b.key))
+    )
+
+
+# --- the epoch, history and determinism -----------------------------------------------
+
+
+def test_same_seed_same_bits_and_another_seed_differs():
+    a, b = run(), run()
+    assert results_equal(a, b)
+    c = run(key=jax.random.key(2))
+    assert not trees_equal(a.params, c.params)  # the equality check can fail
+
+
+def test_history_has_one_json_entry_per_epoch():
+    result = run(epochs=4, eval_data=(X_TEST, Y_TEST), check_every=2)
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert json.loads(json.dumps(history)) == history
+    for h in history:
+        assert set(h) >= {"loss", "test_loss", "test_accuracy"}
+        assert 0.0 <= h["test_accuracy"] <= 1.0
+        assert ("grad_check" in h) == (h["epoch"] % 2 == 0)
+    assert history[-1]["loss"] < history[0]["loss"]
+    check = history[1]["grad_check"]
+    assert check["passed"] and check["max_rel_error"] <= check["rtol"]
+    assert check["rtol"] == tolerance.net_rtol(jnp.float32, NET.sizes, BATCH)
+    # The test metrics are those of the returned params.
+    assert np.isclose(history[-1]["test_loss"], float(NET.loss(result.params, X_TEST, Y_TEST)))
+    y_hat = NET.forward(result.params, X_TEST)
+    accuracy = np.mean(np.argmax(np.asarray(y_hat), axis=1) == Y_TEST)
+    assert np.isclose(history[-1]["test_accuracy"], accuracy)
+
+
+def compilations(caplog, call) -> list[str]:
+    """The names of the XLA compilations that ``call()`` triggers."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING), jax.log_compiles(True):
+        call()
+    return [
+        r.getMessage().split()[4]
+        for r in caplog.records
+        if "Finished XLA compilation" in r.getMessage()
+    ]
+
+
+def test_second_call_compiles_nothing_and_the_remainder_is_dropped(caplog):
+    options = dict(eval_data=(X_TEST, Y_TEST), check_every=1, epochs=2)
+    run(**options)
+    assert compilations(caplog, lambda: run(**options)) == []
+    # The counter does see a compilation: a new batch size is a new epoch program.
+    result = {}
+    compiled = compilations(caplog, lambda: result.update(r=run(batch_size=32, epochs=3)))
+    assert compiled.count("jit(_epoch)") == 1
+    # Remainder rule: ⌊70 / 32⌋ = 2 full steps per epoch, the 6 others are left out.
+    adam_state = result["r"].opt_state[0]
+    assert int(adam_state.count) == 3 * (N // 32)
+
+
+def test_callers_arrays_are_not_donated():
+    run(epochs=1)
+    assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(PARAMS))
+    assert NET.loss(PARAMS, X, Y).shape == ()
+
+
+def test_manual_and_autodiff_side_by_side():
+    manual, auto = run(), run(grad="autodiff")
+    errors = tolerance.tree_errors(manual.params, auto.params)
+    rtol = tolerance.net_rtol(jnp.float32, NET.sizes, BATCH)
+    assert all(rel <= rtol for _, _, rel in errors), errors
+    for m, a in zip(manual.history, auto.history, strict=True):
+        assert np.isclose(m["loss"], a["loss"], rtol=rtol)
+
+
+def test_manual_training_never_starts_autodiff(monkeypatch):
+    def forbid(*args, **kwargs):
+        raise AssertionError("an autodiff trace was started")
+
+    monkeypatch.setattr(ad.JVPTrace, "__init__", forbid)
+    monkeypatch.setattr(ad.LinearizeTrace, "__init__", forbid)
+    optimizer = optax.sgd(0.1)  # a new static argument: the epoch is traced anew here
+    run(optimizer=optimizer, epochs=1)
+    with pytest.raises(AssertionError, match="autodiff"):  # and the guard works
+        run(optimizer=optimizer, epochs=1, grad="autodiff")
+
+
+def test_grad_check_catches_a_wrong_derivative():
+    wrong = mbp.Activation("tanh_wrong", jnp.tanh, lambda z: 1 - jnp.tanh(z))  # not squared
+    net = mbp.MLP((4, 8, 3), hidden=wrong, output="softmax", loss="cross_entropy")
+    result = run(net=net, epochs=1, check_every=1)
+    check = result.history[0]["grad_check"]
+    assert not check["passed"] and check["max_rel_error"] > check["rtol"]
+
+
+def test_progress_prints_one_line_per_epoch(capsys):
+    run(epochs=3, progress=True, eval_data=(X_TEST, Y_TEST))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("epoch 1/3") and "loss" in lines[0] and "test_accuracy" in lines[0]
+    run(epochs=3, progress=False)
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out == ""
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    full = run(epochs=2)
+    mixed = run(epochs=2, compute_dtype=jnp.bfloat16)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mixed.params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(mixed.opt_state[0].mu))
+    assert not trees_equal(full.params, mixed.params)  # the forward really ran in bfloat16
+    bf16_rtol = tolerance.net_rtol(jnp.bfloat16, NET.sizes, BATCH)
+    for f, m in zip(full.history, mixed.history, strict=True):
+        assert np.isclose(m["loss"], f["loss"], rtol=bf16_rtol)
+
+
+# --- bad inputs --------------------------------------------------------------------------
+
+
+def with_value(array, row, value):
+    array = np.array(array, dtype=np.float32)
+    array[row] = value
+    return array
+
+
+@pytest.mark.parametrize(
+    "overrides, error, match",
+    [
+        (dict(X=with_value(X, 5, np.nan)), ValueError, "X: expected finite"),
+        (dict(Y=with_value(np.eye(3)[Y], 2, np.inf)), ValueError, "Y: expected finite"),
+        (dict(eval_data=(with_value(X_TEST, 0, np.inf), Y_TEST)), ValueError, "eval_data: X"),
+        (dict(eval_data=(X_TEST, Y_TEST[:5])), ValueError, "eval_data: Y"),
+        (dict(eval_data=X_TEST), TypeError, "eval_data"),
+        (dict(Y=Y[:10]), ValueError, "Y: expected 70 rows"),
+        (dict(grad="numeric"), ValueError, "grad: expected one of manual, autodiff"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(batch_size=N + 1), ValueError, "batch_size: expected at most the 70"),
+        (dict(epochs=-1), ValueError, "epochs"),
+        (dict(epochs=2.0), ValueError, "epochs"),
+        (dict(check_every=0), ValueError, "check_every"),
+        (dict(compute_dtype=jnp.int32), TypeError, "compute_dtype"),
+        (dict(mesh="cpu"), TypeError, "mesh"),
+        (dict(mesh=jax.make_mesh((1,), ("batch",))), ValueError, "mesh: expected Auto"),
+    ],
+)
+def test_bad_arguments_are_rejected(overrides, error, match):
+    with pytest.raises(error, match=match):
+        run(**overrides)
+
+
+def test_divergence_stops_naming_the_epoch_and_keeps_the_last_checkpoint(tmp_path):
+    # Regression with MSE: epoch 1 trains, then a huge step makes the error grow
+    # geometrically until the loss overflows.
+    net = mbp.MLP((4, 8, 3), hidden="tanh")
+    one_hot = np.eye(3, dtype=np.float32)
+    schedule = optax.piecewise_constant_schedule(0.01, {N // BATCH: 1e12})
+    with pytest.raises(DivergenceError, match="in epoch 2: loss (nan|inf) at step") as caught:
+        run(
+            net=net,
+            Y=one_hot[Y],
+            optimizer=optax.sgd(schedule),
+            epochs=4,
+            checkpoint_dir=tmp_path,
+            eval_data=(X_TEST, one_hot[Y_TEST]),
+        )
+    assert isinstance(caught.value, FloatingPointError)
+    assert caught.value.epoch == 2 and len(caught.value.history) == 1
+    assert "test_loss" in caught.value.history[0]  # a regression: no accuracy
+    assert "test_accuracy" not in caught.value.history[0]
+    assert "checkpoint of epoch 1" in str(caught.value)
+    with np.load(checkpoint.path_in(tmp_path)) as stored:
+        assert json.loads(stored["meta"].tobytes())["epoch"] == 1
+
+
+# --- checkpoints -------------------------------------------------------------------------
+
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    options = dict(eval_data=(X_TEST, Y_TEST), check_every=2)
+    uninterrupted = run(epochs=4, **options)
+    first = run(epochs=2, checkpoint_dir=tmp_path, **options)
+    assert len(first.history) == 2
+    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    resumed = run(epochs=4, checkpoint_dir=tmp_path, **options)
+    assert results_equal(resumed, uninterrupted)
+    again = run(epochs=4, checkpoint_dir=tmp_path, **options)  # complete: nothing to do
+    assert results_equal(again, uninterrupted)
+    with pytest.raises(ValueError, match="already completed 4 epochs"):
+        run(epochs=3, checkpoint_dir=tmp_path, **options)
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory) -> bytes:
+    """The bytes of the shared case's checkpoint after one epoch."""
+    directory = tmp_path_factory.mktemp("saved")
+    run(epochs=1, checkpoint_dir=directory)
+    return checkpoint.path_in(directory).read_bytes()
+
+
+def other_net_params():
+    net = mbp.MLP((4, 9, 3), hidden="tanh", output="softmax", loss="cross_entropy")
+    return net, make_params(net)
+
+
+@pytest.mark.parametrize(
+    "overrides, differs",
+    [
+        (dict(zip(("net", "params"), other_net_params(), strict=True)), "net, params, opt_state"),
+        (dict(optimizer=optax.sgd(0.1)), "opt_state"),
+        (dict(batch_size=8), "run"),
+        (dict(grad="autodiff"), "run"),
+        (dict(key=jax.random.key(7)), "run"),
+    ],
+)
+def test_checkpoint_of_another_run_is_refused_and_kept(
+    tmp_path, saved_checkpoint, overrides, differs
+):
+    path = checkpoint.path_in(tmp_path)
+    path.write_bytes(saved_checkpoint)
+    run(epochs=2, checkpoint_dir=tmp_path)  # the same run resumes
+    resumed = path.read_bytes()
+    with pytest.raises(CheckpointMismatchError, match=f"different run \\({differs} differ"):
+        run(epochs=3, checkpoint_dir=tmp_path, **overrides)
+    assert path.read_bytes() == resumed
+
+
+def truncate(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def flip_a_byte(data: bytes) -> bytes:
+    middle = len(data) // 2
+    return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
+
+
+@pytest.mark.parametrize("damage", [truncate, flip_a_byte, lambda data: b"not a checkpoint"])
+def test_corrupted_checkpoint_is_refused_and_kept(tmp_path, saved_checkpoint, damage):
+    path = checkpoint.path_in(tmp_path)
+    path.write_bytes(damage(saved_checkpoint))
+    damaged = path.read_bytes()
+    with pytest.raises(CheckpointError, match="corrupted"):
+        run(epochs=2, checkpoint_dir=tmp_path)
+    assert path.read_bytes() == damaged
+    path.write_bytes(saved_checkpoint)  # the undamaged file resumes
+    assert len(run(epochs=2, checkpoint_dir=tmp_path).history) == 2
+
+
+# --- a run killed with SIGKILL ----------------------------------------------------------
+
+KILLED_EPOCHS = 6
+
+
+def child_main(checkpoint_dir: str) -> None:
+    """The run that the next test kills: the shared case, slowed down after each epoch."""
+    run(epochs=KILLED_EPOCHS, checkpoint_dir=checkpoint_dir, callback=lambda _: time.sleep(0.4))
+
+
+def test_sigkill_mid_training_resumes_bit_identical(tmp_path):
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import test_train; test_train.child_main({str(tmp_path)!r})"],
+        cwd=tests,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    path = checkpoint.path_in(tmp_path)
+    deadline = time.monotonic() + 120
+    while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    _, stderr = child.communicate()
+    assert child.returncode == -signal.SIGKILL, stderr.decode()[-2000:]
+    with np.load(path) as stored:
+        epoch = json.loads(stored["meta"].tobytes())["epoch"]
+    assert 1 <= epoch < KILLED_EPOCHS
+    resumed = run(epochs=KILLED_EPOCHS, checkpoint_dir=tmp_path)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, KILLED_EPOCHS + 1))
+    assert results_equal(resumed, run(epochs=KILLED_EPOCHS))
