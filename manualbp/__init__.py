@@ -7,6 +7,7 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 
 from manualbp import backprop
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
+from manualbp.backprop import Equations
 from manualbp.gradients import (
     autodiff_value_and_grad,
     forward,
@@ -16,6 +17,7 @@ from manualbp.gradients import (
 )
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.network import MLP, Layer, Params
+from manualbp.verify import Report, Row, verify, verify_activation, verify_loss
 
 __version__ = "0.1.0"
 
@@ -24,9 +26,12 @@ __all__ = [
     "LOSSES",
     "MLP",
     "Activation",
+    "Equations",
     "Layer",
     "Loss",
     "Params",
+    "Report",
+    "Row",
     "autodiff_value_and_grad",
     "backprop",
     "forward",
@@ -35,4 +40,7 @@ __all__ = [
     "loss",
     "manual_value_and_grad",
     "per_example_grads",
+    "verify",
+    "verify_activation",
+    "verify_loss",
 ]

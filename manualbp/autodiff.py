@@ -7,8 +7,9 @@ automatic gradients of one and the same `network.batch_loss` can be compared.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 
-from manualbp.network import MLP, Params, batch_loss
+from manualbp.network import MLP, Params, batch_loss, example_loss
 
 Array = jax.Array
 
@@ -16,3 +17,42 @@ Array = jax.Array
 def value_and_grad(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
     """The batch mean of E and its gradient with respect to params, by `jax.value_and_grad`."""
     return jax.value_and_grad(batch_loss, argnums=1)(net, params, X, Y)
+
+
+def deltas(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, ...]:
+    """The true δ^l = ∂E/∂z^l of every example, by autodiff; ``[k]`` is layer l = k + 2.
+
+    Adds a zero offset to every z^l and differentiates the sum of the
+    per-example E with respect to the offsets: example b's E depends only on
+    its own row, so row b of the gradient is δ^l of example b. Shapes (B, N_l).
+    """
+    offsets = tuple(jnp.zeros((X.shape[0], n), X.dtype) for n in net.sizes[1:])
+
+    def total_E(offsets):
+        a = X
+        for (W, b), sigma, offset in zip(params, net.activations, offsets, strict=True):
+            z = a @ W.T + b[None, :] + offset
+            a = sigma.fn(z)
+        return jnp.sum(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(z, a, Y))
+
+    return jax.grad(total_E)(offsets)
+
+
+def elementwise_derivative(fn, z: Array) -> Array:
+    """σ'(z) for a componentwise σ, by forward-mode autodiff with a tangent of ones."""
+    return jax.jvp(fn, (z,), (jnp.ones_like(z),))[1]
+
+
+def jacobian_t_dot(fn, z: Array, g: Array) -> Array:
+    """J_σ(z)ᵀ g row by row (a batch of examples), by reverse-mode autodiff."""
+    return jax.vmap(lambda z_b, g_b: jax.vjp(fn, z_b)[1](g_b)[0])(z, g)
+
+
+def jacobian(fn, z: Array) -> Array:
+    """J_σ(z) of each row of z, shape (B, N, N)."""
+    return jax.vmap(jax.jacrev(fn))(z)
+
+
+def loss_grad(loss_fn, y_hat: Array, Y: Array) -> Array:
+    """∂E/∂ŷ of each example, by autodiff of the example's E."""
+    return jax.vmap(jax.grad(loss_fn))(y_hat, Y)
