@@ -8,6 +8,7 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 from manualbp import backprop
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
+from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
 from manualbp.gradients import (
     autodiff_value_and_grad,
     forward,
@@ -17,6 +18,7 @@ from manualbp.gradients import (
 )
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.network import MLP, Layer, Params
+from manualbp.train import DivergenceError, TrainResult, data_parallel_mesh, train
 from manualbp.verify import Report, Row, verify, verify_activation, verify_loss
 
 __version__ = "0.1.0"
@@ -26,20 +28,26 @@ __all__ = [
     "LOSSES",
     "MLP",
     "Activation",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "DivergenceError",
     "Equations",
     "Layer",
     "Loss",
     "Params",
     "Report",
     "Row",
+    "TrainResult",
     "autodiff_value_and_grad",
     "backprop",
+    "data_parallel_mesh",
     "forward",
     "get_activation",
     "get_loss",
     "loss",
     "manual_value_and_grad",
     "per_example_grads",
+    "train",
     "verify",
     "verify_activation",
     "verify_loss",
