@@ -106,7 +106,8 @@ def key_description(key) -> dict:
     return {"data": data.tolist(), "impl": impl}
 
 
-def _to_host(x) -> np.ndarray:
+def to_host(x) -> np.ndarray:
+    """A NumPy copy of ``x``; for an array replicated over several hosts, the local copy."""
     # Parameters are replicated across a mesh; one local copy holds every value,
     # and it stays readable when other hosts own the rest of the devices.
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
@@ -133,7 +134,7 @@ def save(
     arrays = {"key": key_data, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
     for prefix, tree in (("params", state.params), ("opt_state", state.opt_state)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
-            arrays[f"{prefix}/{i}"] = _to_host(leaf)
+            arrays[f"{prefix}/{i}"] = to_host(leaf)
     final = path_in(directory)
     temporary = directory / f".{FILENAME}.tmp"
     with open(temporary, "wb") as f:

@@ -33,7 +33,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from manualbp import autodiff, backprop, checkpoint, tolerance, validation
+from manualbp import activations, autodiff, backprop, checkpoint, tolerance, validation
+from manualbp.checkpoint import to_host
 from manualbp.network import MLP, Params, as_targets, batch_loss, forward_pass_batch
 
 Array = jax.Array
@@ -137,7 +138,7 @@ def _evaluate(params, X, Y, *, net):
         return E, jnp.nan
     _, as_ = forward_pass_batch(net, params, X)
     y_hat = as_[-1]
-    if net.sizes[-1] > 1 and net.output.name == "softmax":
+    if net.output is activations.softmax:
         correct = jnp.argmax(y_hat, axis=1) == jnp.argmax(Y, axis=1)
     else:  # sigmoid outputs, one yes/no decision per output
         correct = (y_hat > 0.5) == (Y > 0.5)
@@ -284,8 +285,8 @@ def train(
             "Y": [list(Y_train.shape), Y_train.dtype.name],
             "key": checkpoint.key_description(key),
         }
-        print_ = checkpoint.fingerprint(net, params, opt_state, run)
-        saved = checkpoint.load(checkpoint_dir, print_, params, opt_state)
+        fingerprint = checkpoint.fingerprint(net, params, opt_state, run)
+        saved = checkpoint.load(checkpoint_dir, fingerprint, params, opt_state)
         if saved is not None:
             if saved.epoch > epochs:
                 raise ValueError(
@@ -312,14 +313,15 @@ def train(
         params_next, opt_state, key, losses, finite = _epoch(
             params, opt_state, key, X_train, Y_train, **statics
         )
-        if not bool(finite):
+        losses = to_host(losses)
+        if not to_host(finite):
             raise DivergenceError(
-                _divergence_message(epoch, np.asarray(losses), checkpoint_dir), epoch, history
+                _divergence_message(epoch, losses, checkpoint_dir), epoch, history
             )
         params = params_next
-        record = {"epoch": epoch, "loss": float(np.mean(np.asarray(losses, np.float64)))}
+        record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
         if test is not None:
-            test_loss, accuracy = _evaluate(params, *test, net=net)
+            test_loss, accuracy = map(to_host, _evaluate(params, *test, net=net))
             record["test_loss"] = float(test_loss)
             if net.classifier:
                 record["test_accuracy"] = float(accuracy)
@@ -330,7 +332,7 @@ def train(
             checkpoint.save(
                 checkpoint_dir,
                 checkpoint.Checkpoint(epoch, params, opt_state, key, history),
-                print_,
+                fingerprint,
             )
         if progress:
             print(_progress_line(record, epochs, time.perf_counter() - started), file=sys.stderr)
@@ -409,7 +411,9 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
 
 
 def _grad_check(net, params, X, Y, batch_size) -> dict:
-    manual, auto = _both_grads(params, X[:batch_size], Y[:batch_size], net=net)
+    manual, auto = jax.tree.map(
+        to_host, _both_grads(params, X[:batch_size], Y[:batch_size], net=net)
+    )
     errors = tolerance.tree_errors(manual, auto)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     rtol = tolerance.net_rtol(dtype, net.sizes, batch_size)
