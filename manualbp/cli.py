@@ -1,0 +1,247 @@
+"""The `manualbp` command: verify, train, bench.
+
+    manualbp verify                       # the whole built-in catalogue, summary table
+    manualbp verify --sizes 4,8,3 --hidden mymodule:my_tanh --loss mse --fd
+    manualbp train --help
+    manualbp bench --quick
+
+`verify` exits 1 when any check fails; every command exits 2 with one line on
+standard error for a usage or input error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, Activation
+from manualbp.losses import LOSSES, Loss
+
+CATALOGUE_SIZES = (5, 7, 6, 3)
+"""Two hidden layers, so equation (1) is checked at a layer fed by another hidden layer."""
+
+OUTPUT_LOSS_PAIRS = (
+    ("identity", "mse"),
+    ("tanh", "mse"),
+    ("sigmoid", "mse"),
+    ("softmax", "mse"),
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("sigmoid", "cross_entropy"),
+)
+"""Output function and loss pairs that make sense together; the catalogue crosses them
+with every hidden activation."""
+
+
+class UserError(Exception):
+    """A mistake in the command line or the inputs: one line, exit status 2."""
+
+
+def _plugin(spec: str, kind: type, builtins: dict, what: str):
+    """A built-in name, or ``module:attribute`` naming an `Activation` / `Loss` object."""
+    if ":" not in spec:
+        if spec not in builtins:
+            raise UserError(
+                f"unknown {what} {spec!r}; expected one of {', '.join(builtins)} "
+                "or module:attribute"
+            )
+        return spec
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise UserError(f"cannot import {module_name!r} for {what} {spec!r}: {error}") from None
+    obj = getattr(module, attribute, None)
+    if not isinstance(obj, kind):
+        raise UserError(f"{spec!r} is {type(obj).__name__}, expected an mbp.{kind.__name__} object")
+    return obj
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated layer widths such as 4,8,3, got {text!r}"
+        ) from None
+    return sizes
+
+
+def _verify_parser(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Check manual backprop against autodiff, equation by equation and layer by layer. "
+        "With no net flags, verify the whole built-in catalogue."
+    )
+    parser.add_argument("--sizes", type=_sizes, help="layer widths N_1,...,N_L, e.g. 4,8,3")
+    parser.add_argument(
+        "--hidden",
+        help="hidden activation(s): a name, module:attribute, or a comma-separated list",
+    )
+    parser.add_argument("--output", help="output function: a name or module:attribute")
+    parser.add_argument("--loss", help="loss: a name or module:attribute")
+    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64", "bfloat16", "float16"),
+        help="parameter and compute dtype (default float32)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for params and data")
+    parser.add_argument("--fd", action="store_true", help="add float64 finite differences")
+    parser.add_argument(
+        "--devices",
+        choices=("default", "all"),
+        default="default",
+        help="'all': every device JAX lists plus the CPU, compared against each other",
+    )
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write the report as JSON ('-': stdout)"
+    )
+
+
+def _run_verify(args) -> int:
+    import jax
+    import jax.numpy as jnp
+
+    from manualbp.data import random_batch
+    from manualbp.network import MLP
+    from manualbp.verify import verify, verify_activation, verify_loss
+
+    if args.batch < 1:
+        raise UserError(f"--batch: expected a positive batch size, got {args.batch}")
+    single = any(v is not None for v in (args.sizes, args.hidden, args.output, args.loss))
+    dtype = jnp.dtype(args.dtype)
+    devices = None if args.devices == "default" else "all"
+
+    def check(net):
+        key_params, key_data = jax.random.split(jax.random.key(args.seed))
+        params = net.init(key_params, dtype, scheme="nielsen_scaled")
+        X, Y = random_batch(net, key_data, args.batch, dtype)
+        return verify(
+            net, params, X, Y, finite_differences=args.fd, devices=devices, seed=args.seed
+        )
+
+    with jax.enable_x64(args.dtype == "float64" or args.fd):
+        if single:
+            hidden = args.hidden or "tanh"
+            hidden = [_plugin(h, Activation, ACTIVATIONS, "activation") for h in hidden.split(",")]
+            net = MLP(
+                args.sizes or CATALOGUE_SIZES,
+                hidden=hidden[0] if len(hidden) == 1 else hidden,
+                output=_plugin(args.output or "identity", Activation, ACTIVATIONS, "activation"),
+                loss=_plugin(args.loss or "mse", Loss, LOSSES, "loss"),
+            )
+            for sigma in net.activations:
+                if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]:
+                    print(verify_activation(sigma, dtype), end="\n\n")
+            if net.cost.name not in LOSSES or net.cost is not LOSSES[net.cost.name]:
+                print(verify_loss(net.cost, dtype), end="\n\n")
+            report = check(net)
+            print(report)
+            _write_json(args.json, report.to_dict())
+            return 0 if report.passed else 1
+        return _catalogue(args, dtype, check)
+
+
+def _catalogue(args, dtype, check) -> int:
+    from manualbp.experiment import format_table
+    from manualbp.network import MLP
+    from manualbp.verify import verify_activation, verify_loss
+
+    start = time.perf_counter()
+    summary, reports = [], []
+    for name in ACTIVATIONS:
+        reports.append(verify_activation(name, dtype))
+    for name in LOSSES:
+        reports.append(verify_loss(name, dtype))
+    for report in reports:
+        summary.append(_summary_row(report.meta["subject"], report))
+    for hidden in HIDDEN_ACTIVATIONS:
+        for output, loss in OUTPUT_LOSS_PAIRS:
+            net = MLP(CATALOGUE_SIZES, hidden=hidden, output=output, loss=loss)
+            report = check(net)
+            reports.append(report)
+            summary.append(_summary_row(f"{hidden} → {output} + {loss}", report))
+    failed = [r for r in reports if not r.passed]
+    print(format_table(summary, ["", "subject", "checks", "worst rel_err/tol", "first failure"]))
+    print()
+    for report in failed:
+        print(report, end="\n\n")
+    n_checks = sum(len(r.rows) for r in reports)
+    verdict = "PASSED" if not failed else "FAILED"
+    print(
+        f"{verdict}: {len(reports) - len(failed)} of {len(reports)} subjects, {n_checks} checks, "
+        f"sizes {CATALOGUE_SIZES}, batch {args.batch}, {dtype}, "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    _write_json(
+        args.json,
+        {"passed": not failed, "subjects": [r.to_dict() for r in reports]},
+    )
+    return 0 if not failed else 1
+
+
+def _summary_row(subject, report):
+    worst = max(report.rows, key=lambda r: r.rel_err / r.tol)
+    first = report.failures[0] if report.failures else None
+    return {
+        "": "ok" if report.passed else "FAIL",
+        "subject": subject,
+        "checks": len(report.rows),
+        "worst rel_err/tol": f"{worst.rel_err / worst.tol:.3f}",
+        "first failure": ""
+        if first is None
+        else f"{first.check} l={first.layer} {first.diagnosis}",
+    }
+
+
+def _write_json(path, payload) -> None:
+    if path is None:
+        return
+    text = json.dumps(payload, indent=2)
+    if path == "-":
+        print(text)
+    else:
+        with open(path, "w") as f:
+            f.write(text + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = argparse.ArgumentParser(prog="manualbp", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="{verify,train,bench}")
+    _verify_parser(commands.add_parser("verify", help="check manual backprop against autodiff"))
+    commands.add_parser("train", help="train on a data set (see manualbp train -h)", add_help=False)
+    commands.add_parser(
+        "bench", help="benchmark manual vs autodiff (see manualbp bench -h)", add_help=False
+    )
+    if argv and argv[0] in ("train", "bench"):
+        module = importlib.import_module(
+            "manualbp.experiment" if argv[0] == "train" else "manualbp.bench"
+        )
+        entry = module.train_command if argv[0] == "train" else module.main
+        return _guarded(lambda: entry(argv[1:]))
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return _guarded(lambda: _run_verify(args))
+
+
+def _guarded(run) -> int:
+    """Run a command; user errors become one line on stderr and exit status 2."""
+    try:
+        return run()
+    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"manualbp: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
