@@ -60,12 +60,13 @@ def path_in(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / FILENAME
 
 
+def _dtype(x) -> np.dtype:
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
 def _describe_leaves(tree) -> list[list]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [
-        [jax.tree_util.keystr(path), list(np.shape(x)), str(np.asarray(x).dtype)]
-        for path, x in flat
-    ]
+    return [[jax.tree_util.keystr(path), list(np.shape(x)), str(_dtype(x))] for path, x in flat]
 
 
 def fingerprint(net, params, opt_state, run: dict) -> dict:
@@ -185,8 +186,19 @@ def load(
         if meta.get("format") != FORMAT:
             raise ValueError(f"unknown format {meta.get('format')!r}, expected {FORMAT}")
         epoch, history, stored_print = meta["epoch"], meta["history"], meta["fingerprint"]
+        if not isinstance(stored_print, dict):
+            raise ValueError("the fingerprint is not a mapping")
         key_data, key_impl = arrays.pop("key"), meta["key_impl"]
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UnicodeDecodeError) as e:
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        EOFError,
+        zipfile.BadZipFile,
+        UnicodeDecodeError,
+    ) as e:
         raise CheckpointError(
             f"checkpoint_dir: {path} is corrupted or not a manualbp checkpoint ({e}); "
             "it is left untouched: move it away to start the run afresh"
@@ -211,8 +223,15 @@ def load(
     for prefix, like in (("params", params_like), ("opt_state", opt_state_like)):
         leaves_like, treedef = jax.tree.flatten(like)
         names = [f"{prefix}/{i}" for i in range(len(leaves_like))]
-        if any(name not in arrays for name in names):
-            raise CheckpointError(f"checkpoint_dir: {path} is missing {prefix} arrays")
+        for name, leaf in zip(names, leaves_like, strict=True):
+            if name not in arrays or (arrays[name].shape, arrays[name].dtype) != (
+                np.shape(leaf),
+                _dtype(leaf),
+            ):
+                raise CheckpointError(
+                    f"checkpoint_dir: {path} is corrupted: {name} is missing or does not match "
+                    "its recorded shape and dtype; it is left untouched"
+                )
         trees.append(jax.tree.unflatten(treedef, [arrays[name] for name in names]))
     key = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
     return Checkpoint(epoch=epoch, params=trees[0], opt_state=trees[1], key=key, history=history)

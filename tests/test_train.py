@@ -4,6 +4,7 @@ Most tests share one small case (CASE below: same net, optimizer object,
 batch size and data shapes), so the epoch compiles once for the whole file.
 """
 
+import io
 import json
 import logging
 import os
@@ -315,7 +316,19 @@ def flip_a_byte(data: bytes) -> bytes:
     return data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1 :]
 
 
-@pytest.mark.parametrize("damage", [truncate, flip_a_byte, lambda data: b"not a checkpoint"])
+def reshape_an_array(data: bytes) -> bytes:
+    """A well-formed file whose first weight matrix no longer has its recorded shape."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    arrays["params/0"] = arrays["params/0"].T
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "damage", [truncate, flip_a_byte, reshape_an_array, lambda data: b"not a checkpoint"]
+)
 def test_corrupted_checkpoint_is_refused_and_kept(tmp_path, saved_checkpoint, damage):
     path = checkpoint.path_in(tmp_path)
     path.write_bytes(damage(saved_checkpoint))
