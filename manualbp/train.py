@@ -335,7 +335,11 @@ def train(
                 fingerprint,
             )
         if progress:
-            print(_progress_line(record, epochs, time.perf_counter() - started), file=sys.stderr)
+            print(
+                _progress_line(record, epochs, time.perf_counter() - started),
+                file=sys.stderr,
+                flush=True,
+            )
         if callback is not None:
             callback(record)
     return TrainResult(params=params, opt_state=opt_state, history=history, key=key)
