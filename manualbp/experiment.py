@@ -355,11 +355,13 @@ def train_side_by_side(
     grads: Sequence[str] = ("manual", "autodiff"),
     eval_data: tuple | None = None,
     progress: bool = False,
+    metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
 ) -> dict[str, Any]:
     """`manualbp.train` once per gradient path, from the same params, key and optimizer.
 
     Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
-    go to ``curves.png``, one axis per metric with every path on it.
+    of ``metrics`` (those the history has) go to ``curves.png``, one axis per
+    metric with every path on it.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -383,9 +385,7 @@ def train_side_by_side(
             callback=lambda record, grad=grad: run.log(grad=grad, **record),
         )
         seconds[grad] = time.perf_counter() - started
-    metrics = [
-        m for m in ("loss", "test_loss", "test_accuracy") if m in results[grads[0]].history[0]
-    ]
+    metrics = [m for m in metrics if m in results[grads[0]].history[0]]
     panels = {
         metric: {grad: [h[metric] for h in results[grad].history] for grad in grads}
         for metric in metrics
@@ -398,6 +398,21 @@ def curve_gap(histories: Mapping[str, list[dict]], metric: str = "loss") -> floa
     """max over epochs of |manual − autodiff| for ``metric`` (0 when the curves coincide)."""
     manual, autodiff = histories["manual"], histories["autodiff"]
     return max(abs(a[metric] - b[metric]) for a, b in zip(manual, autodiff, strict=True))
+
+
+def split_epoch(
+    histories: Mapping[str, list[dict]], metric: str = "loss", rtol: float = 1e-3
+) -> int | None:
+    """The first epoch where manual and autodiff differ by more than ``rtol`` relatively.
+
+    Rounding differs between the two paths, so on a chaotic trajectory (large
+    steps, Adam near a minimum) they separate eventually; None if they never do.
+    """
+    manual, autodiff = histories["manual"], histories["autodiff"]
+    for a, b in zip(manual, autodiff, strict=True):
+        if abs(a[metric] - b[metric]) > rtol * abs(b[metric]):
+            return a["epoch"]
+    return None
 
 
 def summary_rows(results: Mapping[str, Any], grads: Sequence[str]) -> list[dict[str, Any]]:
