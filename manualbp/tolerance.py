@@ -18,10 +18,12 @@ Why this shape:
   the forward pass) and the batch size B (equation (2) sums over the batch),
   so n is the largest of those.
 * C = 64 is calibrated on random networks of every built-in activation and
-  output/loss pair, float32 and float64 (the test suite's false-alarm sweep
-  shows the largest error seen is several times below it), and leaves
-  float32 tight enough to catch a 1e-3 relative error for widths and batches
-  up to a few hundred.
+  output/loss pair. Measured in units of eps · (L − 1) · √n: at most 0.32 over
+  378 random jitted nets (widths and batches up to 99, 1–5 layers, float32
+  and float64, fused and general δ^L), and at most 25 (0.39 of the bound) in
+  `manualbp verify`'s catalogue, which runs op by op. C = 64 keeps float32
+  tight enough to catch a 1e-3 relative error for widths and batches up to a
+  few hundred (the agreement tests check it).
 """
 
 from __future__ import annotations
