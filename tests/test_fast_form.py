@@ -1,0 +1,43 @@
+"""The fast batched form (Δ^L scaled by 1/B once, sums in (2) and (3)) equals the equations' form.
+
+`backprop.backprop_batch` is what the public gradients and training run;
+`backprop.backward_batch` with `backprop.EQUATIONS` applies the batch mean in
+equations (2) and (3) at every layer, as the equations are written. They must
+agree under the one tolerance rule, for every (output, loss) pair, fused or not.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import OUTPUT_LOSS_PAIRS, assert_grads_close, numpy_case
+
+import manualbp as mbp
+from manualbp import backprop
+
+B = 8
+SIZES = (5, 7, 6, 3)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("output, loss", OUTPUT_LOSS_PAIRS)
+@pytest.mark.parametrize("hidden", ["tanh", "relu", "gelu"])
+def test_fast_form_equals_the_equations_form(hidden, output, loss, fused, dtype):
+    net = mbp.MLP(SIZES, hidden, output, loss, fused=fused)
+    params, X, Y = numpy_case(net, 0, B, dtype)
+    Y = mbp.network.as_targets(net, Y, dtype)
+    E, grads = backprop.backprop_batch(net, params, X, Y)
+    E_ref, grads_ref, _ = backprop.backward_batch(net, params, X, Y)
+    np.testing.assert_allclose(E, E_ref, rtol=0)
+    assert_grads_close(grads, grads_ref, SIZES, B, dtype)
+
+
+def test_fast_form_compiled_equals_the_equations_form():
+    """The same under jit, where XLA fuses the 1/B into the kernel forming Δ^L."""
+    net = mbp.MLP(SIZES, "sigmoid", "softmax", "cross_entropy")
+    params, X, Y = numpy_case(net, 1, B, jnp.float32)
+    Y = mbp.network.as_targets(net, Y, jnp.float32)
+    fast = jax.jit(backprop.backprop_batch, static_argnums=0)(net, params, X, Y)
+    E_ref, grads_ref, _ = jax.jit(backprop.backward_batch, static_argnums=0)(net, params, X, Y)
+    np.testing.assert_allclose(fast[0], E_ref, rtol=1e-6)
+    assert_grads_close(fast[1], grads_ref, SIZES, B, jnp.float32)
