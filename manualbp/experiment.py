@@ -366,12 +366,12 @@ def train_side_by_side(
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
     """
-    from manualbp.train import train
+    import manualbp as mbp
 
     results, seconds = {}, {}
     for grad in grads:
         started = time.perf_counter()
-        results[grad] = train(
+        results[grad] = mbp.train(
             net,
             params,
             optimizer,

@@ -195,14 +195,18 @@ def test_mnist_nielsen_on_tiny_idx_files(tmp_path):
     write_mnist(tmp_path, n_train=20, n_test=10)
     mnist = load("mnist_nielsen")
     config = mnist.Config(
-        runs_dir=str(tmp_path / "runs"), mnist_dir=str(tmp_path), epochs=1, progress=False
+        runs_dir=str(tmp_path / "runs"),
+        mnist_dir=str(tmp_path),
+        recipe="ch1",  # ch3 differs in sizes and optimizer, tested below
+        epochs=1,
+        progress=False,
     )
     summary = mnist.main(config)
     run = only_run(tmp_path / "runs", "mnist_nielsen")
-    for recipe in ("ch1", "ch3"):
-        assert set(summary[recipe]["test_accuracy"]) == {"manual", "autodiff"}
-        assert len(metrics(run / recipe)) == 2
-        assert_png(run / recipe / "curves.png")
+    assert set(summary) == {"ch1"}
+    assert set(summary["ch1"]["test_accuracy"]) == {"manual", "autodiff"}
+    assert len(metrics(run / "ch1")) == 2
+    assert_png(run / "ch1" / "curves.png")
 
 
 def test_nielsen_weight_decay_leaves_biases_alone():
@@ -222,17 +226,13 @@ def test_nielsen_weight_decay_leaves_biases_alone():
 def test_gradient_agreement(tmp_path):
     agreement = load("gradient_agreement")
     config = agreement.Config(
-        runs_dir=str(tmp_path), depths=(1, 2), widths=(4,), activations=("tanh",), draws=1
+        runs_dir=str(tmp_path), depths=(1,), widths=(4,), activations=("tanh",), draws=1
     )
     summary = agreement.main(config)
     run = only_run(tmp_path, "gradient_agreement")
     assert summary["all_within_bound"] is True
-    assert [(r["dtype"], r["depth"]) for r in metrics(run)] == [
-        ("float32", 1),
-        ("float32", 2),
-        ("float64", 1),
-        ("float64", 2),
-    ]
+    assert [r["dtype"] for r in metrics(run)] == ["float32", "float64"]
+    assert all(0 <= r["error_eps"] <= r["bound_eps"] for r in metrics(run))
     assert_png(run / "agreement.png")
 
 
@@ -240,13 +240,24 @@ def test_gradient_agreement(tmp_path):
 
 
 def test_train_command(tmp_path, capsys):
-    argv = ["--dataset", "xor", "--n", "16", "--epochs", "2", "--batch-size", "4"]
+    argv = [
+        "--dataset",
+        "xor",
+        "--n",
+        "16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--grad",
+        "manual",
+    ]
     assert experiment.train_command(argv + ["--runs-dir", str(tmp_path)]) == 0
     run = only_run(tmp_path, "train")
-    assert len(metrics(run)) == 4
+    assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert_png(run / "curves.png")
     summary = json.loads((run / "summary.json").read_text())
-    assert [row["grad"] for row in summary["final"]] == ["manual", "autodiff"]
+    assert [row["grad"] for row in summary["final"]] == ["manual"]
     assert "manual" in capsys.readouterr().out
 
 
