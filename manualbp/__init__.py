@@ -5,7 +5,7 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 `manualbp.backprop` (``mbp.backprop.backprop`` is the single-example backward pass).
 """
 
-from manualbp import backprop
+from manualbp import backprop, data
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
 from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
@@ -40,6 +40,7 @@ __all__ = [
     "TrainResult",
     "autodiff_value_and_grad",
     "backprop",
+    "data",
     "data_parallel_mesh",
     "forward",
     "get_activation",
