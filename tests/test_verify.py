@@ -170,16 +170,20 @@ def test_building_block_checks_fail_on_wrong_derivatives():
 
 
 def test_no_false_alarms_over_random_draws():
+    # Random activations, losses, fusing, dtypes, batches and parameters over a
+    # few architectures (shapes repeat, so op-by-op kernels compile once).
     rng = np.random.default_rng(0)
-    for draw in range(12):
+    architectures = ((3, 5, 2), (4, 6, 5, 3), (6, 3, 4, 4, 2))
+    for draw in range(16):
         output, loss = OUTPUT_LOSS_PAIRS[rng.integers(len(OUTPUT_LOSS_PAIRS))]
-        sizes = tuple(int(n) for n in rng.integers(2, 9, size=rng.integers(2, 5)))
+        sizes = architectures[draw % 3]
         hidden = [str(h) for h in rng.choice(HIDDEN_ACTIVATIONS, size=len(sizes) - 2)]
         net = mbp.MLP(sizes, hidden, output, loss, fused=bool(rng.integers(2)))
-        dtype = (jnp.float32, jnp.float64)[draw % 2]
+        dtype = (jnp.float32, jnp.float64)[rng.integers(2)]
         with jax.enable_x64(dtype == jnp.float64):
-            params, X, Y = numpy_case(net, draw, int(rng.integers(1, 9)), dtype)
-            report = mbp.verify(net, params, X, Y)
+            params, X, Y = numpy_case(net, draw, int(rng.choice([4, 8])), dtype)
+            with jax.disable_jit():
+                report = mbp.verify(net, params, X, Y)
         assert report.passed, str(report)
 
 
