@@ -137,7 +137,7 @@ def _run_verify(args) -> int:
                 output=_plugin(args.output or "identity", Activation, ACTIVATIONS, "activation"),
                 loss=_plugin(args.loss or "mse", Loss, LOSSES, "loss"),
             )
-            for sigma in net.activations:
+            for sigma in dict.fromkeys(net.activations):  # each once, in layer order
                 if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]:
                     print(verify_activation(sigma, dtype), end="\n\n")
             if net.cost.name not in LOSSES or net.cost is not LOSSES[net.cost.name]:

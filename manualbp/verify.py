@@ -182,13 +182,15 @@ def diagnose(actual, reference) -> str:
     if r2 == 0.0:
         return "should be zero"
     k = float(m @ r) / r2
-    residual = float(np.max(np.abs(m - k * r))) / max(float(np.max(np.abs(m))), 1e-300)
-    if residual > 1e-3 or k == 0.0:
+    error = float(np.max(np.abs(m - r)))
+    residual = float(np.max(np.abs(m - k * r)))
+    # A factor must explain the error, not merely fit m: at most 1% of it left over.
+    if k == 0.0 or residual > 0.01 * error:
         return "zero" if not np.any(m) else ""
     if abs(k + 1) < 1e-3:
         return "sign flipped"
     nearest = round(k)
-    shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-3 * abs(k) else f"{k:.4g}"
+    shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
     return f"off by ×{shown}"
 
 
