@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -79,8 +80,10 @@ CONFIGS = (
 CONFIGS_BY_NAME = {c.name: c for c in CONFIGS}
 
 TRAINING = Config("nielsen", (784, 30, 10), "sigmoid", "sigmoid", "mse", 10)
-"""The training benchmark: Nielsen's chapter-1 network, SGD with η = 3, mini-batches of 10."""
+"""The training benchmark: Nielsen's chapter-1 network and SGD with η = 3."""
 TRAINING_ETA = 3.0
+TRAINING_BATCHES = (10, 100)
+"""Mini-batch sizes for the training rows: the textbook's 10, and 100."""
 
 
 # --- FLOP counts (documented in the module docstring) ----------------------------
@@ -276,8 +279,27 @@ def numpy_sgd_epoch(
             b -= eta / batch_size * sum_db[k]
 
 
+def _train_epoch(train, net, params, optimizer, X, Y, batch_size: int, grad: str):
+    return train(
+        net,
+        params,
+        optimizer,
+        X,
+        Y,
+        epochs=1,
+        batch_size=batch_size,
+        key=jax.random.key(2),
+        grad=grad,
+        progress=False,
+    ).params
+
+
 def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
-    """Epoch throughput (samples/s): `manualbp.train` manual vs autodiff, and the NumPy loop."""
+    """Epoch throughput (samples/s): `manualbp.train` manual vs autodiff, and the NumPy loop.
+
+    One row per mini-batch size in ``TRAINING_BATCHES``: the textbook's 10, where
+    each step is too small to keep the machine busy, and 100.
+    """
     config = TRAINING
     result = {"config": dataclasses.asdict(config), "eta": TRAINING_ETA, "n_train": n_train}
     net = config.net()
@@ -286,68 +308,61 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
     X = jax.random.uniform(key_X, (n_train, config.sizes[0]), jnp.float32)
     labels = jax.random.randint(key_Y, (n_train,), 0, config.sizes[-1])
     Y = jax.nn.one_hot(labels, config.sizes[-1], dtype=jnp.float32)
-    steps = n_train // config.batch
-    samples = steps * config.batch
-
-    np_params = [(np.array(W), np.array(b)) for W, b in params]
     X_np, Y_np = np.asarray(X[:n_numpy]), np.asarray(Y[:n_numpy])
-    rng = np.random.default_rng(0)
-    numpy_times = [
-        _seconds(lambda: numpy_sgd_epoch(np_params, X_np, Y_np, config.batch, TRAINING_ETA, rng))
-        for _ in range(max(1, repeats // 3))
-    ]
-    numpy_samples = n_numpy // config.batch * config.batch
-    result["numpy"] = {
-        **_summary(numpy_times),
-        "samples": numpy_samples,
-        "samples_per_s": numpy_samples / float(np.median(numpy_times)),
-    }
 
     try:
         train = importlib.import_module("manualbp.train").train
         import optax
-    except (ImportError, AttributeError) as error:
-        result["skipped"] = f"manualbp.train is not available ({error}); JAX training rows skipped"
-        return result
 
-    optimizer = optax.sgd(TRAINING_ETA)  # one object, so the compiled epoch is reused
-    fns = {
-        grad: (
-            lambda grad=grad: (
-                train(
-                    net,
-                    params,
-                    optimizer,
-                    X,
-                    Y,
-                    epochs=1,
-                    batch_size=config.batch,
-                    key=jax.random.key(2),
-                    grad=grad,
-                    progress=False,
-                ).params
-            )
+        optimizer = optax.sgd(TRAINING_ETA)  # one object, so the compiled epoch is reused
+    except (ImportError, AttributeError) as error:
+        train = None
+        result["skipped"] = f"manualbp.train is not available ({error}); JAX training rows skipped"
+
+    result["batches"] = []
+    for batch_size in TRAINING_BATCHES:
+        row = {"batch_size": batch_size}
+        result["batches"].append(row)
+        np_params = [(np.array(W), np.array(b)) for W, b in params]
+        rng = np.random.default_rng(0)
+        numpy_epoch = functools.partial(
+            numpy_sgd_epoch, np_params, X_np, Y_np, batch_size, TRAINING_ETA, rng
         )
-        for grad in ("manual", "autodiff")
-    }
-    try:
-        first = _first_calls(fns)
-    except Exception as error:  # a training module still in progress must not sink the run
-        result["skipped"] = f"manualbp.train failed: {type(error).__name__}: {error}"
-        return result
-    times = _interleaved(fns, repeats)
-    for grad in fns:
-        summary = _summary(times[grad])
-        summary["first_call_s"] = first[grad]
-        summary["compile_s"] = max(0.0, first[grad] - summary["median_s"])
-        summary["samples"] = samples
-        summary["samples_per_s"] = samples / summary["median_s"]
-        result[grad] = summary
-    numpy_rate = result["numpy"]["samples_per_s"]
-    result["ratio_manual_over_autodiff_throughput"] = (
-        result["manual"]["samples_per_s"] / result["autodiff"]["samples_per_s"]
-    )
-    result["ratio_manual_over_numpy_throughput"] = result["manual"]["samples_per_s"] / numpy_rate
+        numpy_times = [_seconds(numpy_epoch) for _ in range(max(1, repeats // 3))]
+        numpy_samples = n_numpy // batch_size * batch_size
+        row["numpy"] = {
+            **_summary(numpy_times),
+            "samples": numpy_samples,
+            "samples_per_s": numpy_samples / float(np.median(numpy_times)),
+        }
+        if train is None:
+            continue
+        fns = {
+            grad: functools.partial(
+                _train_epoch, train, net, params, optimizer, X, Y, batch_size, grad
+            )
+            for grad in ("manual", "autodiff")
+        }
+        try:
+            first = _first_calls(fns)
+        except Exception as error:  # a training module still in progress must not sink the run
+            result["skipped"] = f"manualbp.train failed: {type(error).__name__}: {error}"
+            train = None
+            continue
+        times = _interleaved(fns, repeats)
+        samples = n_train // batch_size * batch_size
+        for grad in fns:
+            summary = _summary(times[grad])
+            summary["first_call_s"] = first[grad]
+            summary["compile_s"] = max(0.0, first[grad] - summary["median_s"])
+            summary["samples"] = samples
+            summary["samples_per_s"] = samples / summary["median_s"]
+            row[grad] = summary
+        numpy_rate = row["numpy"]["samples_per_s"]
+        row["ratio_manual_over_autodiff"] = (
+            row["manual"]["samples_per_s"] / row["autodiff"]["samples_per_s"]
+        )
+        row["ratio_manual_over_numpy"] = row["manual"]["samples_per_s"] / numpy_rate
     return result
 
 
@@ -430,16 +445,21 @@ def markdown(report: dict) -> str:
         )
     training = report.get("training")
     if training:
-        lines += ["", "Training, one epoch (samples/s, median):", ""]
-        lines += ["| gradients | samples/s | vs NumPy loop |", "|---|---|---|"]
-        numpy_rate = training["numpy"]["samples_per_s"]
-        for grad in ("manual", "autodiff"):
-            if grad in training:
-                rate = training[grad]["samples_per_s"]
-                lines.append(
-                    f"| {grad} (manualbp.train) | {rate:,.0f} | {rate / numpy_rate:.1f}× |"
+        lines += ["", f"Training {TRAINING.sizes}, one epoch of SGD (samples/s, median):", ""]
+        lines += [
+            "| mini-batch | manual | autodiff | manual/autodiff | NumPy loop | manual/NumPy |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in training["batches"]:
+            numpy_rate = row["numpy"]["samples_per_s"]
+            if "manual" in row:
+                m, a = row["manual"]["samples_per_s"], row["autodiff"]["samples_per_s"]
+                cells = (
+                    f"{m:,.0f} | {a:,.0f} | {m / a:.2f} | {numpy_rate:,.0f} | {m / numpy_rate:.1f}×"
                 )
-        lines.append(f"| NumPy textbook loop | {numpy_rate:,.0f} | 1.0× |")
+            else:
+                cells = f"— | — | — | {numpy_rate:,.0f} | —"
+            lines.append(f"| {row['batch_size']} | {cells} |")
         if "skipped" in training:
             lines += ["", f"Note: {training['skipped']}."]
     lines.append("")
