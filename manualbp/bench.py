@@ -481,7 +481,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budget",
         type=float,
-        default=8.0,
+        default=15.0,
         help="seconds of timed calls per configuration when --repeats is not given",
     )
     parser.add_argument(
