@@ -5,7 +5,7 @@ autodiff of the same loss, how close does it come to the machine's float32
 matrix-multiply rate, and how fast does training with it run next to autodiff
 and next to the textbook NumPy loop.
 
-    python scripts/bench.py                        # every configuration (~5 min, 2 CPU cores)
+    python scripts/bench.py                        # every configuration (~2 min on 2 CPU cores)
     python scripts/bench.py --quick                # smoke test, seconds
     python scripts/bench.py --configs small,medium --json bench.json --markdown bench.md
 
