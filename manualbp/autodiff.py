@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.network import MLP, Params, batch_loss, example_loss
+from manualbp.network import MLP, Layer, Params, batch_loss, example_loss, forward_pass_batch
 
 Array = jax.Array
 
@@ -56,3 +56,18 @@ def jacobian(fn, z: Array) -> Array:
 def loss_grad(loss_fn, y_hat: Array, Y: Array) -> Array:
     """∂E/∂ŷ of each example, by autodiff of the example's E."""
     return jax.vmap(jax.grad(loss_fn))(y_hat, Y)
+
+
+def gradient_magnitudes(net: MLP, params: Params, X: Array, Y: Array) -> Params:
+    """The size of the terms each gradient entry sums, for `tolerance.tree_errors`.
+
+    ∂E/∂W^l = (1/B) Σ_b δ^l_b (a^{l-1}_b)ᵀ sums terms of size
+    (1/B) Σ_b |δ^l_b| |a^{l-1}_b|ᵀ, and ∂E/∂b^l sums (1/B) Σ_b |δ^l_b|, with the
+    true δ^l of `deltas`. Same structure as params.
+    """
+    _, as_ = forward_pass_batch(net, params, X)
+    B = X.shape[0]
+    return tuple(
+        Layer(W=jnp.abs(delta).T @ jnp.abs(a_prev) / B, b=jnp.mean(jnp.abs(delta), axis=0))
+        for delta, a_prev in zip(deltas(net, params, X, Y), as_[:-1], strict=True)
+    )

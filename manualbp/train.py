@@ -147,10 +147,13 @@ def _evaluate(params, X, Y, *, net):
 
 @functools.partial(jax.jit, static_argnames="net")
 def _both_grads(params, X, Y, *, net):
-    """Manual and autodiff gradients of the same batch loss, for ``check_every``."""
-    return backprop.backprop_batch(net, params, X, Y)[1], autodiff.value_and_grad(
-        net, params, X, Y
-    )[1]
+    """Manual and autodiff gradients of the same batch loss, and the size of the terms
+    they sum (`tolerance.tree_errors`), for ``check_every``."""
+    return (
+        backprop.backprop_batch(net, params, X, Y)[1],
+        autodiff.value_and_grad(net, params, X, Y)[1],
+        autodiff.gradient_magnitudes(net, params, X, Y),
+    )
 
 
 # --- the orchestration ---------------------------------------------------------------
@@ -415,10 +418,10 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
 
 
 def _grad_check(net, params, X, Y, batch_size) -> dict:
-    manual, auto = jax.tree.map(
+    manual, auto, magnitude = jax.tree.map(
         to_host, _both_grads(params, X[:batch_size], Y[:batch_size], net=net)
     )
-    errors = tolerance.tree_errors(manual, auto)
+    errors = tolerance.tree_errors(manual, auto, magnitude)
     dtype = jnp.result_type(*jax.tree.leaves(params))
     rtol = tolerance.net_rtol(dtype, net.sizes, batch_size)
     worst = max(rel for _, _, rel in errors)

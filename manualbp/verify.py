@@ -206,7 +206,9 @@ def _explain(actual, candidates, rtol) -> str:
     return ""
 
 
-def _compare(check, equation, layer, actual, reference, rtol, device, candidates=None) -> Row:
+def _compare(
+    check, equation, layer, actual, reference, rtol, device, candidates=None, magnitude=None
+) -> Row:
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
     both_nonfinite = ~np.isfinite(actual) & ~np.isfinite(reference)
@@ -219,7 +221,9 @@ def _compare(check, equation, layer, actual, reference, rtol, device, candidates
             check, equation, layer, math.inf, math.inf, rtol, False, "non-finite values", device
         )
     keep = ~same_nonfinite
-    max_abs, rel = tolerance.array_error(actual[keep], reference[keep])
+    if magnitude is not None:
+        magnitude = np.asarray(magnitude, np.float64)[keep]
+    max_abs, rel = tolerance.array_error(actual[keep], reference[keep], magnitude)
     passed = rel <= rtol
     diagnosis = ""
     if not passed:
@@ -456,29 +460,64 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device) -> tuple[list[
                 else None,
             }
             expected = hidden_delta_batch(delta_next, W_next, sigma_refs[k])
-            rows.append(_compare("δ^l", 1, l, deltas[k], expected, rtol, device, wrong_forms))
+            magnitude = hidden_delta_batch(abs(delta_next), abs(W_next), abs(sigma_refs[k]))
+            rows.append(
+                _compare("δ^l", 1, l, deltas[k], expected, rtol, device, wrong_forms, magnitude)
+            )
         delta = deltas[k].astype(ref_dtype)
         wrong_forms = {
             "summed over the batch, not averaged": B * weight_grad_batch(delta, as_[k]),
             "a^l in place of a^{l-1} (one layer off)": weight_grad_batch(delta, as_[k + 1]),
         }
         expected = weight_grad_batch(delta, as_[k])
-        rows.append(_compare("∂E/∂W", 2, l, grads[k].W, expected, rtol, device, wrong_forms))
+        magnitude = weight_grad_batch(abs(delta), abs(as_[k]))
+        rows.append(
+            _compare("∂E/∂W", 2, l, grads[k].W, expected, rtol, device, wrong_forms, magnitude)
+        )
         wrong_forms = {"summed over the batch, not averaged": B * bias_grad_batch(delta)}
         expected = bias_grad_batch(delta)
-        rows.append(_compare("∂E/∂b", 3, l, grads[k].b, expected, rtol, device, wrong_forms))
+        magnitude = bias_grad_batch(abs(delta))
+        rows.append(
+            _compare("∂E/∂b", 3, l, grads[k].b, expected, rtol, device, wrong_forms, magnitude)
+        )
 
     # End to end, against autodiff.
     rows.append(_compare("E vs autodiff", None, None, E, E_ref, rtol, device))
+    magnitudes = autodiff.gradient_magnitudes(net, p_ref, X_ref, Y_ref)
     for k in reversed(range(len(params))):
         l = k + 2
-        rows.append(_compare("δ vs autodiff", None, l, deltas[k], true_deltas[k], rtol, device))
-        rows.append(
-            _compare("∂E/∂W vs autodiff", None, l, grads[k].W, grads_ref[k].W, rtol, device)
-        )
-        rows.append(
-            _compare("∂E/∂b vs autodiff", None, l, grads[k].b, grads_ref[k].b, rtol, device)
-        )
+        magnitude = None
+        if k < len(params) - 1 and sigma_refs[k] is not None:
+            magnitude = hidden_delta_batch(
+                abs(true_deltas[k + 1]), abs(p_ref[k + 1].W), abs(sigma_refs[k])
+            )
+        rows += [
+            _compare(
+                "δ vs autodiff", None, l, deltas[k], true_deltas[k], rtol, device, None, magnitude
+            ),
+            _compare(
+                "∂E/∂W vs autodiff",
+                None,
+                l,
+                grads[k].W,
+                grads_ref[k].W,
+                rtol,
+                device,
+                None,
+                magnitudes[k].W,
+            ),
+            _compare(
+                "∂E/∂b vs autodiff",
+                None,
+                l,
+                grads[k].b,
+                grads_ref[k].b,
+                rtol,
+                device,
+                None,
+                magnitudes[k].b,
+            ),
+        ]
     return rows, grads
 
 

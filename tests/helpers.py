@@ -17,20 +17,27 @@ OUTPUT_LOSS_PAIRS = (
 )
 
 
-def grad_errors(actual, reference, sizes, batch, dtype):
+def grad_errors(actual, reference, sizes, batch, dtype, magnitude=None):
     """The per-array errors and the tolerance of `manualbp.tolerance` for this net."""
-    return tolerance.tree_errors(actual, reference), tolerance.net_rtol(dtype, sizes, batch)
+    return (
+        tolerance.tree_errors(actual, reference, magnitude),
+        tolerance.net_rtol(dtype, sizes, batch),
+    )
 
 
-def assert_grads_close(actual, reference, sizes, batch, dtype):
-    """Assert the tolerance rule of `manualbp.tolerance` for every array of two pytrees."""
-    errors, rtol = grad_errors(actual, reference, sizes, batch, dtype)
+def assert_grads_close(actual, reference, sizes, batch, dtype, magnitude=None):
+    """Assert the tolerance rule of `manualbp.tolerance` for every array of two pytrees.
+
+    ``magnitude``: the size of the summed terms (`autodiff.gradient_magnitudes`),
+    for gradients whose batch mean may cancel.
+    """
+    errors, rtol = grad_errors(actual, reference, sizes, batch, dtype, magnitude)
     bad = [(path, rel) for path, _, rel in errors if not rel <= rtol]
     assert not bad, f"relative errors above rtol={rtol:.3g}: {bad}"
 
 
-def grads_close(actual, reference, sizes, batch, dtype) -> bool:
-    errors, rtol = grad_errors(actual, reference, sizes, batch, dtype)
+def grads_close(actual, reference, sizes, batch, dtype, magnitude=None) -> bool:
+    errors, rtol = grad_errors(actual, reference, sizes, batch, dtype, magnitude)
     return all(rel <= rtol for _, _, rel in errors)
 
 

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import manualbp as mbp
 from manualbp.activations import HIDDEN_ACTIVATIONS
+from manualbp.autodiff import gradient_magnitudes
+from manualbp.network import as_targets
 
 
 @st.composite
@@ -32,17 +34,19 @@ def test_manual_gradients_agree_every_way(case):
     params, X, Y = numpy_case(net, seed, B, jnp.float32)
     E, grads = mbp.manual_value_and_grad(net, params, X, Y)
     E_ref, grads_ref = mbp.autodiff_value_and_grad(net, params, X, Y)
+    # Random small batches can cancel: measure against the size of the summed terms.
+    magnitude = gradient_magnitudes(net, params, X, as_targets(net, Y, jnp.float32))
     assert_grads_close(E, E_ref, net.sizes, B, jnp.float32)
-    assert_grads_close(grads, grads_ref, net.sizes, B, jnp.float32)
+    assert_grads_close(grads, grads_ref, net.sizes, B, jnp.float32, magnitude)
 
     # The vmap of the single-example backprop equals the batched form.
     E_vmap, grads_vmap = mbp.manual_value_and_grad(net, params, X, Y, form="vmap")
     assert_grads_close(E_vmap, E, net.sizes, B, jnp.float32)
-    assert_grads_close(grads_vmap, grads, net.sizes, B, jnp.float32)
+    assert_grads_close(grads_vmap, grads, net.sizes, B, jnp.float32, magnitude)
 
     # Per-example gradients carry a leading batch axis and average to the batch gradient.
     per_example = mbp.per_example_grads(net, params, X, Y)
     for g, p in zip(jax.tree.leaves(per_example), jax.tree.leaves(params), strict=True):
         assert g.shape == (B, *p.shape)
     mean = jax.tree.map(lambda g: np.mean(np.asarray(g, np.float64), axis=0), per_example)
-    assert_grads_close(mean, grads, net.sizes, B, jnp.float32)
+    assert_grads_close(mean, grads, net.sizes, B, jnp.float32, magnitude)
