@@ -20,21 +20,10 @@ import time
 
 from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, Activation
 from manualbp.losses import LOSSES, Loss
+from manualbp.verify import OUTPUT_LOSS_PAIRS
 
 CATALOGUE_SIZES = (5, 7, 6, 3)
 """Two hidden layers, so equation (1) is checked at a layer fed by another hidden layer."""
-
-OUTPUT_LOSS_PAIRS = (
-    ("identity", "mse"),
-    ("tanh", "mse"),
-    ("sigmoid", "mse"),
-    ("softmax", "mse"),
-    ("softmax", "cross_entropy"),
-    ("sigmoid", "binary_cross_entropy"),
-    ("sigmoid", "cross_entropy"),
-)
-"""Output function and loss pairs that make sense together; the catalogue crosses them
-with every hidden activation."""
 
 
 class UserError(Exception):

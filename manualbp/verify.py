@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import platform
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -53,6 +52,18 @@ from manualbp.losses import Loss, get_loss
 from manualbp.network import MLP, Params, as_targets, forward_pass_batch
 
 Array = jax.Array
+
+OUTPUT_LOSS_PAIRS = (
+    ("identity", "mse"),
+    ("tanh", "mse"),
+    ("sigmoid", "mse"),
+    ("softmax", "mse"),
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("sigmoid", "cross_entropy"),
+)
+"""Output function and loss pairs that make sense together: the catalogue crosses them with
+every hidden activation (`manualbp verify`, the tests)."""
 
 LOW_PRECISION_C = 16
 """16-bit bands: rtol = 16 · eps · (L − 1), against a float32 reference (see `row_rtol`)."""
@@ -329,22 +340,15 @@ def verify(
 
 
 def environment() -> dict[str, Any]:
-    """Versions, backend and x64 flag, for reports and run folders."""
-    import optax
+    """Backend, x64 flag and versions, for reports (`experiment.environment` has the rest)."""
+    from manualbp.experiment import environment as run_environment
 
-    from manualbp import __version__
-
+    env = run_environment()
+    names = ("manualbp", "jax", "jaxlib", "numpy", "optax", "python")
     return {
-        "backend": jax.default_backend(),
-        "x64": bool(jax.config.jax_enable_x64),
-        "versions": {
-            "manualbp": __version__,
-            "jax": jax.__version__,
-            "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else jax.__version__,
-            "numpy": np.__version__,
-            "optax": optax.__version__,
-            "python": platform.python_version(),
-        },
+        "backend": env["backend"],
+        "x64": env["x64"],
+        "versions": {name: env[name] for name in names},
     }
 
 
