@@ -163,6 +163,13 @@ class MLP:
         dtype = jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
+        is_typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        is_raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+        if not (is_typed_key and key.shape == ()) and not is_raw_key:
+            raise TypeError(
+                f"key: expected one jax.random key such as jax.random.key(0), got "
+                f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
+            )
         return _init(self.sizes, key, dtype, scheme)
 
     def forward(self, params: Params, X: Array) -> Array:

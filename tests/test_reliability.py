@@ -117,3 +117,17 @@ def test_an_inf_input_under_a_users_own_jit_is_not_checked():
     assert not np.all(np.isfinite(grads[0].W))  # which is why verify and train check values
     with pytest.raises(ValueError, match="X: expected shape"):
         step(NET, PARAMS, jnp.ones((5, 4)), Y)
+
+
+@pytest.mark.parametrize("bad_key", [0, np.array([1, 2]), jax.random.split(jax.random.key(0))])
+def test_init_names_a_bad_key(bad_key):
+    with pytest.raises(TypeError, match="key: expected one jax.random key"):
+        NET.init(bad_key)
+
+
+def test_init_takes_typed_and_raw_keys():
+    typed, raw = NET.init(jax.random.key(3)), NET.init(jax.random.PRNGKey(3))
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(typed), jax.tree.leaves(raw), strict=True)
+    )
