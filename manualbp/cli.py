@@ -126,15 +126,23 @@ def _run_verify(args) -> int:
                 output=_plugin(args.output or "identity", Activation, ACTIVATIONS, "activation"),
                 loss=_plugin(args.loss or "mse", Loss, LOSSES, "loss"),
             )
-            for sigma in dict.fromkeys(net.activations):  # each once, in layer order
-                if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]:
-                    print(verify_activation(sigma, dtype), end="\n\n")
+            reports = [
+                verify_activation(sigma, dtype)
+                for sigma in dict.fromkeys(net.activations)  # each once, in layer order
+                if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]
+            ]
             if net.cost.name not in LOSSES or net.cost is not LOSSES[net.cost.name]:
-                print(verify_loss(net.cost, dtype), end="\n\n")
-            report = check(net)
-            print(report)
-            _write_json(args.json, report.to_dict())
-            return 0 if report.passed else 1
+                reports.append(verify_loss(net.cost, dtype))
+            reports.append(check(net))
+            print("\n\n".join(str(report) for report in reports))
+            passed = all(report.passed for report in reports)
+            _write_json(
+                args.json,
+                reports[-1].to_dict()
+                if len(reports) == 1
+                else {"passed": passed, "subjects": [r.to_dict() for r in reports]},
+            )
+            return 0 if passed else 1
         return _catalogue(args, dtype, check)
 
 

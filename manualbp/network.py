@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -163,13 +164,9 @@ class MLP:
         dtype = jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
-        is_typed_key = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        is_raw_key = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-        if not (is_typed_key and key.shape == ()) and not is_raw_key:
-            raise TypeError(
-                f"key: expected one jax.random key such as jax.random.key(0), got "
-                f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
-            )
+        from manualbp.validation import check_key
+
+        check_key(key)
         return _init(self.sizes, key, dtype, scheme)
 
     def forward(self, params: Params, X: Array) -> Array:
@@ -217,7 +214,7 @@ def _check_sizes(sizes) -> tuple[int, ...]:
             f"sizes: expected at least two layers (input and output), got {tuple(sizes)}"
         )
     for l, n in enumerate(sizes, start=1):
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(
                 f"sizes: expected positive integer widths, got N_{l} = {n!r} in {tuple(sizes)}"
             )

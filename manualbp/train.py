@@ -257,6 +257,12 @@ def train(
     """
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
+    validation.check_key(key)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer: expected an optax GradientTransformation such as optax.sgd(0.1), got "
+            f"{type(optimizer).__name__}"
+        )
     n = X.shape[0]
     grad, epochs, batch_size, check_every = _check_settings(
         grad, epochs, batch_size, check_every, n, mesh

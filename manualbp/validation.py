@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.network import MLP, Params
+from manualbp.network import MLP, Layer, Params
 
 
 def _is_concrete(x) -> bool:
@@ -42,10 +42,18 @@ def check_params(net: MLP, params: Params) -> None:
         raise ValueError(
             f"params: expected {net.L - 1} layers for sizes={net.sizes}, got {len(params)}"
         )
+    if not isinstance(params, tuple):
+        raise TypeError(
+            "params: expected a tuple of mbp.Layer(W, b) as net.init returns, got a list; "
+            "pass tuple(params)"
+        )
     for k, layer in enumerate(params):
         l = k + 2
-        if not (isinstance(layer, tuple) and len(layer) == 2):
-            raise TypeError(f"params[{k}] (layer l={l}): expected a (W, b) pair, got {layer!r:.80}")
+        if not isinstance(layer, Layer):
+            raise TypeError(
+                f"params[{k}] (layer l={l}): expected an mbp.Layer(W, b), got "
+                f"{type(layer).__name__}; wrap a pair as mbp.Layer(W, b)"
+            )
         W, b = layer
         expected_W = (net.sizes[k + 1], net.sizes[k])
         expected_b = (net.sizes[k + 1],)
@@ -79,9 +87,11 @@ def check_targets(net: MLP, X, Y) -> None:
     """Y must be (B, N_L), integer labels (B,) when N_L > 1, or (B,) when N_L = 1."""
     shape = _shape_of(Y, "Y")
     B, N_L = X.shape[0], net.sizes[-1]
+    if not any(jnp.issubdtype(Y.dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_)):
+        raise TypeError(f"Y: expected integer, boolean or floating values, got {Y.dtype}")
     if len(shape) == 0 or shape[0] != B:
         raise ValueError(f"Y: expected {B} rows, as X has, got shape {shape}")
-    integer = jnp.issubdtype(Y.dtype, jnp.integer) or jnp.issubdtype(Y.dtype, jnp.bool_)
+    integer = jnp.issubdtype(Y.dtype, jnp.integer)
     if len(shape) == 2:
         if shape[1] != N_L:
             raise ValueError(f"Y: expected shape (B, N_L) = ({B}, {N_L}), got {shape}")
@@ -112,6 +122,17 @@ def check_batch(net: MLP, params: Params, X, Y=None) -> None:
     check_inputs(net, X)
     if Y is not None:
         check_targets(net, X, Y)
+
+
+def check_key(key) -> None:
+    """One jax.random key: a typed key of shape () or a raw uint32 key of shape (2,)."""
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not ((typed and key.shape == ()) or raw):
+        raise TypeError(
+            f"key: expected one jax.random key such as jax.random.key(0), got "
+            f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
+        )
 
 
 def check_finite(X, Y=None) -> None:

@@ -303,6 +303,8 @@ def verify(
     """
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
+    if finite_differences and (not isinstance(fd_samples, int) or fd_samples < 1):
+        raise ValueError(f"fd_samples: expected a positive number of coordinates, got {fd_samples}")
     if backward is None:
 
         def backward(net, params, X, Y):

@@ -61,6 +61,25 @@ BAD_INPUTS = [
         r"params\[0\].W \(layer l=2\): expected shape \(4, 3\)",
     ),
     ("params not a tuple", dict(params={"W": 1}), TypeError, "params: expected a tuple"),
+    ("params a list", dict(params=list(PARAMS)), TypeError, "got a list; pass tuple"),
+    (
+        "a plain (W, b) pair",
+        dict(params=(tuple(PARAMS[0]), PARAMS[1])),
+        TypeError,
+        r"params\[0\] \(layer l=2\): expected an mbp.Layer",
+    ),
+    (
+        "boolean labels",
+        dict(Y=jnp.array([True, False, True, True, False])),
+        ValueError,
+        r"Y: got shape \(5,\) of bool",
+    ),
+    (
+        "string targets",
+        dict(Y=np.array(["a", "b", "a", "b", "a"])),
+        TypeError,
+        "Y: expected integer, boolean or floating",
+    ),
     ("X not an array", dict(X=[[1.0, 2.0, 3.0]]), TypeError, "X: expected an array"),
 ]
 
@@ -99,14 +118,16 @@ def test_saturated_logits_give_finite_losses_and_agreeing_gradients(output, loss
         Layer(jnp.full((N_L, 3), 5e3) * jnp.array([1.0, -1.0])[:N_L, None], jnp.zeros(N_L)),
     )
     X_sat = jnp.array([[1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, -1.0]])
-    z_L = X_sat @ params[0].W.T
+    z_hidden = X_sat @ params[0].W.T
+    z_L = jax.nn.sigmoid(z_hidden) @ params[1].W.T
+    assert float(jnp.max(jnp.abs(z_L))) >= 1e4
     assert float(jnp.max(jnp.abs(net.forward(params, X_sat)))) <= 1.0
     E, grads = mbp.manual_value_and_grad(net, params, X_sat, Y_sat)
     E_ref, grads_ref = mbp.autodiff_value_and_grad(net, params, X_sat, Y_sat)
     assert np.isfinite(E) and float(E) > 1e3  # confidently wrong examples cost ~1e4, not inf
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves((grads, grads_ref)))
     assert_grads_close(grads, grads_ref, net.sizes, 4, jnp.float32)
-    assert float(jnp.max(jnp.abs(jax.nn.sigmoid(z_L) - 0.5))) == 0.5  # fully saturated
+    assert float(jnp.max(jnp.abs(jax.nn.sigmoid(z_hidden) - 0.5))) == 0.5  # fully saturated
 
 
 def test_an_inf_input_under_a_users_own_jit_is_not_checked():
@@ -131,3 +152,35 @@ def test_init_takes_typed_and_raw_keys():
         np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(typed), jax.tree.leaves(raw), strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(key=0), TypeError, "key: expected one jax.random key"),
+        (
+            dict(optimizer=optax.sgd),
+            TypeError,
+            "optimizer: expected an optax GradientTransformation",
+        ),
+    ],
+)
+def test_train_names_a_bad_key_or_optimizer(kwargs, error, match):
+    arguments = dict(optimizer=optax.sgd(0.1), key=jax.random.key(0))
+    arguments.update(kwargs)
+    with pytest.raises(error, match=match):
+        mbp.train(
+            NET,
+            PARAMS,
+            arguments["optimizer"],
+            X,
+            Y,
+            epochs=1,
+            batch_size=5,
+            key=arguments["key"],
+            progress=False,
+        )
+
+
+def test_sizes_accept_numpy_integers():
+    assert mbp.MLP(tuple(np.array([3, 4, 2]))).sizes == (3, 4, 2)

@@ -219,6 +219,10 @@ WRONG_ACTIVATION = """
 import jax, jax.numpy as jnp, manualbp as mbp
 my_tanh = mbp.Activation("my_tanh", jnp.tanh, lambda z: 1 - z**2)
 fixed_tanh = mbp.Activation("my_tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2)
+# Right wherever a small net's z lands, wrong only in saturation (|z| > 50):
+far_tanh = mbp.Activation(
+    "far_tanh", jnp.tanh, lambda z: jnp.where(jnp.abs(z) > 50, 1.0, 1 - jnp.tanh(z) ** 2)
+)
 """
 
 
@@ -232,6 +236,10 @@ def test_cli_verifies_a_plugged_in_derivation(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
     assert cli_main([*args, "--hidden", "mine:fixed_tanh"]) == 0
     assert "PASSED" in capsys.readouterr().out
+    # A failure on the activation's own grid fails the command even when the net passes.
+    assert cli_main([*args, "--hidden", "mine:far_tanh"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: activation 'far_tanh'" in out and "PASSED: MLP" in out
 
 
 @pytest.mark.parametrize(
