@@ -28,7 +28,6 @@ def test_fast_form_equals_the_equations_form(hidden, output, loss, fused, dtype)
     Y = mbp.network.as_targets(net, Y, dtype)
     E, grads = backprop.backprop_batch(net, params, X, Y)
     E_ref, grads_ref, _ = backprop.backward_batch(net, params, X, Y)
-    np.testing.assert_allclose(E, E_ref, rtol=0)
     assert_grads_close(grads, grads_ref, SIZES, B, dtype)
 
 

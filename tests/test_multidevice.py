@@ -39,6 +39,15 @@ def child_main() -> None:
         run(mesh=mesh, checkpoint_dir=directory, **dict(options, epochs=2))
         resumed = run(mesh=mesh, checkpoint_dir=directory, **options)
 
+    from test_train import PARAMS, X, Y
+
+    import manualbp as mbp
+
+    with jax.disable_jit():
+        report = mbp.verify(NET, PARAMS, X[:BATCH], Y[:BATCH], devices="all")
+    first_device = report.meta["devices"][0]
+    cross_device = [r for r in report.rows if r.check.endswith(f" vs {first_device}")]
+
     try:
         run(mesh=mesh, batch_size=BATCH + 2, epochs=1)
         indivisible = None
@@ -64,6 +73,11 @@ def child_main() -> None:
                 "batch_sharding_without_constraint": _batch_sharding_in_program(mesh, False),
                 "resume_bit_identical": results_equal(resumed, sharded),
                 "indivisible_batch_error": indivisible,
+                "verify_passed": report.passed,
+                "verify_devices": len(report.meta["devices"]),
+                "verify_cross_device_rows": len(cross_device),
+                "parameter_layers": len(NET.sizes) - 1,
+                "verify_row_devices": len({r.device for r in report.rows}),
                 "accuracy_equal": bool(
                     np.isclose(
                         single.history[-1]["test_accuracy"], sharded.history[-1]["test_accuracy"]
@@ -134,3 +148,7 @@ def test_data_parallel_equals_single_device():
     assert found["resume_bit_identical"]
     assert "multiple of the mesh's 4 devices" in found["indivisible_batch_error"]
     assert found["accuracy_equal"]
+    # verify(devices="all") checks on every device and compares them with the first.
+    assert found["verify_passed"] and found["verify_devices"] == DEVICES
+    assert found["verify_row_devices"] == DEVICES
+    assert found["verify_cross_device_rows"] == 2 * (DEVICES - 1) * found["parameter_layers"]
