@@ -5,7 +5,7 @@
 (``grad="autodiff"``); the update from any optax `GradientTransformation`.
 
 One epoch is one compiled program: shuffle with the epoch's key
-(`jax.random.permutation`), then `jax.lax.scan` over the mini-batches, so no
+(`permutation`), then `jax.lax.scan` over the mini-batches, so no
 Python runs between steps. The program is cached on the static settings (net,
 optimizer object, gradient path, batch size, compute dtype, mesh) and the
 shapes, so calling `train` again with the same ones compiles nothing; pass the
@@ -75,6 +75,50 @@ class DivergenceError(FloatingPointError):
 # --- the compiled programs -------------------------------------------------------
 
 
+# Fewer random bits per sort round than this and `permutation` hands over to jax's.
+_MIN_RANDOM_BITS = 8
+
+
+def permutation(key: Array, n: int) -> Array:
+    """A uniformly random permutation of ``range(n)`` (int32), from ``key``.
+
+    The method of `jax.random.permutation`: sort by i.i.d. random keys, in
+    rounds, each round breaking its ties by the order the rounds before left.
+    Here each round sorts a single uint32 array, random bits above and the
+    position in the low k = bit_length(n − 1) bits, which XLA sorts several
+    times faster than the key-value sort jax uses (10 000 elements on CPU:
+    about 1.5 ms against 6.6 ms). R rounds sort by one random key of
+    R (32 − k) bits, so the result is exactly uniform unless two elements tie
+    in every round, with probability at most n² 2^(−R (32 − k)) / 2. R is the
+    least with 2^(R (32 − k)) ≥ n³, which bounds that by 1 / (2n), as
+    `jax.random.permutation` bounds its own. Above 2^24 elements there are
+    too few random bits per round; it hands over to `jax.random.permutation`.
+    """
+    rounds = _sort_rounds(n)
+    if rounds is None:
+        return jax.random.permutation(key, n)
+    k = _position_bits(n)
+    position = jnp.arange(n, dtype=jnp.uint32)
+    order = position
+    for round_key in jax.random.split(key, rounds):
+        random_high = jax.random.bits(round_key, (n,), jnp.uint32) >> k << k
+        ranked = jax.lax.sort(random_high | position) & ((1 << k) - 1)
+        order = order[ranked]
+    return order.astype(jnp.int32)
+
+
+def _position_bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+def _sort_rounds(n: int) -> int | None:
+    """Rounds R with 2^(R m) ≥ n³, m = 32 − k random bits each; None above 2^24."""
+    random_bits = 32 - _position_bits(n)
+    if random_bits < _MIN_RANDOM_BITS:
+        return None
+    return max(1, -(-3 * (n - 1).bit_length() // random_bits))
+
+
 def _value_and_grad(net: MLP, grad: str, params: Params, X: Array, Y: Array):
     if grad == "manual":
         return backprop.backprop_batch(net, params, X, Y)  # equations (1)-(4)
@@ -100,7 +144,7 @@ def _epoch(
     """
     key, key_shuffle = jax.random.split(key)
     steps = X.shape[0] // batch_size
-    order = jax.random.permutation(key_shuffle, X.shape[0])[: steps * batch_size]
+    order = permutation(key_shuffle, X.shape[0])[: steps * batch_size]
 
     def step(carry, rows):
         params, opt_state = carry
@@ -274,11 +318,11 @@ def train(
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
     )
 
-    # Host copies: the epoch donates its params and opt_state, never the caller's arrays.
-    params = _place(jax.tree.map(np.asarray, params), replicated)
-    opt_state = _place(jax.tree.map(np.asarray, optimizer.init(params)), replicated)
-    X_train = _place(np.asarray(X, dtype=param_dtype), replicated)
-    Y_train = _place(np.asarray(as_targets(net, jnp.asarray(Y), param_dtype)), replicated)
+    # Copies: the epoch donates its params and opt_state, never the caller's arrays.
+    params = _place(params, replicated, copy=True)
+    opt_state = _place(optimizer.init(params), replicated, copy=True)
+    X_train = _place(jnp.asarray(X, dtype=param_dtype), replicated)
+    Y_train = _place(as_targets(net, jnp.asarray(Y), param_dtype), replicated)
     test = None
     if eval_data is not None:
         test = _prepare_eval(net, params, eval_data, param_dtype, replicated)
@@ -399,9 +443,10 @@ def _check_compute_dtype(compute_dtype, param_dtype):
     return compute_dtype
 
 
-def _place(tree, sharding):
+def _place(tree, sharding, copy=False):
+    """On the default device (without a copy unless asked), or laid out by ``sharding``."""
     if sharding is None:
-        return jax.device_put(tree)
+        return jax.tree.map(lambda x: jnp.array(x, copy=copy), tree)
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
         tree,
@@ -418,8 +463,8 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
     except (ValueError, TypeError) as e:
         raise type(e)(f"eval_data: {e}") from e
     return (
-        _place(np.asarray(X_test, dtype=dtype), sharding),
-        _place(np.asarray(as_targets(net, jnp.asarray(Y_test), dtype)), sharding),
+        _place(jnp.asarray(X_test, dtype=dtype), sharding),
+        _place(as_targets(net, jnp.asarray(Y_test), dtype), sharding),
     )
 
 

@@ -25,7 +25,7 @@ from jax._src.interpreters import ad
 import manualbp as mbp
 from manualbp import checkpoint, tolerance
 from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
-from manualbp.train import DivergenceError, train
+from manualbp.train import DivergenceError, _position_bits, _sort_rounds, permutation, train
 
 NET = mbp.MLP((4, 8, 3), hidden="tanh", output="softmax", loss="cross_entropy")
 OPTIMIZER = optax.adam(0.05)  # one object, so every test reuses the compiled epoch
@@ -94,6 +94,44 @@ def test_same_seed_same_bits_and_another_seed_differs():
     assert results_equal(a, b)
     c = run(key=jax.random.key(2))
     assert not trees_equal(a.params, c.params)  # the equality check can fail
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 100, 10_000, 2**16 + 3])
+def test_permutation_is_a_permutation_fixed_by_its_key(n):
+    order = np.asarray(permutation(jax.random.key(n), n))
+    assert order.dtype == np.int32
+    assert np.array_equal(np.sort(order), np.arange(n))
+    assert np.array_equal(order, np.asarray(permutation(jax.random.key(n), n)))
+    if n >= 100:
+        assert not np.array_equal(order, np.asarray(permutation(jax.random.key(n + 1), n)))
+
+
+def chi_square_of_orders(orders: np.ndarray) -> float:
+    """Pearson's statistic of the 24 orders of 4 elements against equal counts."""
+    codes = orders @ np.array([64, 16, 4, 1])
+    counts = np.array([np.sum(codes == c) for c in np.unique(codes)])
+    expected = len(orders) / 24
+    return float(np.sum((counts - expected) ** 2 / expected)) + 1e9 * (len(counts) != 24)
+
+
+def test_permutation_is_uniform_and_the_statistic_sees_a_biased_shuffle():
+    keys = jax.random.split(jax.random.key(0), 24_000)
+    orders = np.asarray(jax.vmap(lambda k: permutation(k, 4))(keys))
+    # 23 degrees of freedom: P(χ² > 62) ≈ 1e-5 for a uniform shuffle.
+    assert chi_square_of_orders(orders) < 62
+    # One sort by 2 random bits, ties left in index order, is the biased shuffle
+    # the rounds exist to avoid; the same statistic rejects it.
+    bits = np.asarray(jax.vmap(lambda k: jax.random.bits(k, (4,), jnp.uint32))(keys)) >> 30
+    assert chi_square_of_orders(np.argsort(bits, axis=1, kind="stable")) > 1000
+
+
+def test_permutation_rounds_bound_the_chance_of_a_tie_in_every_round():
+    for n in [2, 3, 100, 10_000, 60_000, 2**20 + 1, 2**24]:
+        rounds = _sort_rounds(n)
+        random_bits = 32 - _position_bits(n)
+        assert (n - 1) < 2 ** _position_bits(n)  # positions fit their bits
+        assert 2 ** (rounds * random_bits) >= n**3  # P(a tie in every round) <= 1/(2n)
+    assert _sort_rounds(2**24 + 1) is None  # too few random bits: jax.random.permutation
 
 
 def test_history_has_one_json_entry_per_epoch():
