@@ -39,6 +39,7 @@ import dataclasses
 import functools
 import importlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -105,10 +106,15 @@ def per_example_flops(sizes: Sequence[int], batch: int) -> int:
     return counts["forward"] + counts["eq1"] + outer
 
 
+def per_example_shapes(sizes: Sequence[int], batch: int) -> list[tuple[int, ...]]:
+    """Shapes of the per-example gradients: (B, N_l, N_{l-1}) and (B, N_l) for each layer."""
+    layers = zip(sizes[:-1], sizes[1:], strict=True)
+    return [shape for n_in, n_out in layers for shape in ((batch, n_out, n_in), (batch, n_out))]
+
+
 def per_example_bytes(sizes: Sequence[int], batch: int, itemsize: int = 4) -> int:
     """Bytes of the materialized per-example gradients (every W^l and b^l, B times)."""
-    per = sum(n_out * n_in + n_out for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True))
-    return batch * per * itemsize
+    return sum(math.prod(shape) for shape in per_example_shapes(sizes, batch)) * itemsize
 
 
 # --- timing ------------------------------------------------------------------------
@@ -140,6 +146,43 @@ def _summary(times: list[float]) -> dict:
     }
 
 
+def median_interval(
+    values: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``values``.
+
+    The order statistics (x_(j), x_(n+1-j)) cover the median with probability
+    1 − 2 P(Binomial(n, ½) ≤ j − 1), whatever the distribution; j is the
+    largest index whose coverage is at least ``confidence``. None when even
+    (min, max) covers less (n < 6 at 95%).
+    """
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    n = len(x)
+    best = None
+    tail = 0.0  # P(Binomial(n, ½) ≤ j − 1)
+    for j in range(1, n // 2 + 1):
+        tail += math.comb(n, j - 1) / 2**n
+        if 1 - 2 * tail < confidence:
+            break
+        best = (float(x[j - 1]), float(x[n - j]))
+    return best
+
+
+def paired_ratio(times_a: Sequence[float], times_b: Sequence[float]) -> dict:
+    """The ratio A/B from interleaved repeats: per-round ratios, their median and 95% interval.
+
+    Round r's two calls ran back to back (`_interleaved`), so their ratio
+    cancels most of the drift in machine load that moves both alike.
+    """
+    ratios = [a / b for a, b in zip(times_a, times_b, strict=True)]
+    interval = median_interval(ratios)
+    return {
+        "median": float(np.median(ratios)),
+        "ci95": list(interval) if interval else None,
+        "ratios": ratios,
+    }
+
+
 def _first_calls(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
     """The first (compiling) call of each function, then one warm-up call."""
     first = {name: _seconds(fn) for name, fn in fns.items()}
@@ -152,6 +195,22 @@ def _repeats_for(seconds_per_round: float, budget_s: float, fixed: int | None) -
     if fixed is not None:
         return fixed
     return int(min(200, max(5, budget_s / max(seconds_per_round, 1e-6))))
+
+
+def fresh_memory_time(shapes: Sequence[tuple[int, ...]], repeats: int) -> dict:
+    """Median time of a jitted function that returns new float32 arrays of ``shapes``.
+
+    Each array is filled with one runtime value, so the time is what this
+    process pays to obtain and write that much new memory: the floor under any
+    function that materializes outputs of these shapes (per-example gradients).
+    """
+    fill = jax.jit(lambda value: [jnp.full(shape, value, jnp.float32) for shape in shapes])
+    value = jnp.float32(1.0)
+    jax.block_until_ready(fill(value))
+    times = [_seconds(lambda: fill(value)) for _ in range(repeats)]
+    size = sum(math.prod(shape) for shape in shapes) * 4
+    median = float(np.median(times))
+    return {"bytes": size, **_summary(times), "gb_per_s": size / median / 1e9}
 
 
 def matmul_rate(n: int, repeats: int) -> dict:
@@ -205,6 +264,7 @@ def bench_config(
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
     )
+    result["paired_manual_over_autodiff"] = paired_ratio(times["manual"], times["autodiff"])
 
     size = per_example_bytes(config.sizes, config.batch)
     if size > per_example_limit:
@@ -231,6 +291,13 @@ def bench_config(
         summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
         summary["batch_median_s"] = float(np.median(pe_times["batch"]))
         summary["ratio_over_batch"] = summary["median_s"] / summary["batch_median_s"]
+        summary["fresh_memory"] = fresh_memory_time(
+            per_example_shapes(config.sizes, config.batch),
+            repeats=min(20, max(3, summary["repeats"])),
+        )
+        summary["ratio_over_fresh_memory"] = (
+            summary["median_s"] / summary["fresh_memory"]["median_s"]
+        )
         result["per_example"] = summary
     result["loadavg_before"] = load_before
     result["loadavg_after"] = os.getloadavg()
@@ -362,6 +429,8 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
         row["ratio_manual_over_autodiff"] = (
             row["manual"]["samples_per_s"] / row["autodiff"]["samples_per_s"]
         )
+        # Time autodiff / time manual: the throughput ratio, round by round.
+        row["paired_manual_over_autodiff"] = paired_ratio(times["autodiff"], times["manual"])
         row["ratio_manual_over_numpy"] = row["manual"]["samples_per_s"] / numpy_rate
     return result
 
@@ -377,7 +446,9 @@ THREAD_VARIABLES = (
     "JAX_PLATFORMS",
     "JAX_DEFAULT_MATMUL_PRECISION",
     "JAX_ENABLE_X64",
+    "GLIBC_TUNABLES",
 )
+THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 def environment() -> dict:
@@ -407,9 +478,27 @@ def environment() -> dict:
         "git_commit": commit,
         "matmul_precision": str(jax.config.jax_default_matmul_precision),
         "env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
+        "transparent_hugepages": _read_setting(THP_SETTING),
         "loadavg": os.getloadavg(),
         "argv": sys.argv,
     }
+
+
+def _read_setting(path: str) -> str | None:
+    """A one-line kernel setting such as "always [madvise] never", or None off Linux."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _ratio(paired: dict, digits: int = 3) -> str:
+    text = f"{paired['median']:.{digits}f}"
+    if paired["ci95"]:
+        low, high = paired["ci95"]
+        text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+    return text
 
 
 def _ms(seconds: float) -> str:
@@ -426,37 +515,46 @@ def markdown(report: dict) -> str:
         f"{', '.join(str(rate['n']) for rate in peak['sizes'])}; at {peak['n']}): "
         f"{peak['gflops_median']:.1f} GFLOP/s.",
         "",
-        "| config | B | manual ms | autodiff ms | manual/autodiff | manual GFLOP/s | % of matmul "
-        "| per-example ms | per-example/batch | compile s (manual, autodiff) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | B | manual ms | autodiff ms | manual/autodiff [95% CI] | manual GFLOP/s "
+        "| % of matmul | per-example ms | per-example/batch | new memory ms "
+        "| compile s (manual, autodiff) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["configs"]:
         m, a, pe = row["manual"], row["autodiff"], row["per_example"]
         if "skipped" in pe:
-            pe_ms, pe_ratio = "skipped", "—"
+            pe_ms, pe_ratio, fresh_ms = "skipped", "—", "—"
         else:
             pe_ms, pe_ratio = _ms(pe["median_s"]), f"{pe['ratio_over_batch']:.2f}"
+            fresh_ms = _ms(pe["fresh_memory"]["median_s"])
         lines.append(
             f"| {row['config']['name']} | {row['config']['batch']} | {_ms(m['median_s'])} "
-            f"| {_ms(a['median_s'])} | {row['ratio_manual_over_autodiff']:.3f} "
+            f"| {_ms(a['median_s'])} | {_ratio(row['paired_manual_over_autodiff'])} "
             f"| {m['gflops']:.1f} | {m['gflops'] / peak['gflops_median']:.0%} | {pe_ms} "
-            f"| {pe_ratio} | {m['compile_s']:.2f}, {a['compile_s']:.2f} "
+            f"| {pe_ratio} | {fresh_ms} | {m['compile_s']:.2f}, {a['compile_s']:.2f} "
             f"| {row['loadavg_before'][0]:.1f} |"
         )
+    lines += [
+        "",
+        "manual/autodiff: median of the per-round ratios of back-to-back calls, with a "
+        "distribution-free 95% interval for it. New memory: the time to return new arrays "
+        "of the per-example gradients' shapes, filled with one value (the floor under "
+        "materializing them).",
+    ]
     training = report.get("training")
     if training:
         lines += ["", f"Training {TRAINING.sizes}, one epoch of SGD (samples/s, median):", ""]
         lines += [
-            "| mini-batch | manual | autodiff | manual/autodiff | NumPy loop | manual/NumPy |",
+            "| mini-batch | manual | autodiff | manual/autodiff [95% CI] | NumPy loop "
+            "| manual/NumPy |",
             "|---|---|---|---|---|---|",
         ]
         for row in training["batches"]:
             numpy_rate = row["numpy"]["samples_per_s"]
             if "manual" in row:
                 m, a = row["manual"]["samples_per_s"], row["autodiff"]["samples_per_s"]
-                cells = (
-                    f"{m:,.0f} | {a:,.0f} | {m / a:.2f} | {numpy_rate:,.0f} | {m / numpy_rate:.1f}×"
-                )
+                ratio = _ratio(row["paired_manual_over_autodiff"], digits=2)
+                cells = f"{m:,.0f} | {a:,.0f} | {ratio} | {numpy_rate:,.0f} | {m / numpy_rate:.1f}×"
             else:
                 cells = f"— | — | — | {numpy_rate:,.0f} | —"
             lines.append(f"| {row['batch_size']} | {cells} |")

@@ -32,6 +32,35 @@ def test_per_example_flops_and_bytes_by_hand():
     assert bench.per_example_bytes((3, 4, 2), 5) == 520
 
 
+def test_per_example_shapes_by_hand():
+    assert bench.per_example_shapes((3, 4, 2), 5) == [(5, 4, 3), (5, 4), (5, 2, 4), (5, 2)]
+
+
+def test_median_interval_by_the_binomial_by_hand():
+    # n = 10: P(Bin(10, ½) ≤ 1) = 11/1024, so (x_(2), x_(9)) covers 1 − 22/1024 ≈ 97.9%;
+    # (x_(3), x_(8)) only 1 − 2·56/1024 ≈ 89%.
+    assert bench.median_interval(range(10, 0, -1)) == (2.0, 9.0)
+    # n = 20: P(Bin(20, ½) ≤ 5) ≈ 0.0207 → (x_(6), x_(15)) covers ≈ 95.9%.
+    assert bench.median_interval(range(1, 21)) == (6.0, 15.0)
+    # n = 6: (min, max) covers 1 − 2/64 ≈ 96.9%; n = 5: 1 − 2/32 = 93.75% < 95%.
+    assert bench.median_interval(range(6)) == (0.0, 5.0)
+    assert bench.median_interval(range(5)) is None
+
+
+def test_paired_ratio_pairs_round_by_round():
+    paired = bench.paired_ratio([2.0, 4.0, 6.0, 8.0, 10.0, 12.0], [1.0, 4.0, 3.0, 8.0, 5.0, 12.0])
+    assert paired["ratios"] == [2.0, 1.0, 2.0, 1.0, 2.0, 1.0]
+    assert paired["median"] == 1.5
+    assert paired["ci95"] == [1.0, 2.0]
+
+
+def test_fresh_memory_time_writes_the_bytes_it_reports():
+    shapes = bench.per_example_shapes((3, 4, 2), 5)
+    result = bench.fresh_memory_time(shapes, repeats=3)
+    assert result["bytes"] == bench.per_example_bytes((3, 4, 2), 5)
+    assert result["repeats"] == 3 and result["median_s"] > 0
+
+
 def test_a_single_layer_has_no_eq1_work():
     assert bench.value_and_grad_flops((7, 3), 2)["eq1"] == 0
 
@@ -50,6 +79,10 @@ def test_quick_run_writes_the_report(tmp_path):
         assert {"median_s", "compile_s", "gflops", "repeats"} <= row[variant].keys()
     assert row["flops"] == bench.value_and_grad_flops((64, 32, 10), 128)
     assert row["ratio_manual_over_autodiff"] > 0
+    assert len(row["paired_manual_over_autodiff"]["ratios"]) == row["manual"]["repeats"]
+    fresh = row["per_example"]["fresh_memory"]
+    assert fresh["bytes"] == bench.per_example_bytes((64, 32, 10), 128)
+    assert "transparent_hugepages" in report["environment"]
     assert "| small |" in markdown.read_text()
 
 
