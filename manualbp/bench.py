@@ -65,6 +65,8 @@ class Config:
     output: str
     loss: str
     batch: int
+    paired_peak: bool = False
+    """Time the matmul peak in the same rounds (the configuration with a target on it)."""
 
     def net(self) -> mbp.MLP:
         return mbp.MLP(self.sizes, hidden=self.hidden, output=self.output, loss=self.loss)
@@ -76,7 +78,7 @@ CONFIGS = (
     Config("regression", (1, 64, 64, 1), "tanh", "identity", "mse", 1024),
     Config("medium", (784, 512, 512, 10), "relu", "softmax", "cross_entropy", 512),
     Config("deep", (784,) + (256,) * 8 + (10,), "tanh", "softmax", "cross_entropy", 256),
-    Config("large", (1024, 2048, 2048, 1024), "gelu", "identity", "mse", 1024),
+    Config("large", (1024, 2048, 2048, 1024), "gelu", "identity", "mse", 1024, paired_peak=True),
 )
 CONFIGS_BY_NAME = {c.name: c for c in CONFIGS}
 
@@ -239,9 +241,19 @@ def matmul_peak(sizes: Sequence[int], repeats: int) -> dict:
 
 
 def bench_config(
-    config: Config, *, repeats: int | None, budget_s: float, per_example_limit: float
+    config: Config,
+    *,
+    repeats: int | None,
+    budget_s: float,
+    per_example_limit: float,
+    peak_n: int | None = None,
 ) -> dict:
-    """Manual and autodiff value-and-grad, and per-example gradients, for one configuration."""
+    """Manual and autodiff value-and-grad, and per-example gradients, for one configuration.
+
+    With ``peak_n``, an n × n float32 matmul joins the interleaved rounds and
+    the fraction of the matmul rate is also taken round by round (``paired_
+    fraction_of_matmul``), so drifting load does not move it.
+    """
     net = config.net()
     params = net.init(jax.random.key(0))
     X, Y = random_batch(net, jax.random.key(1), config.batch)
@@ -249,18 +261,33 @@ def bench_config(
         "manual": lambda: mbp.manual_value_and_grad(net, params, X, Y),
         "autodiff": lambda: mbp.autodiff_value_and_grad(net, params, X, Y),
     }
+    if peak_n is not None:
+        A = jax.random.normal(jax.random.key(2), (peak_n, peak_n), jnp.float32)
+        matmul = jax.jit(jnp.matmul)
+        fns["matmul"] = lambda: matmul(A, A)
     load_before = os.getloadavg()
     first = _first_calls(fns)
     round_s = sum(_seconds(fn) for fn in fns.values())
     times = _interleaved(fns, _repeats_for(round_s, budget_s, repeats))
     flops = value_and_grad_flops(config.sizes, config.batch)
     result = {"config": dataclasses.asdict(config), "flops": flops}
-    for name in fns:
+    for name in ("manual", "autodiff"):
         summary = _summary(times[name])
         summary["first_call_s"] = first[name]
         summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
         summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
         result[name] = summary
+    if peak_n is not None:
+        matmul_flops = 2 * peak_n**3
+        result["matmul"] = {"n": peak_n, **_summary(times["matmul"])}
+        # Round r: (F / t_manual) / (F_matmul / t_matmul) = (F / F_matmul) · t_matmul / t_manual.
+        paired = paired_ratio(times["matmul"], times["manual"])
+        scale = flops["total"] / matmul_flops
+        result["paired_fraction_of_matmul"] = {
+            "median": scale * paired["median"],
+            "ci95": [scale * r for r in paired["ci95"]] if paired["ci95"] else None,
+            "ratios": [scale * r for r in paired["ratios"]],
+        }
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
     )
@@ -493,6 +520,17 @@ def _read_setting(path: str) -> str | None:
         return None
 
 
+def _fraction(row: dict, peak: dict) -> str:
+    """Manual GFLOP/s over the matmul peak; paired round by round where measured so."""
+    paired = row.get("paired_fraction_of_matmul")
+    if paired is None:
+        return f"{row['manual']['gflops'] / peak['gflops_median']:.0%}"
+    text = f"{paired['median']:.0%}"
+    if paired["ci95"]:
+        text += f" [{paired['ci95'][0]:.0%}, {paired['ci95'][1]:.0%}]"
+    return text + " (paired)"
+
+
 def _ratio(paired: dict, digits: int = 3) -> str:
     text = f"{paired['median']:.{digits}f}"
     if paired["ci95"]:
@@ -530,7 +568,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {row['config']['name']} | {row['config']['batch']} | {_ms(m['median_s'])} "
             f"| {_ms(a['median_s'])} | {_ratio(row['paired_manual_over_autodiff'])} "
-            f"| {m['gflops']:.1f} | {m['gflops'] / peak['gflops_median']:.0%} | {pe_ms} "
+            f"| {m['gflops']:.1f} | {_fraction(row, peak)} | {pe_ms} "
             f"| {pe_ratio} | {fresh_ms} | {m['compile_s']:.2f}, {a['compile_s']:.2f} "
             f"| {row['loadavg_before'][0]:.1f} |"
         )
@@ -631,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=repeats,
                 budget_s=budget,
                 per_example_limit=args.per_example_limit_gib * 2**30,
+                peak_n=report["matmul"]["n"] if CONFIGS_BY_NAME[name].paired_peak else None,
             )
         )
     if not args.no_training:

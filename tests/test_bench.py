@@ -5,6 +5,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import manualbp as mbp
 from manualbp import bench
@@ -98,3 +99,16 @@ def test_training_numpy_loop_matches_the_equations():
     for (W, b), (W0, b0), g in zip(np_params, params, grads, strict=True):
         np.testing.assert_allclose(W, W0 - g.W, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b, b0 - g.b, rtol=1e-5, atol=1e-6)
+
+
+def test_paired_fraction_of_matmul_is_rated_round_by_round():
+    config = bench.Config("tiny", (8, 16, 4), "tanh", "identity", "mse", 32, paired_peak=True)
+    row = bench.bench_config(config, repeats=6, budget_s=0.1, per_example_limit=0, peak_n=64)
+    manual, matmul = row["manual"]["times_s"], row["matmul"]["times_s"]
+    flops = bench.value_and_grad_flops(config.sizes, config.batch)["total"]
+    by_round = [(flops / t) / (2 * 64**3 / m) for t, m in zip(manual, matmul, strict=True)]
+    paired = row["paired_fraction_of_matmul"]
+    np.testing.assert_allclose(paired["ratios"], by_round, rtol=1e-12)
+    assert paired["median"] == pytest.approx(float(np.median(by_round)))
+    assert paired["ci95"] == pytest.approx([min(by_round), max(by_round)])  # n = 6: (min, max)
+    assert "(paired)" in bench._fraction(row, {"gflops_median": 1.0})
