@@ -246,13 +246,14 @@ def bench_config(
     repeats: int | None,
     budget_s: float,
     per_example_limit: float,
-    peak_n: int | None = None,
+    peak_sizes: Sequence[int] = (),
 ) -> dict:
     """Manual and autodiff value-and-grad, and per-example gradients, for one configuration.
 
-    With ``peak_n``, an n × n float32 matmul joins the interleaved rounds and
-    the fraction of the matmul rate is also taken round by round (``paired_
-    fraction_of_matmul``), so drifting load does not move it.
+    With ``peak_sizes``, an n × n float32 matmul of each size joins the
+    interleaved rounds, and the fraction of the matmul peak is also taken
+    round by round (``paired_fraction_of_matmul``): the manual rate over the
+    best matmul rate of the same round, so drifting load does not move it.
     """
     net = config.net()
     params = net.init(jax.random.key(0))
@@ -261,10 +262,10 @@ def bench_config(
         "manual": lambda: mbp.manual_value_and_grad(net, params, X, Y),
         "autodiff": lambda: mbp.autodiff_value_and_grad(net, params, X, Y),
     }
-    if peak_n is not None:
-        A = jax.random.normal(jax.random.key(2), (peak_n, peak_n), jnp.float32)
-        matmul = jax.jit(jnp.matmul)
-        fns["matmul"] = lambda: matmul(A, A)
+    matmul = jax.jit(jnp.matmul)
+    for n in peak_sizes:
+        A = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
+        fns[f"matmul_{n}"] = functools.partial(matmul, A, A)
     load_before = os.getloadavg()
     first = _first_calls(fns)
     round_s = sum(_seconds(fn) for fn in fns.values())
@@ -277,16 +278,21 @@ def bench_config(
         summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
         summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
         result[name] = summary
-    if peak_n is not None:
-        matmul_flops = 2 * peak_n**3
-        result["matmul"] = {"n": peak_n, **_summary(times["matmul"])}
-        # Round r: (F / t_manual) / (F_matmul / t_matmul) = (F / F_matmul) · t_matmul / t_manual.
-        paired = paired_ratio(times["matmul"], times["manual"])
-        scale = flops["total"] / matmul_flops
+    if peak_sizes:
+        result["matmul"] = {n: _summary(times[f"matmul_{n}"]) for n in peak_sizes}
+        peak_by_round = [
+            max(2 * n**3 / times[f"matmul_{n}"][r] for n in peak_sizes)
+            for r in range(len(times["manual"]))
+        ]
+        fractions = [
+            flops["total"] / t / peak
+            for t, peak in zip(times["manual"], peak_by_round, strict=True)
+        ]
+        interval = median_interval(fractions)
         result["paired_fraction_of_matmul"] = {
-            "median": scale * paired["median"],
-            "ci95": [scale * r for r in paired["ci95"]] if paired["ci95"] else None,
-            "ratios": [scale * r for r in paired["ratios"]],
+            "median": float(np.median(fractions)),
+            "ci95": list(interval) if interval else None,
+            "ratios": fractions,
         }
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
@@ -669,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=repeats,
                 budget_s=budget,
                 per_example_limit=args.per_example_limit_gib * 2**30,
-                peak_n=report["matmul"]["n"] if CONFIGS_BY_NAME[name].paired_peak else None,
+                peak_sizes=matmul_sizes if CONFIGS_BY_NAME[name].paired_peak else (),
             )
         )
     if not args.no_training:
@@ -677,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         report["training"] = bench_training(
             n_train=1000 if args.quick else 10_000,
             n_numpy=100 if args.quick else 2000,
-            repeats=repeats or 6,
+            repeats=repeats or 20,
         )
     report["loadavg_end"] = os.getloadavg()
 
