@@ -99,15 +99,31 @@ class FusedLoss(NamedTuple):
     delta: Callable[[Array, Array], Array]
 
 
+def _shifted_logits(z):
+    """(z − m, log Σ_k exp(z_k − m)) with m = max_k z_k: what E and δ^L share.
+
+    logsumexp(z) − z_j = log Σ_k exp(z_k − m) − (z_j − m), and the softmax is
+    ŷ_j = exp((z_j − m) − log Σ_k exp(z_k − m)). Written so, E and δ^L take one
+    max, one exp and one sum between them (XLA merges the common parts), and
+    both stay accurate for large logits: z_j − m is exact for nearby values
+    and the log lies in [0, log N_L], where exp(z − logsumexp(z)) would lose
+    the digits of a large logsumexp. The max is a constant to differentiation
+    (it cancels from E), as in `jax.nn.logsumexp`.
+    """
+    shifted = z - jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    return shifted, jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+
+
 def _softmax_cross_entropy(z, y):
     """E = Σ_j y_j (logsumexp(z) − z_j)."""
-    lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
-    return jnp.sum(y * (lse - z), axis=-1)
+    shifted, log_sum = _shifted_logits(z)
+    return jnp.sum(y * (log_sum - shifted), axis=-1)
 
 
 def _softmax_cross_entropy_delta(z, y):
-    """δ^L = ŷ Σ_j y_j − y (= ŷ − y for targets that sum to one)."""
-    return jax.nn.softmax(z, axis=-1) * jnp.sum(y, axis=-1, keepdims=True) - y
+    """δ^L = ŷ Σ_j y_j − y (= ŷ − y for targets that sum to one), ŷ the softmax of z."""
+    shifted, log_sum = _shifted_logits(z)
+    return jnp.exp(shifted - log_sum) * jnp.sum(y, axis=-1, keepdims=True) - y
 
 
 def _sigmoid_binary_cross_entropy(z, y):
