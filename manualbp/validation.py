@@ -8,11 +8,26 @@ and are skipped for tracers, i.e. inside a user's own `jit`.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from manualbp.network import MLP, Layer, Params
+
+
+@functools.cache
+def _kind(dtype) -> str:
+    """The kind of a dtype (floating, integer, bool or other), by `jnp.issubdtype`.
+
+    The checks run on every call, and for a small net their cost is the
+    call's; a dtype's kind never changes, so it is looked up once.
+    """
+    for kind, name in ((jnp.floating, "floating"), (jnp.integer, "integer"), (jnp.bool_, "bool")):
+        if jnp.issubdtype(dtype, kind):
+            return name
+    return "other"
 
 
 def _is_concrete(x) -> bool:
@@ -64,7 +79,7 @@ def check_params(net: MLP, params: Params) -> None:
                     f"params[{k}].{name} (layer l={l}): expected shape {expected} for "
                     f"sizes={net.sizes}, got {shape}"
                 )
-            if not jnp.issubdtype(x.dtype, jnp.floating):
+            if _kind(x.dtype) != "floating":
                 raise TypeError(
                     f"params[{k}].{name} (layer l={l}): expected a floating dtype, got {x.dtype}"
                 )
@@ -79,7 +94,7 @@ def check_inputs(net: MLP, X) -> None:
         )
     if shape[0] == 0:
         raise ValueError("X: the batch is empty (B = 0); expected at least one example")
-    if not (jnp.issubdtype(X.dtype, jnp.floating) or jnp.issubdtype(X.dtype, jnp.integer)):
+    if _kind(X.dtype) not in ("floating", "integer"):
         raise TypeError(f"X: expected a numeric dtype, got {X.dtype}")
 
 
@@ -87,11 +102,11 @@ def check_targets(net: MLP, X, Y) -> None:
     """Y must be (B, N_L), integer labels (B,) when N_L > 1, or (B,) when N_L = 1."""
     shape = _shape_of(Y, "Y")
     B, N_L = X.shape[0], net.sizes[-1]
-    if not any(jnp.issubdtype(Y.dtype, kind) for kind in (jnp.floating, jnp.integer, jnp.bool_)):
+    if _kind(Y.dtype) == "other":
         raise TypeError(f"Y: expected integer, boolean or floating values, got {Y.dtype}")
     if len(shape) == 0 or shape[0] != B:
         raise ValueError(f"Y: expected {B} rows, as X has, got shape {shape}")
-    integer = jnp.issubdtype(Y.dtype, jnp.integer)
+    integer = _kind(Y.dtype) == "integer"
     if len(shape) == 2:
         if shape[1] != N_L:
             raise ValueError(f"Y: expected shape (B, N_L) = ({B}, {N_L}), got {shape}")
@@ -107,6 +122,8 @@ def check_targets(net: MLP, X, Y) -> None:
         )
     if _is_concrete(Y):
         labels = np.asarray(Y)
+        if labels.min() >= 0 and labels.max() < N_L:
+            return
         bad = (labels < 0) | (labels >= N_L)
         if bad.any():
             raise ValueError(
