@@ -118,3 +118,26 @@ def test_paired_fraction_of_matmul_is_rated_round_by_round():
     assert paired["median"] == pytest.approx(float(np.median(by_round)))
     assert paired["ci95"] == pytest.approx([min(by_round), max(by_round)])  # n = 6: (min, max)
     assert "(paired)" in bench._fraction(row, {"gflops_median": 1.0})
+
+
+def test_training_rows_pair_the_three_loops_round_by_round():
+    result = bench.bench_training(n_train=200, n_numpy=100, repeats=6)
+    assert [row["batch_size"] for row in result["batches"]] == list(bench.TRAINING_BATCHES)
+    for row in result["batches"]:
+        B = row["batch_size"]
+        assert row["manual"]["samples"] == 200 // B * B and row["numpy"]["samples"] == 100 // B * B
+        manual, numpy_ = row["manual"]["times_s"], row["numpy"]["times_s"]
+        by_round = [
+            (row["manual"]["samples"] / t) / (row["numpy"]["samples"] / u)
+            for t, u in zip(manual, numpy_, strict=True)
+        ]
+        np.testing.assert_allclose(row["paired_manual_over_numpy"]["ratios"], by_round)
+        assert row["paired_manual_over_autodiff"]["ci95"] is not None  # 6 rounds: (min, max)
+    assert "| 10 |" in bench.markdown(
+        {
+            "environment": bench.environment(),
+            "matmul": {"sizes": [], "n": 0, "gflops_median": 1},
+            "configs": [],
+            "training": result,
+        }
+    )
