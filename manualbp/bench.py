@@ -528,8 +528,8 @@ def _fraction(row: dict, peak: dict) -> str:
     return text + " (paired)"
 
 
-def _ratio(paired: dict, digits: int = 3) -> str:
-    text = f"{paired['median']:.{digits}f}"
+def _ratio(paired: dict, digits: int = 3, unit: str = "") -> str:
+    text = f"{paired['median']:.{digits}f}{unit}"
     if paired["ci95"]:
         low, high = paired["ci95"]
         text += f" [{low:.{digits}f}, {high:.{digits}f}]"
@@ -590,7 +590,7 @@ def markdown(report: dict) -> str:
                 f"| {row['batch_size']} | {m:,.0f} | {a:,.0f} "
                 f"| {_ratio(row['paired_manual_over_autodiff'], digits=2)} "
                 f"| {row['numpy']['samples_per_s']:,.0f} "
-                f"| {_ratio(row['paired_manual_over_numpy'], digits=1)} |"
+                f"| {_ratio(row['paired_manual_over_numpy'], digits=1, unit='×')} |"
             )
     lines.append("")
     return "\n".join(lines)
