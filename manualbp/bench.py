@@ -174,19 +174,24 @@ def median_interval(
     return best
 
 
-def paired_ratio(times_a: Sequence[float], times_b: Sequence[float]) -> dict:
-    """The ratio A/B from interleaved repeats: per-round ratios, their median and 95% interval.
-
-    Round r's two calls ran back to back (`_interleaved`), so their ratio
-    cancels most of the drift in machine load that moves both alike.
-    """
-    ratios = [a / b for a, b in zip(times_a, times_b, strict=True)]
+def per_round(ratios: Sequence[float]) -> dict:
+    """Per-round ratios with their median and its 95% interval (None with under 6 rounds)."""
+    ratios = [float(r) for r in ratios]
     interval = median_interval(ratios)
     return {
         "median": float(np.median(ratios)),
         "ci95": list(interval) if interval else None,
         "ratios": ratios,
     }
+
+
+def paired_ratio(times_a: Sequence[float], times_b: Sequence[float], scale: float = 1.0) -> dict:
+    """scale · t_A / t_B round by round, from interleaved repeats (`per_round`).
+
+    Round r's two calls ran back to back (`_interleaved`), so their ratio
+    cancels most of the drift in machine load that moves both alike.
+    """
+    return per_round([scale * a / b for a, b in zip(times_a, times_b, strict=True)])
 
 
 def _first_calls(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
@@ -292,11 +297,9 @@ def bench_config(
             flops["total"] / t / peak
             for t, peak in zip(times["manual"], peak_by_round, strict=True)
         ]
-        interval = median_interval(fractions)
         result["paired_fraction_of_matmul"] = {
-            "median": float(np.median(fractions)),
-            "ci95": list(interval) if interval else None,
-            "ratios": fractions,
+            **per_round(fractions),
+            "peak_gflops_median": float(np.median(peak_by_round)) / 1e9,
         }
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
@@ -453,13 +456,9 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
         )
         # Throughput ratios round by round: (samples / t_manual) / (samples' / t_other).
         row["paired_manual_over_autodiff"] = paired_ratio(times["autodiff"], times["manual"])
-        numpy_scale = samples["manual"] / samples["numpy"]
-        paired = paired_ratio(times["numpy"], times["manual"])
-        row["paired_manual_over_numpy"] = {
-            "median": numpy_scale * paired["median"],
-            "ci95": [numpy_scale * r for r in paired["ci95"]] if paired["ci95"] else None,
-            "ratios": [numpy_scale * r for r in paired["ratios"]],
-        }
+        row["paired_manual_over_numpy"] = paired_ratio(
+            times["numpy"], times["manual"], scale=samples["manual"] / samples["numpy"]
+        )
         result["batches"].append(row)
     return result
 
@@ -528,7 +527,7 @@ def _fraction(row: dict, peak: dict) -> str:
     text = f"{paired['median']:.0%}"
     if paired["ci95"]:
         text += f" [{paired['ci95'][0]:.0%}, {paired['ci95'][1]:.0%}]"
-    return text + " (paired)"
+    return text + f" of {paired['peak_gflops_median']:.0f}²"
 
 
 def _ratio(paired: dict, digits: int = 3, unit: str = "") -> str:
@@ -575,9 +574,11 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         "manual/autodiff: median of the per-round ratios of back-to-back calls, with a "
-        "distribution-free 95% interval for it. New memory: the time to return new arrays "
-        "of the per-example gradients' shapes, filled with one value (the floor under "
-        "materializing them).",
+        "distribution-free 95% interval for it. % of matmul: over the peak above, or, "
+        "marked ², over the best matmul rate timed in each of the row's own rounds (the "
+        "median of those rates in GFLOP/s before the ²). New memory: the time to return "
+        "new arrays of the per-example gradients' shapes, filled with one value (the floor "
+        "under materializing them).",
     ]
     training = report.get("training")
     if training:

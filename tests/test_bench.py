@@ -55,10 +55,9 @@ def test_paired_ratio_pairs_round_by_round():
     assert paired["ci95"] == [1.0, 2.0]
 
 
-def test_fresh_memory_time_writes_the_bytes_it_reports():
-    shapes = bench.per_example_shapes((3, 4, 2), 5)
-    result = bench.fresh_memory_time(shapes, repeats=3)
-    assert result["bytes"] == bench.per_example_bytes((3, 4, 2), 5)
+def test_fresh_memory_time_counts_the_bytes_of_its_shapes():
+    result = bench.fresh_memory_time([(5, 4, 3), (5, 4), (5, 2, 4), (5, 2)], repeats=3)
+    assert result["bytes"] == 4 * (60 + 20 + 40 + 10)
     assert result["repeats"] == 3 and result["median_s"] > 0
 
 
@@ -117,7 +116,8 @@ def test_paired_fraction_of_matmul_is_rated_round_by_round():
     np.testing.assert_allclose(paired["ratios"], by_round, rtol=1e-12)
     assert paired["median"] == pytest.approx(float(np.median(by_round)))
     assert paired["ci95"] == pytest.approx([min(by_round), max(by_round)])  # n = 6: (min, max)
-    assert "(paired)" in bench._fraction(row, {"gflops_median": 1.0})
+    assert paired["peak_gflops_median"] == pytest.approx(float(np.median(peaks)) / 1e9)
+    assert "²" in bench._fraction(row, {"gflops_median": 1.0})
 
 
 def test_training_rows_pair_the_three_loops_round_by_round():

@@ -48,6 +48,14 @@ def child_main() -> None:
     first_device = report.meta["devices"][0]
     cross_device = [r for r in report.rows if r.check.endswith(f" vs {first_device}")]
 
+    # Arrays committed to different devices are all brought to the default one.
+    scattered = run(
+        params=jax.device_put(PARAMS, jax.devices()[1]),
+        X=jax.device_put(X, jax.devices()[2]),
+        key=jax.device_put(jax.random.key(1), jax.devices()[3]),
+        **options,
+    )
+
     try:
         run(mesh=mesh, batch_size=BATCH + 2, epochs=1)
         indivisible = None
@@ -72,6 +80,14 @@ def child_main() -> None:
                 "batch_sharding_in_program": _batch_sharding_in_program(mesh),
                 "batch_sharding_without_constraint": _batch_sharding_in_program(mesh, False),
                 "resume_bit_identical": results_equal(resumed, sharded),
+                "scattered_inputs_equal": results_equal(scattered, single),
+                "scattered_on": sorted(
+                    {
+                        f"{d.platform}:{d.id}"
+                        for leaf in jax.tree.leaves(scattered.params)
+                        for d in leaf.devices()
+                    }
+                ),
                 "indivisible_batch_error": indivisible,
                 "verify_passed": report.passed,
                 "verify_devices": len(report.meta["devices"]),
@@ -146,6 +162,7 @@ def test_data_parallel_equals_single_device():
     assert found["batch_sharding_in_program"]
     assert not found["batch_sharding_without_constraint"]  # the program check can fail
     assert found["resume_bit_identical"]
+    assert found["scattered_inputs_equal"] and found["scattered_on"] == ["cpu:0"]
     assert "multiple of the mesh's 4 devices" in found["indivisible_batch_error"]
     assert found["accuracy_equal"]
     # verify(devices="all") checks on every device and compares them with the first.

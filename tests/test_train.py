@@ -134,6 +134,14 @@ def test_permutation_rounds_bound_the_chance_of_a_tie_in_every_round():
     assert _sort_rounds(2**24 + 1) is None  # too few random bits: jax.random.permutation
 
 
+@pytest.mark.parametrize("n", [100, 10_000, 60_000])
+def test_permutation_sorts_as_many_rounds_as_the_bound_asks(n):
+    jaxpr = jax.make_jaxpr(lambda key: permutation(key, n))(jax.random.key(0))
+    sorts = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "sort"]
+    assert len(sorts) == _sort_rounds(n) > 0
+    assert all(len(e.invars) == 1 for e in sorts)  # one uint32 array each, no key-value sort
+
+
 def test_history_has_one_json_entry_per_epoch():
     result = run(epochs=4, eval_data=(X_TEST, Y_TEST), check_every=2)
     history = result.history
