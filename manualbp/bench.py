@@ -527,7 +527,7 @@ def _fraction(row: dict, peak: dict) -> str:
     text = f"{paired['median']:.0%}"
     if paired["ci95"]:
         text += f" [{paired['ci95'][0]:.0%}, {paired['ci95'][1]:.0%}]"
-    return text + f" of {paired['peak_gflops_median']:.0f}²"
+    return text + f" of {paired['peak_gflops_median']:.0f}, paired"
 
 
 def _ratio(paired: dict, digits: int = 3, unit: str = "") -> str:
@@ -575,8 +575,8 @@ def markdown(report: dict) -> str:
         "",
         "manual/autodiff: median of the per-round ratios of back-to-back calls, with a "
         "distribution-free 95% interval for it. % of matmul: over the peak above, or, "
-        "marked ², over the best matmul rate timed in each of the row's own rounds (the "
-        "median of those rates in GFLOP/s before the ²). New memory: the time to return "
+        "where it says paired, over the best matmul rate timed in each of the row's own "
+        "rounds (the median of those rates in GFLOP/s after 'of'). New memory: the time to return "
         "new arrays of the per-example gradients' shapes, filled with one value (the floor "
         "under materializing them).",
     ]

@@ -117,7 +117,7 @@ def test_paired_fraction_of_matmul_is_rated_round_by_round():
     assert paired["median"] == pytest.approx(float(np.median(by_round)))
     assert paired["ci95"] == pytest.approx([min(by_round), max(by_round)])  # n = 6: (min, max)
     assert paired["peak_gflops_median"] == pytest.approx(float(np.median(peaks)) / 1e9)
-    assert "²" in bench._fraction(row, {"gflops_median": 1.0})
+    assert "paired" in bench._fraction(row, {"gflops_median": 1.0})
 
 
 def test_training_rows_pair_the_three_loops_round_by_round():
