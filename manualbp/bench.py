@@ -44,8 +44,7 @@ import os
 import platform
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +52,7 @@ import numpy as np
 import optax
 
 import manualbp as mbp
+from manualbp import timing
 from manualbp.data import random_batch
 
 
@@ -123,132 +123,6 @@ def per_example_bytes(sizes: Sequence[int], batch: int, itemsize: int = 4) -> in
     return sum(math.prod(shape) for shape in per_example_shapes(sizes, batch)) * itemsize
 
 
-# --- timing ------------------------------------------------------------------------
-
-
-def _seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def _interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Time each function ``repeats`` times, alternating the order A B, B A, ..."""
-    names = list(fns)
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(_seconds(fns[name]))
-    return times
-
-
-def _summary(times: list[float]) -> dict:
-    return {
-        "median_s": float(np.median(times)),
-        "min_s": float(np.min(times)),
-        "max_s": float(np.max(times)),
-        "repeats": len(times),
-        "times_s": [float(t) for t in times],
-    }
-
-
-def median_interval(
-    values: Sequence[float], confidence: float = 0.95
-) -> tuple[float, float] | None:
-    """A distribution-free confidence interval for the median of ``values``.
-
-    The order statistics (x_(j), x_(n+1-j)) cover the median with probability
-    1 − 2 P(Binomial(n, ½) ≤ j − 1), whatever the distribution; j is the
-    largest index whose coverage is at least ``confidence``. None when even
-    (min, max) covers less (n < 6 at 95%).
-    """
-    x = np.sort(np.asarray(values, dtype=np.float64))
-    n = len(x)
-    best = None
-    tail = 0.0  # P(Binomial(n, ½) ≤ j − 1)
-    for j in range(1, n // 2 + 1):
-        tail += math.comb(n, j - 1) / 2**n
-        if 1 - 2 * tail < confidence:
-            break
-        best = (float(x[j - 1]), float(x[n - j]))
-    return best
-
-
-def per_round(ratios: Sequence[float]) -> dict:
-    """Per-round ratios with their median and its 95% interval (None with under 6 rounds)."""
-    ratios = [float(r) for r in ratios]
-    interval = median_interval(ratios)
-    return {
-        "median": float(np.median(ratios)),
-        "ci95": list(interval) if interval else None,
-        "ratios": ratios,
-    }
-
-
-def paired_ratio(times_a: Sequence[float], times_b: Sequence[float], scale: float = 1.0) -> dict:
-    """scale · t_A / t_B round by round, from interleaved repeats (`per_round`).
-
-    Round r's two calls ran back to back (`_interleaved`), so their ratio
-    cancels most of the drift in machine load that moves both alike.
-    """
-    return per_round([scale * a / b for a, b in zip(times_a, times_b, strict=True)])
-
-
-def _first_calls(fns: dict[str, Callable[[], object]]) -> dict[str, float]:
-    """The first (compiling) call of each function, then one warm-up call."""
-    first = {name: _seconds(fn) for name, fn in fns.items()}
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    return first
-
-
-def _repeats_for(seconds_per_round: float, budget_s: float, fixed: int | None) -> int:
-    if fixed is not None:
-        return fixed
-    return int(min(200, max(5, budget_s / max(seconds_per_round, 1e-6))))
-
-
-def fresh_memory_time(shapes: Sequence[tuple[int, ...]], repeats: int) -> dict:
-    """Median time of a jitted function that returns new float32 arrays of ``shapes``.
-
-    Each array is filled with one runtime value, so the time is what this
-    process pays to obtain and write that much new memory: the floor under any
-    function that materializes outputs of these shapes (per-example gradients).
-    """
-    fill = jax.jit(lambda value: [jnp.full(shape, value, jnp.float32) for shape in shapes])
-    value = jnp.float32(1.0)
-    jax.block_until_ready(fill(value))
-    times = [_seconds(lambda: fill(value)) for _ in range(repeats)]
-    size = sum(math.prod(shape) for shape in shapes) * 4
-    median = float(np.median(times))
-    return {"bytes": size, **_summary(times), "gb_per_s": size / median / 1e9}
-
-
-def matmul_rate(n: int, repeats: int) -> dict:
-    """The float32 rate of a jitted n × n matrix product, 2 n³ / median time."""
-    A = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    B = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    matmul = jax.jit(jnp.matmul)
-    first = _seconds(lambda: matmul(A, B))
-    jax.block_until_ready(matmul(A, B))
-    times = [_seconds(lambda: matmul(A, B)) for _ in range(repeats)]
-    median = float(np.median(times))
-    return {
-        "n": n,
-        "first_call_s": first,
-        **_summary(times),
-        "gflops_median": 2 * n**3 / median / 1e9,
-        "gflops_best": 2 * n**3 / min(times) / 1e9,
-    }
-
-
-def matmul_peak(sizes: Sequence[int], repeats: int) -> dict:
-    """The measured float32 matmul peak: the best median rate over square sizes."""
-    rates = [matmul_rate(n, repeats) for n in sizes]
-    best = max(rates, key=lambda rate: rate["gflops_median"])
-    return {"n": best["n"], "gflops_median": best["gflops_median"], "sizes": rates}
-
-
 def bench_config(
     config: Config,
     *,
@@ -276,19 +150,19 @@ def bench_config(
         A = jax.random.normal(jax.random.key(2), (n, n), jnp.float32)
         fns[f"matmul_{n}"] = functools.partial(matmul, A, A)
     load_before = os.getloadavg()
-    first = _first_calls(fns)
-    round_s = sum(_seconds(fn) for fn in fns.values())
-    times = _interleaved(fns, _repeats_for(round_s, budget_s, repeats))
+    first = timing.first_calls(fns)
+    round_s = sum(timing.seconds(fn) for fn in fns.values())
+    times = timing.interleaved(fns, timing.repeats_for(round_s, budget_s, repeats))
     flops = value_and_grad_flops(config.sizes, config.batch)
     result = {"config": dataclasses.asdict(config), "flops": flops}
     for name in ("manual", "autodiff"):
-        summary = _summary(times[name])
+        summary = timing.summary(times[name])
         summary["first_call_s"] = first[name]
         summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
         summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
         result[name] = summary
     if peak_sizes:
-        result["matmul"] = {n: _summary(times[f"matmul_{n}"]) for n in peak_sizes}
+        result["matmul"] = {n: timing.summary(times[f"matmul_{n}"]) for n in peak_sizes}
         peak_by_round = [
             max(2 * n**3 / times[f"matmul_{n}"][r] for n in peak_sizes)
             for r in range(len(times["manual"]))
@@ -298,13 +172,13 @@ def bench_config(
             for t, peak in zip(times["manual"], peak_by_round, strict=True)
         ]
         result["paired_fraction_of_matmul"] = {
-            **per_round(fractions),
+            **timing.per_round(fractions),
             "peak_gflops_median": float(np.median(peak_by_round)) / 1e9,
         }
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
     )
-    result["paired_manual_over_autodiff"] = paired_ratio(times["manual"], times["autodiff"])
+    result["paired_manual_over_autodiff"] = timing.paired_ratio(times["manual"], times["autodiff"])
 
     size = per_example_bytes(config.sizes, config.batch)
     if size > per_example_limit:
@@ -319,11 +193,11 @@ def bench_config(
             "batch": fns["manual"],
             "per_example": lambda: mbp.per_example_grads(net, params, X, Y),
         }
-        first_pe = _seconds(pair["per_example"])
+        first_pe = timing.seconds(pair["per_example"])
         jax.block_until_ready(pair["per_example"]())
-        round_s = result["manual"]["median_s"] + _seconds(pair["per_example"])
-        pe_times = _interleaved(pair, _repeats_for(round_s, budget_s / 2, repeats))
-        summary = _summary(pe_times["per_example"])
+        round_s = result["manual"]["median_s"] + timing.seconds(pair["per_example"])
+        pe_times = timing.interleaved(pair, timing.repeats_for(round_s, budget_s / 2, repeats))
+        summary = timing.summary(pe_times["per_example"])
         summary["first_call_s"] = first_pe
         summary["compile_s"] = max(0.0, first_pe - summary["median_s"])
         summary["bytes"] = size
@@ -331,7 +205,7 @@ def bench_config(
         summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
         summary["batch_median_s"] = float(np.median(pe_times["batch"]))
         summary["ratio_over_batch"] = summary["median_s"] / summary["batch_median_s"]
-        summary["fresh_memory"] = fresh_memory_time(
+        summary["fresh_memory"] = timing.fresh_memory_time(
             per_example_shapes(config.sizes, config.batch),
             repeats=min(20, max(3, summary["repeats"])),
         )
@@ -433,8 +307,8 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
         fns["numpy"] = functools.partial(
             numpy_sgd_epoch, np_params, X_np, Y_np, batch_size, TRAINING_ETA, rng
         )
-        first = _first_calls(fns)
-        times = _interleaved(fns, repeats)
+        first = timing.first_calls(fns)
+        times = timing.interleaved(fns, repeats)
         samples = {
             "manual": TRAINING_EPOCHS * (n_train // batch_size * batch_size),
             "autodiff": TRAINING_EPOCHS * (n_train // batch_size * batch_size),
@@ -442,7 +316,7 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
         }
         row = {"batch_size": batch_size}
         for name in fns:
-            summary = _summary(times[name])
+            summary = timing.summary(times[name])
             summary["first_call_s"] = first[name]
             summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
             summary["samples"] = samples[name]
@@ -455,8 +329,8 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
             row["manual"]["samples_per_s"] / row["numpy"]["samples_per_s"]
         )
         # Throughput ratios round by round: (samples / t_manual) / (samples' / t_other).
-        row["paired_manual_over_autodiff"] = paired_ratio(times["autodiff"], times["manual"])
-        row["paired_manual_over_numpy"] = paired_ratio(
+        row["paired_manual_over_autodiff"] = timing.paired_ratio(times["autodiff"], times["manual"])
+        row["paired_manual_over_numpy"] = timing.paired_ratio(
             times["numpy"], times["manual"], scale=samples["manual"] / samples["numpy"]
         )
         result["batches"].append(row)
@@ -658,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         matmul_sizes = (256, 512)
     else:
         matmul_sizes = (1024, 2048) if on_cpu else (4096, 8192)
-    report["matmul"] = matmul_peak(matmul_sizes, repeats or 10)
+    report["matmul"] = timing.matmul_peak(matmul_sizes, repeats or 10)
     report["flop_count"] = (
         "forward 2·B·N_l·N_{l-1} per layer; eq. (2) the same; eq. (1) the same for every "
         "layer but the first; elementwise work not counted (see manualbp/bench.py)"

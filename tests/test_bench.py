@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import manualbp as mbp
-from manualbp import bench
+from manualbp import bench, timing
 
 # A 3-4-2 net, batch B = 5: layer l = 2 is (n_out, n_in) = (4, 3), layer l = 3 is (2, 4).
 #   forward  = 2·5·4·3 + 2·5·2·4 = 120 + 80 = 200
@@ -40,23 +40,23 @@ def test_per_example_shapes_by_hand():
 def test_median_interval_by_the_binomial_by_hand():
     # n = 10: P(Bin(10, ½) ≤ 1) = 11/1024, so (x_(2), x_(9)) covers 1 − 22/1024 ≈ 97.9%;
     # (x_(3), x_(8)) only 1 − 2·56/1024 ≈ 89%.
-    assert bench.median_interval(range(10, 0, -1)) == (2.0, 9.0)
+    assert timing.median_interval(range(10, 0, -1)) == (2.0, 9.0)
     # n = 20: P(Bin(20, ½) ≤ 5) ≈ 0.0207 → (x_(6), x_(15)) covers ≈ 95.9%.
-    assert bench.median_interval(range(1, 21)) == (6.0, 15.0)
+    assert timing.median_interval(range(1, 21)) == (6.0, 15.0)
     # n = 6: (min, max) covers 1 − 2/64 ≈ 96.9%; n = 5: 1 − 2/32 = 93.75% < 95%.
-    assert bench.median_interval(range(6)) == (0.0, 5.0)
-    assert bench.median_interval(range(5)) is None
+    assert timing.median_interval(range(6)) == (0.0, 5.0)
+    assert timing.median_interval(range(5)) is None
 
 
 def test_paired_ratio_pairs_round_by_round():
-    paired = bench.paired_ratio([2.0, 4.0, 6.0, 8.0, 10.0, 12.0], [1.0, 4.0, 3.0, 8.0, 5.0, 12.0])
+    paired = timing.paired_ratio([2.0, 4.0, 6.0, 8.0, 10.0, 12.0], [1.0, 4.0, 3.0, 8.0, 5.0, 12.0])
     assert paired["ratios"] == [2.0, 1.0, 2.0, 1.0, 2.0, 1.0]
     assert paired["median"] == 1.5
     assert paired["ci95"] == [1.0, 2.0]
 
 
 def test_fresh_memory_time_counts_the_bytes_of_its_shapes():
-    result = bench.fresh_memory_time([(5, 4, 3), (5, 4), (5, 2, 4), (5, 2)], repeats=3)
+    result = timing.fresh_memory_time([(5, 4, 3), (5, 4), (5, 2, 4), (5, 2)], repeats=3)
     assert result["bytes"] == 4 * (60 + 20 + 40 + 10)
     assert result["repeats"] == 3 and result["median_s"] > 0
 
