@@ -452,7 +452,7 @@ def _place(tree, sharding, *, dtype=None, copy=False):
     every leaf is a new array.
     """
     if dtype is not None:
-        tree = jax.tree.map(lambda x: x.astype(dtype), tree)
+        tree = jax.tree.map(lambda x: x.astype(dtype, copy=False), tree)
     if sharding is None:
         device = _default_device()
         return jax.tree.map(lambda x: jax.device_put(x, device, may_alias=not copy), tree)
