@@ -112,11 +112,11 @@ def _position_bits(n: int) -> int:
 
 
 def _sort_rounds(n: int) -> int | None:
-    """Rounds R with 2^(R m) ≥ n³, m = 32 − k random bits each; None above 2^24."""
-    random_bits = 32 - _position_bits(n)
-    if random_bits < _MIN_RANDOM_BITS:
+    """Rounds R with 2^(R m) ≥ 2^(3k) ≥ n³, m = 32 − k random bits each; None above 2^24."""
+    k = _position_bits(n)
+    if 32 - k < _MIN_RANDOM_BITS:
         return None
-    return max(1, -(-3 * (n - 1).bit_length() // random_bits))
+    return -(-3 * k // (32 - k))  # ⌈3k / m⌉, at least 1 since k ≥ 1
 
 
 def _value_and_grad(net: MLP, grad: str, params: Params, X: Array, Y: Array):
