@@ -156,9 +156,7 @@ def bench_config(
     flops = value_and_grad_flops(config.sizes, config.batch)
     result = {"config": dataclasses.asdict(config), "flops": flops}
     for name in ("manual", "autodiff"):
-        summary = timing.summary(times[name])
-        summary["first_call_s"] = first[name]
-        summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
+        summary = timing.summary(times[name], first[name])
         summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
         result[name] = summary
     if peak_sizes:
@@ -197,9 +195,7 @@ def bench_config(
         jax.block_until_ready(pair["per_example"]())
         round_s = result["manual"]["median_s"] + timing.seconds(pair["per_example"])
         pe_times = timing.interleaved(pair, timing.repeats_for(round_s, budget_s / 2, repeats))
-        summary = timing.summary(pe_times["per_example"])
-        summary["first_call_s"] = first_pe
-        summary["compile_s"] = max(0.0, first_pe - summary["median_s"])
+        summary = timing.summary(pe_times["per_example"], first_pe)
         summary["bytes"] = size
         summary["flops"] = per_example_flops(config.sizes, config.batch)
         summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
@@ -316,9 +312,7 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
         }
         row = {"batch_size": batch_size}
         for name in fns:
-            summary = timing.summary(times[name])
-            summary["first_call_s"] = first[name]
-            summary["compile_s"] = max(0.0, first[name] - summary["median_s"])
+            summary = timing.summary(times[name], first[name])
             summary["samples"] = samples[name]
             summary["samples_per_s"] = samples[name] / summary["median_s"]
             row[name] = summary

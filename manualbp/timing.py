@@ -35,15 +35,23 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str,
     return times
 
 
-def summary(times: list[float]) -> dict:
-    """Median, min, max and every time (seconds), for the record."""
-    return {
+def summary(times: list[float], first_call_s: float | None = None) -> dict:
+    """Median, min, max and every time (seconds), for the record.
+
+    With ``first_call_s`` (the compiling call), also the compile time: the
+    first call minus the steady median.
+    """
+    result = {
         "median_s": float(np.median(times)),
         "min_s": float(np.min(times)),
         "max_s": float(np.max(times)),
         "repeats": len(times),
         "times_s": [float(t) for t in times],
     }
+    if first_call_s is not None:
+        result["first_call_s"] = first_call_s
+        result["compile_s"] = max(0.0, first_call_s - result["median_s"])
+    return result
 
 
 def median_interval(
@@ -129,8 +137,7 @@ def matmul_rate(n: int, repeats: int) -> dict:
     median = float(np.median(times))
     return {
         "n": n,
-        "first_call_s": first,
-        **summary(times),
+        **summary(times, first),
         "gflops_median": 2 * n**3 / median / 1e9,
         "gflops_best": 2 * n**3 / min(times) / 1e9,
     }
