@@ -19,7 +19,8 @@ import jax
 import optax
 
 import manualbp as mbp
-from manualbp import data, experiment
+from manualbp import data
+from manualbp.tools import experiment
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 import manualbp as mbp
-from manualbp import data, experiment, tolerance
+from manualbp import data, tolerance
+from manualbp.tools import experiment
 
 
 @dataclasses.dataclass(frozen=True)

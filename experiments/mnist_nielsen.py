@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import optax
 
 import manualbp as mbp
-from manualbp import data, experiment
+from manualbp import data
+from manualbp.tools import experiment
 
 # name: (sizes, output, loss, init, η, λ); the batch size and epochs are flags.
 RECIPES = {

@@ -1,7 +1,7 @@
 """The witness: gradients of the same loss by JAX's automatic differentiation.
 
 Nothing in the manual path imports this module; it exists so that manual and
-automatic gradients of one and the same `network.batch_loss` can be compared.
+automatic gradients of one and the same `network.mean_loss` can be compared.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.network import MLP, Layer, Params, batch_loss, example_loss, forward_pass_batch
+from manualbp.network import MLP, Layer, Params, example_loss, forward_pass_batch, mean_loss
 
 Array = jax.Array
 
 
 def value_and_grad(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
     """The batch mean of E and its gradient with respect to params, by `jax.value_and_grad`."""
-    return jax.value_and_grad(batch_loss, argnums=1)(net, params, X, Y)
+    return jax.value_and_grad(mean_loss, argnums=1)(net, params, X, Y)
 
 
 def deltas(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, ...]:

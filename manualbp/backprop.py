@@ -9,9 +9,9 @@ derivation's symbols and math shapes (vectors (N_l,), W^l of shape
 3. δ^l for l = L-1..2 by equation (1)            (hidden_delta)
 4. ∂E/∂W^l and ∂E/∂b^l by equations (2), (3)     (weight_grad, bias_grad)
 
-`backprop_batch` is the same computation for a batch (B rows), written so that
+`fast_backprop` is the same computation for a batch (B rows), written so that
 equation (2)'s sum over the batch happens inside one matrix product and no
-per-example gradient is ever materialized; `backward_batch` also returns every
+per-example gradient is ever materialized; `backward_with_deltas` also returns every
 Δ^l and accepts another set of `Equations`, which is how `verify` checks a
 derivation of one's own. Nothing here calls autodiff.
 """
@@ -76,7 +76,7 @@ def delta_L(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
     fused = net.fused_loss
     if net.fused and fused is not None:
         return fused.delta(z_L, y)
-    return output_delta(net.cost.grad(y_hat, y), z_L, net.output)
+    return output_delta(net.loss.grad(y_hat, y), z_L, net.output)
 
 
 def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Params]:
@@ -129,12 +129,12 @@ def bias_grad_batch(delta: Array) -> Array:
     return jnp.mean(delta, axis=0)
 
 
-def output_delta_batch(net: MLP, z_L: Array, y_hat: Array, Y: Array) -> Array:
+def delta_L_batch(net: MLP, z_L: Array, y_hat: Array, Y: Array) -> Array:
     """Step 2 for a batch by eq. (4), fused where allowed. Shape: (B, N_L), row b is δ^L_b."""
     fused = net.fused_loss
     if net.fused and fused is not None:
         return fused.delta(z_L, Y)
-    dE_dyhat = jax.vmap(net.cost.grad)(y_hat, Y)
+    dE_dyhat = jax.vmap(net.loss.grad)(y_hat, Y)
     return jax.vmap(lambda g, z: output_delta(g, z, net.output))(dE_dyhat, z_L)
 
 
@@ -154,10 +154,10 @@ class Equations(NamedTuple):
     bias_grad: Callable
 
 
-EQUATIONS = Equations(output_delta_batch, hidden_delta_batch, weight_grad_batch, bias_grad_batch)
+EQUATIONS = Equations(delta_L_batch, hidden_delta_batch, weight_grad_batch, bias_grad_batch)
 
 
-def backward_batch(
+def backward_with_deltas(
     net: MLP, params: Params, X: Array, Y: Array, equations: Equations = EQUATIONS
 ) -> tuple[Array, Params, tuple[Array, ...]]:
     """Steps 1–4 for a batch, also returning every Δ^l.
@@ -189,7 +189,7 @@ def backward_batch(
 # ∂E/∂W^l in a pass of its own after the matrix product (an extra kernel and an
 # extra N_l × N_{l-1} buffer per layer); scaled once, the 1/B fuses into the
 # kernel that forms Δ^L, as in jax.grad's program. Tested equal to
-# `backward_batch` with `EQUATIONS`.
+# `backward_with_deltas` with `EQUATIONS`.
 
 
 def weight_grad_sum(delta: Array, a_prev: Array) -> Array:
@@ -208,11 +208,11 @@ def bias_grad_sum(delta: Array) -> Array:
     return jnp.sum(delta, axis=0)
 
 
-def backprop_batch(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
+def fast_backprop(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
     """The batch mean of E and its gradients, by equations (1)–(4), in the fast form.
 
     Δ^L is scaled by 1/B once and (2), (3) sum over the batch (see above); the
-    result equals `backward_batch`'s, which averages in (2) and (3), up to rounding.
+    result equals `backward_with_deltas`'s, which averages in (2) and (3), up to rounding.
 
     Args:
         net: the network.
@@ -225,10 +225,10 @@ def backprop_batch(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array,
     """
     B = X.shape[0]
     fast = Equations(
-        output_delta=lambda *args: output_delta_batch(*args) / B,  # step 2, for the mean
+        output_delta=lambda *args: delta_L_batch(*args) / B,  # step 2, for the mean
         hidden_delta=hidden_delta_batch,
         weight_grad=weight_grad_sum,
         bias_grad=bias_grad_sum,
     )
-    E, grads, _ = backward_batch(net, params, X, Y, fast)
+    E, grads, _ = backward_with_deltas(net, params, X, Y, fast)
     return E, grads

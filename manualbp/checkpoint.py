@@ -82,7 +82,7 @@ def fingerprint(net, params, opt_state, run: dict) -> dict:
         "net": {
             "sizes": list(net.sizes),
             "activations": [sigma.name for sigma in net.activations],
-            "loss": net.cost.name,
+            "loss": net.loss.name,
             "fused": net.fused,
         },
         "params": _describe_leaves(params),

@@ -37,11 +37,11 @@ def random_batch(net: MLP, key: Array, batch: int, dtype=jnp.float32) -> tuple[A
     key_X, key_Y = jax.random.split(key)
     N_1, N_L = net.sizes[0], net.sizes[-1]
     X = jax.random.normal(key_X, (batch, N_1), dtype)
-    if net.cost is losses.cross_entropy and N_L > 1:
+    if net.loss is losses.cross_entropy and N_L > 1:
         Y = jax.random.randint(key_Y, (batch,), 0, N_L)
-    elif net.cost is losses.cross_entropy:
+    elif net.loss is losses.cross_entropy:
         Y = jnp.ones((batch, 1), dtype)
-    elif net.cost is losses.binary_cross_entropy:
+    elif net.loss is losses.binary_cross_entropy:
         Y = jax.random.bernoulli(key_Y, 0.5, (batch, N_L)).astype(dtype)
     else:
         Y = jax.random.normal(key_Y, (batch, N_L), dtype)

@@ -16,13 +16,16 @@ import jax
 import jax.numpy as jnp
 
 from manualbp import autodiff, backprop, validation
-from manualbp.network import MLP, Params, as_targets, batch_loss, forward_pass_batch
+from manualbp.network import (
+    MLP,
+    Params,
+    as_targets,
+    forward_pass_batch,
+    mean_loss,
+    param_dtype,
+)
 
 Array = jax.Array
-
-
-def _compute_dtype(params: Params):
-    return jnp.result_type(*jax.tree.leaves(params))
 
 
 def _like_params(grads: Params, params: Params) -> Params:
@@ -31,22 +34,22 @@ def _like_params(grads: Params, params: Params) -> Params:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(net: MLP, params: Params, X: Array) -> Array:
-    _, as_ = forward_pass_batch(net, params, X.astype(_compute_dtype(params)))
+    _, as_ = forward_pass_batch(net, params, X.astype(param_dtype(params)))
     return as_[-1]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
-    dtype = _compute_dtype(params)
-    return batch_loss(net, params, X.astype(dtype), as_targets(net, Y, dtype))
+    dtype = param_dtype(params)
+    return mean_loss(net, params, X.astype(dtype), as_targets(net, Y, dtype))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _manual_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, form: str):
-    dtype = _compute_dtype(params)
+    dtype = param_dtype(params)
     X, Y = X.astype(dtype), as_targets(net, Y, dtype)
     if form == "batched":
-        E, grads = backprop.backprop_batch(net, params, X, Y)
+        E, grads = backprop.fast_backprop(net, params, X, Y)
     else:
         per_E, per_grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(
             net, params, X, Y
@@ -57,14 +60,14 @@ def _manual_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, form: s
 
 @functools.partial(jax.jit, static_argnums=0)
 def _autodiff_value_and_grad(net: MLP, params: Params, X: Array, Y: Array):
-    dtype = _compute_dtype(params)
+    dtype = param_dtype(params)
     E, grads = autodiff.value_and_grad(net, params, X.astype(dtype), as_targets(net, Y, dtype))
     return E, _like_params(grads, params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
-    dtype = _compute_dtype(params)
+    dtype = param_dtype(params)
     X, Y = X.astype(dtype), as_targets(net, Y, dtype)
     _, grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(net, params, X, Y)
     return _like_params(grads, params)
@@ -92,7 +95,7 @@ def manual_value_and_grad(
 
     Args:
         net, params, X, Y: the network, its parameters and a batch.
-        form: ``"batched"`` (default) runs `backprop.backprop_batch`, where
+        form: ``"batched"`` (default) runs `backprop.fast_backprop`, where
             equation (2) sums over the batch inside one matrix product;
             ``"vmap"`` maps the single-example `backprop.backprop` over the
             batch and averages the per-example gradients. Both are tested equal.

@@ -168,3 +168,16 @@ def get_loss(spec: str | Loss, *, argument: str = "loss") -> Loss:
             raise ValueError(f"{argument}: unknown loss {spec!r}; expected one of {valid}")
         return LOSSES[spec]
     raise TypeError(f"{argument}: expected a loss name or an mbp.Loss, got {type(spec).__name__}")
+
+
+OUTPUT_LOSS_PAIRS = (
+    ("identity", "mse"),
+    ("tanh", "mse"),
+    ("sigmoid", "mse"),
+    ("softmax", "mse"),
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("sigmoid", "cross_entropy"),
+)
+"""Output function and loss pairs that make sense together: the catalogue crosses them with
+every hidden activation (`manualbp verify`, the tests)."""

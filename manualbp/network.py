@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manualbp import activations as _activations
 from manualbp import losses as _losses
@@ -57,13 +58,13 @@ class MLP:
     Attributes:
         sizes: (N_1, ..., N_L).
         activations: (σ^2, ..., σ^L); ``activations[k]`` belongs to ``params[k]``.
-        cost: the resolved `Loss` (``net.loss`` is the batch-loss method).
+        loss: the resolved `Loss`: E and ∂E/∂ŷ.
         fused: as the argument.
     """
 
     sizes: tuple[int, ...]
     activations: tuple[Activation, ...]
-    cost: Loss
+    loss: Loss
     fused: bool
 
     def __init__(
@@ -103,7 +104,7 @@ class MLP:
         sigmas.append(_activations.get_activation(output, argument="output"))
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "activations", tuple(sigmas))
-        object.__setattr__(self, "cost", _losses.get_loss(loss))
+        object.__setattr__(self, "loss", _losses.get_loss(loss))
         object.__setattr__(self, "fused", bool(fused))
 
     def __repr__(self) -> str:
@@ -111,7 +112,7 @@ class MLP:
         hidden = hidden[0] if len(set(hidden)) == 1 else hidden
         return (
             f"MLP(sizes={self.sizes}, hidden={hidden!r}, output={self.output.name!r}, "
-            f"loss={self.cost.name!r})"
+            f"loss={self.loss.name!r})"
         )
 
     @property
@@ -132,12 +133,12 @@ class MLP:
     @property
     def fused_loss(self) -> FusedLoss | None:
         """The fused logits-based E and δ^L for (σ^L, E), if there is one."""
-        return _losses.fused_loss(self.output, self.cost)
+        return _losses.fused_loss(self.output, self.loss)
 
     @property
     def classifier(self) -> bool:
         """Whether targets are classes (softmax, or sigmoid with binary cross-entropy)."""
-        return self.output is _activations.softmax or self.cost is _losses.binary_cross_entropy
+        return self.output is _activations.softmax or self.loss is _losses.binary_cross_entropy
 
     def init(self, key: Array, dtype=jnp.float32, scheme: str = "lecun") -> Params:
         """Random parameters, one `Layer` per layer l = 2..L.
@@ -164,22 +165,71 @@ class MLP:
         dtype = jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
-        from manualbp.validation import check_key
-
         check_key(key)
         return _init(self.sizes, key, dtype, scheme)
 
-    def forward(self, params: Params, X: Array) -> Array:
-        """ŷ = a^L for a batch X of shape (B, N_1); returns (B, N_L)."""
-        from manualbp import gradients
+    def params_from(self, weights: Sequence, biases: Sequence, dtype=None) -> Params:
+        """Parameters from another implementation's lists of W^l and b^l, l = 2..L.
 
-        return gradients.forward(self, params, X)
+        Args:
+            weights: one array-like per layer, W^l of shape (N_l, N_{l-1}).
+            biases: one array-like per layer, b^l of shape (N_l,) or the
+                column (N_l, 1) that column-vector code (Nielsen's) uses.
+            dtype: the parameters' dtype; default: the arrays' own floating
+                dtype. float64 needs JAX's x64 mode (see `check_x64`).
 
-    def loss(self, params: Params, X: Array, Y: Array) -> Array:
-        """The batch mean of the per-example E; see `gradients.loss` for Y's forms."""
-        from manualbp import gradients
+        Returns:
+            A tuple of `Layer`, ``params[k]`` is layer l = k + 2.
+        """
+        n = self.L - 1
+        if len(weights) != n or len(biases) != n:
+            raise ValueError(
+                f"params_from: expected {n} weights and {n} biases for sizes={self.sizes}, "
+                f"got {len(weights)} and {len(biases)}"
+            )
+        params = []
+        for k, (W, b) in enumerate(zip(weights, biases, strict=True)):
+            l, shape_W, N_l = k + 2, (self.sizes[k + 1], self.sizes[k]), self.sizes[k + 1]
+            W, b = np.asarray(W), np.asarray(b)
+            if b.shape == (N_l, 1):
+                b = b[:, 0]
+            if W.shape != shape_W or b.shape != (N_l,):
+                raise ValueError(
+                    f"params_from (layer l={l}): expected W^{l} of shape {shape_W} and b^{l} of "
+                    f"shape ({N_l},) or ({N_l}, 1), got {W.shape} and {b.shape}"
+                )
+            layer_dtype = np.dtype(dtype) if dtype is not None else np.result_type(W, b)
+            if not np.issubdtype(layer_dtype, np.floating):
+                layer_dtype = np.dtype(np.float32)
+            check_x64(layer_dtype, f"params_from (layer l={l})")
+            params.append(Layer(jnp.asarray(W, layer_dtype), jnp.asarray(b, layer_dtype)))
+        return tuple(params)
 
-        return gradients.loss(self, params, X, Y)
+
+def check_x64(dtype, argument: str) -> None:
+    """A 64-bit dtype needs JAX's x64 mode; without it JAX silently computes in 32 bits."""
+    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+        raise TypeError(
+            f"{argument}: got {np.dtype(dtype)}, but JAX's x64 mode is off, so it would "
+            "silently become float32; enable it first with "
+            'jax.config.update("jax_enable_x64", True) (or JAX_ENABLE_X64=1), or pass float32'
+        )
+
+
+def check_key(key) -> None:
+    """One jax.random key: a typed key of shape () or a raw uint32 key of shape (2,)."""
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not ((typed and key.shape == ()) or raw):
+        raise TypeError(
+            f"key: expected one jax.random key such as jax.random.key(0), got "
+            f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
+        )
+
+
+def param_dtype(params: Params):
+    """The dtype the math runs in: the promoted dtype of every W^l and b^l."""
+    return jnp.result_type(*jax.tree.leaves(params))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
@@ -263,10 +313,10 @@ def example_loss(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
     fused = net.fused_loss
     if fused is not None:
         return fused.fn(z_L, y)
-    return net.cost.fn(y_hat, y)
+    return net.loss.fn(y_hat, y)
 
 
-def batch_loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
+def mean_loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
     """The batch mean of E for X (B, N_1) and targets Y (B, N_L)."""
     zs, as_ = forward_pass_batch(net, params, X)
     return jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))

@@ -14,7 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.network import MLP, Layer, Params
+from manualbp.network import MLP, Layer, Params, check_key, check_x64
+
+__all__ = [
+    "check_batch",
+    "check_finite",
+    "check_inputs",
+    "check_key",
+    "check_params",
+    "check_targets",
+]
 
 
 @functools.cache
@@ -83,6 +92,7 @@ def check_params(net: MLP, params: Params) -> None:
                 raise TypeError(
                     f"params[{k}].{name} (layer l={l}): expected a floating dtype, got {x.dtype}"
                 )
+            check_x64(x.dtype, f"params[{k}].{name} (layer l={l})")
 
 
 def check_inputs(net: MLP, X) -> None:
@@ -139,17 +149,6 @@ def check_batch(net: MLP, params: Params, X, Y=None) -> None:
     check_inputs(net, X)
     if Y is not None:
         check_targets(net, X, Y)
-
-
-def check_key(key) -> None:
-    """One jax.random key: a typed key of shape () or a raw uint32 key of shape (2,)."""
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not ((typed and key.shape == ()) or raw):
-        raise TypeError(
-            f"key: expected one jax.random key such as jax.random.key(0), got "
-            f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
-        )
 
 
 def check_finite(X, Y=None) -> None:

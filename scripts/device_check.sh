@@ -62,7 +62,7 @@ print(open(sys.argv[1]).read())
 
 # The catalogue: `verify` of the command line. If the command line or the subcommand is
 # missing or fails, the log says so and the script goes on.
-run_step verify "$LIMIT_VERIFY" "$PY" -m manualbp.cli verify --json "$OUT/verify.json"
+run_step verify "$LIMIT_VERIFY" "$PY" -m manualbp.tools.cli verify --json "$OUT/verify.json"
 
 IGNORE=()
 if ! "$PY" -c 'import hypothesis' 2>/dev/null; then

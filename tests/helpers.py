@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from manualbp import tolerance
-from manualbp.verify import OUTPUT_LOSS_PAIRS  # noqa: F401  (re-exported for the tests)
+from manualbp.losses import OUTPUT_LOSS_PAIRS  # noqa: F401  (re-exported for the tests)
 
 
 def grad_errors(actual, reference, sizes, batch, dtype, magnitude=None):
@@ -52,11 +52,11 @@ def numpy_case(net, seed: int, batch: int, dtype):
     )
     N_1, N_L = net.sizes[0], net.sizes[-1]
     X = jnp.asarray(rng.normal(size=(batch, N_1)), dtype)
-    if net.cost is losses.cross_entropy and N_L > 1:
+    if net.loss is losses.cross_entropy and N_L > 1:
         Y = jnp.asarray(rng.integers(0, N_L, size=batch))
-    elif net.cost is losses.cross_entropy:
+    elif net.loss is losses.cross_entropy:
         Y = jnp.ones((batch, 1), dtype)
-    elif net.cost is losses.binary_cross_entropy:
+    elif net.loss is losses.binary_cross_entropy:
         Y = jnp.asarray(rng.integers(0, 2, size=(batch, N_L)), dtype)
     else:
         Y = jnp.asarray(rng.normal(size=(batch, N_L)), dtype)

@@ -15,8 +15,8 @@ def test_pinned_example_runs():
     params = net.init(jax.random.key(0))
     X = jax.random.normal(jax.random.key(1), (4, 784))
     Y = jnp.array([0, 3, 9, 1])
-    assert net.forward(params, X).shape == (4, 10)
-    E = net.loss(params, X, Y)
+    assert mbp.forward(net, params, X).shape == (4, 10)
+    E = mbp.loss(net, params, X, Y)
     E_manual, grads = mbp.manual_value_and_grad(net, params, X, Y)
     E_auto, grads_auto = mbp.autodiff_value_and_grad(net, params, X, Y)
     per_example = mbp.per_example_grads(net, params, X, Y)
@@ -29,7 +29,7 @@ def test_pinned_example_runs():
 def test_defaults_and_resolution():
     net = mbp.MLP((3, 4, 2))
     assert [a.name for a in net.activations] == ["tanh", "identity"]
-    assert net.cost is mbp.LOSSES["mse"]
+    assert net.loss is mbp.LOSSES["mse"]
     net = mbp.MLP((3, 4, 5, 2), hidden=("relu", mbp.ACTIVATIONS["elu"]), output="softmax")
     assert [a.name for a in net.activations] == ["relu", "elu", "softmax"]
     assert net.L == 4 and net.output.name == "softmax"
@@ -141,3 +141,31 @@ def test_a_vector_of_floats_for_several_outputs_is_an_error_not_a_broadcast():
 def test_bad_net_descriptions_are_named(kwargs, error, match):
     with pytest.raises(error, match=match):
         mbp.MLP(**kwargs)
+
+
+def test_params_from_takes_column_biases_and_checks_shapes():
+    net = mbp.MLP((3, 4, 2))
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((4, 3)), rng.standard_normal((2, 4))]
+    biases = [rng.standard_normal((4, 1)), rng.standard_normal(2)]
+    params = net.params_from(weights, biases, dtype=jnp.float32)
+    assert [p.b.shape for p in params] == [(4,), (2,)]
+    np.testing.assert_array_equal(params[0].b, biases[0][:, 0].astype(np.float32))
+    np.testing.assert_array_equal(params[1].W, weights[1].astype(np.float32))
+    with pytest.raises(ValueError, match=r"layer l=3.*\(2, 4\)"):
+        net.params_from(weights, [biases[0], np.zeros(3)], dtype=jnp.float32)
+    with pytest.raises(ValueError, match="expected 2 weights and 2 biases"):
+        net.params_from(weights[:1], biases, dtype=jnp.float32)
+
+
+def test_float64_without_x64_is_refused_not_silently_float32():
+    net = mbp.MLP((3, 4, 2))
+    weights = [np.ones((4, 3)), np.ones((2, 4))]
+    biases = [np.zeros(4), np.zeros(2)]
+    with pytest.raises(TypeError, match="x64 mode is off.*jax_enable_x64"):
+        net.params_from(weights, biases)
+    params = tuple(mbp.Layer(W, b) for W, b in zip(weights, biases, strict=True))
+    with pytest.raises(TypeError, match=r"params\[0\]\.W .*x64 mode is off"):
+        mbp.manual_value_and_grad(net, params, np.ones((2, 3)), np.ones((2, 2)))
+    with jax.enable_x64(True):
+        assert net.params_from(weights, biases)[0].W.dtype == jnp.float64

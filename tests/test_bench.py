@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import manualbp as mbp
-from manualbp import bench, timing
+from manualbp.tools import bench, timing
 
 # A 3-4-2 net, batch B = 5: layer l = 2 is (n_out, n_in) = (4, 3), layer l = 3 is (2, 4).
 #   forward  = 2·5·4·3 + 2·5·2·4 = 120 + 80 = 200
@@ -72,7 +72,8 @@ def test_quick_run_writes_the_report(tmp_path):
     assert bench.main([*argv, "--markdown", str(markdown)]) == 0
     report = json.loads(path.read_text())
     assert {"environment", "matmul", "configs", "flop_count", "loadavg_end"} <= report.keys()
-    assert {"device", "jax", "cpu_count", "env", "loadavg"} <= report["environment"].keys()
+    assert {"device", "versions", "cpu_count", "env", "loadavg"} <= report["environment"].keys()
+    assert {"jax", "jaxlib", "numpy", "optax", "python"} <= report["environment"]["versions"].keys()
     (row,) = report["configs"]
     assert row["config"]["name"] == "small"
     for variant in ("manual", "autodiff", "per_example"):
@@ -136,7 +137,7 @@ def test_training_rows_pair_the_three_loops_round_by_round():
         assert row["paired_manual_over_autodiff"]["ci95"] is not None  # 6 rounds: (min, max)
     assert "| 10 |" in bench.markdown(
         {
-            "environment": bench.environment(),
+            "environment": bench.environment(machine=True),
             "matmul": {"sizes": [], "n": 0, "gflops_median": 1},
             "configs": [],
             "training": result,

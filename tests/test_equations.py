@@ -9,9 +9,9 @@ import manualbp as mbp
 from manualbp import activations, losses
 from manualbp.backprop import (
     backprop,
-    backprop_batch,
     bias_grad,
     bias_grad_batch,
+    fast_backprop,
     hidden_delta,
     hidden_delta_batch,
     output_delta,
@@ -120,7 +120,7 @@ def test_batched_backprop_averages_over_the_batch():
     # Example 2 has target 2.75: ŷ − y = −4, so its gradients are twice example 1's.
     X = jnp.stack([x, x])
     Y = jnp.array([[0.75], [2.75]])
-    E, grads = backprop_batch(NET, PARAMS, X, Y)
+    E, grads = fast_backprop(NET, PARAMS, X, Y)
     assert E == (2.0 + 8.0) / 2
     for got, want in zip(jax.tree.leaves(grads), (dW2, db2, dW3, db3), strict=True):
         np.testing.assert_array_equal(got, 1.5 * want)

@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 from test_data import write_mnist
 
-from manualbp import experiment
+from manualbp.tools import experiment
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -35,7 +35,8 @@ def only_run(root: Path, experiment_name: str) -> Path:
     assert config["experiment"] == experiment_name
     assert config["config"]["runs_dir"] == str(root)
     environment = config["environment"]
-    assert {"jax", "numpy", "optax", "python", "backend", "devices", "x64"} <= set(environment)
+    assert {"backend", "devices", "x64", "versions"} <= set(environment)
+    assert {"jax", "jaxlib", "numpy", "optax", "python"} <= set(environment["versions"])
     assert isinstance(environment["devices"], list) and environment["devices"]
     return run
 

@@ -1,7 +1,7 @@
 """The fast batched form (Δ^L scaled by 1/B once, sums in (2) and (3)) equals the equations' form.
 
-`backprop.backprop_batch` is what the public gradients and training run;
-`backprop.backward_batch` with `backprop.EQUATIONS` applies the batch mean in
+`backprop.fast_backprop` is what the public gradients and training run;
+`backprop.backward_with_deltas` with `backprop.EQUATIONS` applies the batch mean in
 equations (2) and (3) at every layer, as the equations are written. They must
 agree under the one tolerance rule, for every (output, loss) pair, fused or not.
 """
@@ -26,8 +26,8 @@ def test_fast_form_equals_the_equations_form(hidden, output, loss, fused, dtype)
     net = mbp.MLP(SIZES, hidden, output, loss, fused=fused)
     params, X, Y = numpy_case(net, 0, B, dtype)
     Y = mbp.network.as_targets(net, Y, dtype)
-    E, grads = backprop.backprop_batch(net, params, X, Y)
-    E_ref, grads_ref, _ = backprop.backward_batch(net, params, X, Y)
+    E, grads = backprop.fast_backprop(net, params, X, Y)
+    E_ref, grads_ref, _ = backprop.backward_with_deltas(net, params, X, Y)
     assert_grads_close(grads, grads_ref, SIZES, B, dtype)
 
 
@@ -36,7 +36,8 @@ def test_fast_form_compiled_equals_the_equations_form():
     net = mbp.MLP(SIZES, "sigmoid", "softmax", "cross_entropy")
     params, X, Y = numpy_case(net, 1, B, jnp.float32)
     Y = mbp.network.as_targets(net, Y, jnp.float32)
-    fast = jax.jit(backprop.backprop_batch, static_argnums=0)(net, params, X, Y)
-    E_ref, grads_ref, _ = jax.jit(backprop.backward_batch, static_argnums=0)(net, params, X, Y)
+    fast = jax.jit(backprop.fast_backprop, static_argnums=0)(net, params, X, Y)
+    backward = jax.jit(backprop.backward_with_deltas, static_argnums=0)
+    E_ref, grads_ref, _ = backward(net, params, X, Y)
     np.testing.assert_allclose(fast[0], E_ref, rtol=1e-6)
     assert_grads_close(fast[1], grads_ref, SIZES, B, jnp.float32)

@@ -26,7 +26,7 @@ def child_main() -> None:
     from helpers import trees_equal
     from test_train import BATCH, NET, X_TEST, Y_TEST, results_equal, run
 
-    from manualbp.train import data_parallel_mesh
+    from manualbp.training import data_parallel_mesh
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
     mesh = data_parallel_mesh()
@@ -109,7 +109,8 @@ def _batch_sharding_in_program(mesh, shard_batches=True) -> bool:
     from test_train import BATCH, NET, OPTIMIZER, PARAMS, X, Y
 
     from manualbp.network import as_targets
-    from manualbp.train import _epoch, _place
+    from manualbp.training.loop import _place
+    from manualbp.training.programs import epoch as _epoch
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names, None))
@@ -127,6 +128,7 @@ def _batch_sharding_in_program(mesh, shard_batches=True) -> bool:
             batch_size=BATCH,
             compute_dtype=jnp.dtype(jnp.float32),
             batch_sharding=batch if shard_batches else None,
+            shuffle=True,
         )
         .compile()
         .as_text()

@@ -19,13 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import trees_equal
+from helpers import assert_grads_close, trees_equal
 from jax._src.interpreters import ad
 
 import manualbp as mbp
 from manualbp import checkpoint, tolerance
 from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
-from manualbp.train import DivergenceError, _position_bits, _sort_rounds, permutation, train
+from manualbp.training import DivergenceError, permutation, train
+from manualbp.training.shuffle import _position_bits, _sort_rounds
 
 NET = mbp.MLP((4, 8, 3), hidden="tanh", output="softmax", loss="cross_entropy")
 OPTIMIZER = optax.adam(0.05)  # one object, so every test reuses the compiled epoch
@@ -156,8 +157,8 @@ def test_history_has_one_json_entry_per_epoch():
     assert check["passed"] and check["max_rel_error"] <= check["rtol"]
     assert check["rtol"] == tolerance.net_rtol(jnp.float32, NET.sizes, BATCH)
     # The test metrics are those of the returned params.
-    assert np.isclose(history[-1]["test_loss"], float(NET.loss(result.params, X_TEST, Y_TEST)))
-    y_hat = NET.forward(result.params, X_TEST)
+    assert np.isclose(history[-1]["test_loss"], float(mbp.loss(NET, result.params, X_TEST, Y_TEST)))
+    y_hat = mbp.forward(NET, result.params, X_TEST)
     accuracy = np.mean(np.argmax(np.asarray(y_hat), axis=1) == Y_TEST)
     assert np.isclose(history[-1]["test_accuracy"], accuracy)
 
@@ -181,7 +182,7 @@ def test_second_call_compiles_nothing_and_the_remainder_is_dropped(caplog):
     # The counter does see a compilation: a new batch size is a new epoch program.
     result = {}
     compiled = compilations(caplog, lambda: result.update(r=run(batch_size=32, epochs=3)))
-    assert compiled.count("jit(_epoch)") == 1
+    assert compiled.count("jit(epoch)") == 1
     # Remainder rule: ⌊70 / 32⌋ = 2 full steps per epoch, the 6 others are left out.
     adam_state = result["r"].opt_state[0]
     assert int(adam_state.count) == 3 * (N // 32)
@@ -190,7 +191,7 @@ def test_second_call_compiles_nothing_and_the_remainder_is_dropped(caplog):
 def test_callers_arrays_are_not_donated():
     run(epochs=1)
     assert not any(leaf.is_deleted() for leaf in jax.tree.leaves(PARAMS))
-    assert NET.loss(PARAMS, X, Y).shape == ()
+    assert mbp.loss(NET, PARAMS, X, Y).shape == ()
 
 
 def test_manual_and_autodiff_side_by_side():
@@ -226,7 +227,11 @@ def test_progress_prints_one_line_per_epoch(capsys):
     run(epochs=3, progress=True, eval_data=(X_TEST, Y_TEST))
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("epoch 1/3") and "loss" in lines[0] and "test_accuracy" in lines[0]
+    assert (
+        lines[0].split()[:3] == ["manual", "epoch", "1/3"]
+        and "loss" in lines[0]
+        and "test_accuracy" in lines[0]
+    )
     run(epochs=3, progress=False)
     captured = capsys.readouterr()
     assert captured.err == "" and captured.out == ""
@@ -418,3 +423,41 @@ def test_sigkill_mid_training_resumes_bit_identical(tmp_path):
     resumed = run(epochs=KILLED_EPOCHS, checkpoint_dir=tmp_path)
     assert [h["epoch"] for h in resumed.history] == list(range(1, KILLED_EPOCHS + 1))
     assert results_equal(resumed, run(epochs=KILLED_EPOCHS))
+
+
+def test_shuffle_false_steps_through_the_examples_in_their_order():
+    """A reference's trajectory, reproduced step for step: plain SGD over the rows in order."""
+    sgd = optax.sgd(0.1)
+    batch = 10
+    result = mbp.train(
+        NET,
+        PARAMS,
+        sgd,
+        X,
+        Y,
+        epochs=2,
+        batch_size=batch,
+        key=jax.random.key(0),
+        shuffle=False,
+        progress=False,
+    )
+    params = PARAMS
+    for _ in range(2):
+        for start in range(0, (X.shape[0] // batch) * batch, batch):
+            _, grads = mbp.manual_value_and_grad(
+                NET, params, X[start : start + batch], Y[start : start + batch]
+            )
+            params = jax.tree.map(lambda p, g: p - 0.1 * g, params, grads)
+    assert_grads_close(result.params, params, NET.sizes, batch, jnp.float32)
+    shuffled = mbp.train(
+        NET,
+        PARAMS,
+        sgd,
+        X,
+        Y,
+        epochs=2,
+        batch_size=batch,
+        key=jax.random.key(0),
+        progress=False,
+    )
+    assert not trees_equal(shuffled.params, result.params)

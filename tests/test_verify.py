@@ -11,8 +11,8 @@ from helpers import OUTPUT_LOSS_PAIRS, numpy_case
 import manualbp as mbp
 from manualbp import activations, backprop, losses
 from manualbp.activations import HIDDEN_ACTIVATIONS
-from manualbp.cli import main as cli_main
 from manualbp.network import Layer, forward_pass_batch
+from manualbp.tools.cli import main as cli_main
 
 B = 6
 SQUARE = (4, 4, 4, 4, 3)  # equal hidden widths, so a missing transpose or a layer off by one runs
@@ -68,9 +68,7 @@ def test_missing_transpose_in_equation_1():
 
 
 def test_sign_flip_in_equation_4_stays_at_layer_L():
-    flipped = backprop.EQUATIONS._replace(
-        output_delta=lambda *args: -backprop.output_delta_batch(*args)
-    )
+    flipped = backprop.EQUATIONS._replace(output_delta=lambda *args: -backprop.delta_L_batch(*args))
     report = run(mbp.MLP(SQUARE, "tanh", "softmax", "cross_entropy"), equations=flipped)
     assert failing(report, "eq") == {(4, 5)}
     assert diagnoses(report, 4) == {"sign flipped"}
@@ -88,7 +86,7 @@ def test_sum_instead_of_mean_in_equation_2():
 def off_by_one_backward(net, params, X, Y):
     """A hand-written backward pass whose equation (2) takes a^l where a^{l-1} belongs."""
     zs, as_ = forward_pass_batch(net, params, X)
-    delta = backprop.output_delta_batch(net, zs[-1], as_[-1], Y)
+    delta = backprop.delta_L_batch(net, zs[-1], as_[-1], Y)
     grads, deltas = [None] * len(params), [None] * len(params)
     for k in reversed(range(len(params))):
         deltas[k] = delta
@@ -97,7 +95,7 @@ def off_by_one_backward(net, params, X, Y):
         if k > 0:
             sp = backprop.sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
             delta = backprop.hidden_delta_batch(delta, params[k].W, sp)
-    E = jnp.mean(jax.vmap(net.cost.fn)(as_[-1], Y))
+    E = jnp.mean(jax.vmap(net.loss.fn)(as_[-1], Y))
     return E, tuple(grads), tuple(deltas)
 
 

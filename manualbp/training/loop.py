@@ -1,11 +1,11 @@
 """Training with the hand-derived gradients: optax updates, one jitted epoch, checkpoints.
 
-`train` is orchestration. The gradients come from `backprop.backprop_batch`
+`train` is orchestration. The gradients come from `backprop.fast_backprop`
 (equations (1)–(4), ``grad="manual"``) or from `autodiff.value_and_grad`
 (``grad="autodiff"``); the update from any optax `GradientTransformation`.
 
-One epoch is one compiled program: shuffle with the epoch's key
-(`permutation`), then `jax.lax.scan` over the mini-batches, so no
+One epoch is one compiled program (`programs.epoch`): shuffle with the epoch's
+key (`shuffle.permutation`), then `jax.lax.scan` over the mini-batches, so no
 Python runs between steps. The program is cached on the static settings (net,
 optimizer object, gradient path, batch size, compute dtype, mesh) and the
 shapes, so calling `train` again with the same ones compiles nothing; pass the
@@ -20,7 +20,7 @@ others, so every example is used and every step has the same shape.
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import os
 import sys
 import time
@@ -33,13 +33,14 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from manualbp import activations, autodiff, backprop, checkpoint, tolerance, validation
+from manualbp import checkpoint, tolerance, validation
 from manualbp.checkpoint import to_host
-from manualbp.network import MLP, Params, as_targets, batch_loss, forward_pass_batch
+from manualbp.network import MLP, Params, as_targets, param_dtype
+from manualbp.training import programs
 
 Array = jax.Array
 
-GRADS = ("manual", "autodiff")
+GRAD_PATHS = ("manual", "autodiff")
 
 
 class TrainResult(NamedTuple):
@@ -72,134 +73,6 @@ class DivergenceError(FloatingPointError):
         self.history = history
 
 
-# --- the compiled programs -------------------------------------------------------
-
-
-# Fewer random bits per sort round than this and `permutation` hands over to jax's.
-_MIN_RANDOM_BITS = 8
-
-
-def permutation(key: Array, n: int) -> Array:
-    """A uniformly random permutation of ``range(n)`` (int32), from ``key``.
-
-    The method of `jax.random.permutation`: sort by i.i.d. random keys, in
-    rounds, each round breaking its ties by the order the rounds before left.
-    Here each round sorts a single uint32 array, random bits above and the
-    position in the low k = bit_length(n − 1) bits, which XLA sorts several
-    times faster than the key-value sort jax uses (10 000 elements on a 2-core
-    CPU: about 2 ms against 6.4 ms). R rounds sort by one random key of
-    R (32 − k) bits, so the result is exactly uniform unless two elements tie
-    in every round, with probability at most n² 2^(−R (32 − k)) / 2. R is the
-    least with 2^(R (32 − k)) ≥ n³, which bounds that by 1 / (2n), as
-    `jax.random.permutation` bounds its own. Above 2^24 elements there are
-    too few random bits per round; it hands over to `jax.random.permutation`.
-    """
-    rounds = _sort_rounds(n)
-    if rounds is None:
-        return jax.random.permutation(key, n)
-    k = _position_bits(n)
-    position = jnp.arange(n, dtype=jnp.uint32)
-    order = position
-    for round_key in jax.random.split(key, rounds):
-        random_high = jax.random.bits(round_key, (n,), jnp.uint32) >> k << k
-        ranked = jax.lax.sort(random_high | position) & ((1 << k) - 1)
-        order = order[ranked]
-    return order.astype(jnp.int32)
-
-
-def _position_bits(n: int) -> int:
-    return max(1, (n - 1).bit_length())
-
-
-def _sort_rounds(n: int) -> int | None:
-    """Rounds R with 2^(R m) ≥ 2^(3k) ≥ n³, m = 32 − k random bits each; None above 2^24."""
-    k = _position_bits(n)
-    if 32 - k < _MIN_RANDOM_BITS:
-        return None
-    return -(-3 * k // (32 - k))  # ⌈3k / m⌉, at least 1 since k ≥ 1
-
-
-def _value_and_grad(net: MLP, grad: str, params: Params, X: Array, Y: Array):
-    if grad == "manual":
-        return backprop.backprop_batch(net, params, X, Y)  # equations (1)-(4)
-    return autodiff.value_and_grad(net, params, X, Y)
-
-
-def _cast(tree, dtype):
-    return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
-@functools.partial(
-    jax.jit,
-    static_argnames=("net", "optimizer", "grad", "batch_size", "compute_dtype", "batch_sharding"),
-    donate_argnames=("params", "opt_state"),
-)
-def _epoch(
-    params, opt_state, key, X, Y, *, net, optimizer, grad, batch_size, compute_dtype, batch_sharding
-):
-    """One epoch: shuffle, then one optimizer step per mini-batch, under `lax.scan`.
-
-    Returns the new params, opt_state and key, each step's loss (before its
-    update), and whether every loss and parameter is finite.
-    """
-    key, key_shuffle = jax.random.split(key)
-    steps = X.shape[0] // batch_size
-    order = permutation(key_shuffle, X.shape[0])[: steps * batch_size]
-
-    def step(carry, rows):
-        params, opt_state = carry
-        X_b, Y_b = X[rows], Y[rows]
-        if batch_sharding is not None:  # data parallel: each device gets B / devices rows
-            X_b = jax.lax.with_sharding_constraint(X_b, batch_sharding)
-            Y_b = jax.lax.with_sharding_constraint(Y_b, batch_sharding)
-        E, grads = _value_and_grad(
-            net,
-            grad,
-            _cast(params, compute_dtype),
-            X_b.astype(compute_dtype),
-            Y_b.astype(compute_dtype),
-        )
-        # Gradients go back to each parameter's dtype (float32 under bfloat16
-        # compute), so the update accumulates in the parameters' precision.
-        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), E.astype(X.dtype)
-
-    (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), order.reshape(steps, batch_size)
-    )
-    finite = jnp.all(jnp.isfinite(losses))
-    for p in jax.tree.leaves(params):
-        finite = finite & jnp.all(jnp.isfinite(p))
-    return params, opt_state, key, losses, finite
-
-
-@functools.partial(jax.jit, static_argnames="net")
-def _evaluate(params, X, Y, *, net):
-    """The mean loss on (X, Y) and, for a classifier, the accuracy (else NaN)."""
-    E = batch_loss(net, params, X, Y)
-    if not net.classifier:
-        return E, jnp.nan
-    _, as_ = forward_pass_batch(net, params, X)
-    y_hat = as_[-1]
-    if net.output is activations.softmax:
-        correct = jnp.argmax(y_hat, axis=1) == jnp.argmax(Y, axis=1)
-    else:  # sigmoid outputs, one yes/no decision per output
-        correct = (y_hat > 0.5) == (Y > 0.5)
-    return E, jnp.mean(correct)
-
-
-@functools.partial(jax.jit, static_argnames="net")
-def _both_grads(params, X, Y, *, net):
-    """Manual and autodiff gradients of the same batch loss, and the size of the terms
-    they sum (`tolerance.tree_errors`), for ``check_every``."""
-    return (
-        backprop.backprop_batch(net, params, X, Y)[1],
-        autodiff.value_and_grad(net, params, X, Y)[1],
-        autodiff.gradient_magnitudes(net, params, X, Y),
-    )
-
-
 # --- the orchestration ---------------------------------------------------------------
 
 
@@ -228,6 +101,7 @@ def train(
     progress: bool = True,
     mesh: Mesh | None = None,
     compute_dtype=None,
+    shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
@@ -272,6 +146,9 @@ def train(
             the gradients are cast back to the parameters' dtype before the
             optimizer, so parameters, optimizer state and updates stay in
             float32. Default: the parameters' dtype.
+        shuffle: False keeps the examples in their given order every epoch,
+            so that another implementation's trajectory can be reproduced step
+            for step (the key is still split each epoch).
         callback: called with each epoch's history entry, after its
             checkpoint is written.
 
@@ -299,6 +176,82 @@ def train(
     gradients across hosts. Only process 0 writes the checkpoint, so give
     every host the same ``checkpoint_dir`` on a shared file system.
     """
+    run, state = _setup(
+        net,
+        params,
+        optimizer,
+        X,
+        Y,
+        key,
+        epochs,
+        batch_size,
+        grad,
+        check_every,
+        mesh,
+        compute_dtype,
+        shuffle,
+        eval_data,
+    )
+    _resume(run, state, checkpoint_dir, epochs)
+    for epoch in range(state.start + 1, epochs + 1):
+        started = time.perf_counter()
+        record = _run_epoch(run, state, epoch, checkpoint_dir)
+        _after_epoch(run, state, record, checkpoint_dir)
+        if progress:
+            print(
+                _progress_line(record, epochs, run.statics["grad"], time.perf_counter() - started),
+                file=sys.stderr,
+                flush=True,
+            )
+        if callback is not None:
+            callback(record)
+    return TrainResult(state.params, state.opt_state, state.history, state.key)
+
+
+class _Run(NamedTuple):
+    """What stays fixed over a training run: the net, the placed data, the statics."""
+
+    net: MLP
+    optimizer: optax.GradientTransformation
+    X: Array
+    Y: Array
+    test: tuple | None
+    batch_size: int
+    check_every: int | None
+    replicated: NamedSharding | None
+    statics: dict
+    fingerprint_run: dict
+
+
+@dataclasses.dataclass
+class _State:
+    """What changes epoch by epoch."""
+
+    params: Params
+    opt_state: Any
+    key: Array
+    history: list[dict]
+    start: int = 0
+    fingerprint: dict | None = None
+
+
+def _setup(
+    net,
+    params,
+    optimizer,
+    X,
+    Y,
+    key,
+    epochs,
+    batch_size,
+    grad,
+    check_every,
+    mesh,
+    compute_dtype,
+    shuffle,
+    eval_data,
+) -> tuple[_Run, _State]:
+    """Check every argument and place the data; returns the run and its first state."""
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
     validation.check_key(key)
@@ -307,53 +260,21 @@ def train(
             "optimizer: expected an optax GradientTransformation such as optax.sgd(0.1), got "
             f"{type(optimizer).__name__}"
         )
-    n = X.shape[0]
     grad, epochs, batch_size, check_every = _check_settings(
-        grad, epochs, batch_size, check_every, n, mesh
+        grad, epochs, batch_size, check_every, X.shape[0], mesh
     )
-    param_dtype = jnp.result_type(*jax.tree.leaves(params))
-    compute_dtype = _check_compute_dtype(compute_dtype, param_dtype)
+    dtype = param_dtype(params)
+    compute_dtype = _check_compute_dtype(compute_dtype, dtype)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     batch_sharding = (
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
     )
-
     # Copies: the epoch donates its params and opt_state, never the caller's arrays.
     params = _place(params, replicated, copy=True)
     opt_state = _place(optimizer.init(params), replicated, copy=True)
-    X_train = _place(X, replicated, dtype=param_dtype)
-    Y_train = _place(as_targets(net, jnp.asarray(Y), param_dtype), replicated)
-    test = None
-    if eval_data is not None:
-        test = _prepare_eval(net, params, eval_data, param_dtype, replicated)
-
-    history: list[dict] = []
-    start = 0
-    if checkpoint_dir is not None:
-        run = {
-            "grad": grad,
-            "batch_size": batch_size,
-            "compute_dtype": jnp.dtype(compute_dtype).name,
-            "X": [list(X_train.shape), X_train.dtype.name],
-            "Y": [list(Y_train.shape), Y_train.dtype.name],
-            "key": checkpoint.key_description(key),
-        }
-        fingerprint = checkpoint.fingerprint(net, params, opt_state, run)
-        saved = checkpoint.load(checkpoint_dir, fingerprint, params, opt_state)
-        if saved is not None:
-            if saved.epoch > epochs:
-                raise ValueError(
-                    f"epochs: the checkpoint in {checkpoint_dir} has already completed "
-                    f"{saved.epoch} epochs, more than epochs={epochs}"
-                )
-            start, history = saved.epoch, saved.history
-            params = _place(saved.params, replicated)
-            opt_state = _place(saved.opt_state, replicated)
-            key = saved.key
-    # With the arrays: an input placed unlike the epoch's own outputs would compile a
-    # second epoch program.
-    key = jax.device_put(key, _default_device() if replicated is None else replicated)
-
+    X_train = _place(X, replicated, dtype=dtype)
+    Y_train = _place(as_targets(net, jnp.asarray(Y), dtype), replicated)
+    test = None if eval_data is None else _prepare_eval(net, params, eval_data, dtype, replicated)
     statics = dict(
         net=net,
         optimizer=optimizer,
@@ -361,47 +282,94 @@ def train(
         batch_size=batch_size,
         compute_dtype=compute_dtype,
         batch_sharding=batch_sharding,
+        shuffle=bool(shuffle),
     )
-    for epoch in range(start + 1, epochs + 1):
-        started = time.perf_counter()
-        params_next, opt_state, key, losses, finite = _epoch(
-            params, opt_state, key, X_train, Y_train, **statics
+    fingerprint_run = {
+        "grad": grad,
+        "batch_size": batch_size,
+        "compute_dtype": jnp.dtype(compute_dtype).name,
+        "shuffle": bool(shuffle),
+        "X": [list(X_train.shape), X_train.dtype.name],
+        "Y": [list(Y_train.shape), Y_train.dtype.name],
+        "key": checkpoint.key_description(key),
+    }
+    run = _Run(
+        net,
+        optimizer,
+        X_train,
+        Y_train,
+        test,
+        batch_size,
+        check_every,
+        replicated,
+        statics,
+        fingerprint_run,
+    )
+    return run, _State(params, opt_state, key, [])
+
+
+def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
+    """Start from the checkpoint's state where one of the same run exists."""
+    if checkpoint_dir is not None:
+        state.fingerprint = checkpoint.fingerprint(
+            run.net, state.params, state.opt_state, run.fingerprint_run
         )
-        losses = to_host(losses)
-        if not to_host(finite):
-            raise DivergenceError(
-                _divergence_message(epoch, losses, checkpoint_dir), epoch, history
-            )
-        params = params_next
-        record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
-        if test is not None:
-            test_loss, accuracy = map(to_host, _evaluate(params, *test, net=net))
-            record["test_loss"] = float(test_loss)
-            if net.classifier:
-                record["test_accuracy"] = float(accuracy)
-        if check_every is not None and epoch % check_every == 0:
-            record["grad_check"] = _grad_check(net, params, X_train, Y_train, batch_size)
-        history.append(record)
-        if checkpoint_dir is not None and jax.process_index() == 0:
-            checkpoint.save(
-                checkpoint_dir,
-                checkpoint.Checkpoint(epoch, params, opt_state, key, history),
-                fingerprint,
-            )
-        if progress:
-            print(
-                _progress_line(record, epochs, time.perf_counter() - started),
-                file=sys.stderr,
-                flush=True,
-            )
-        if callback is not None:
-            callback(record)
-    return TrainResult(params=params, opt_state=opt_state, history=history, key=key)
+        saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
+        if saved is not None:
+            if saved.epoch > epochs:
+                raise ValueError(
+                    f"epochs: the checkpoint in {checkpoint_dir} has already completed "
+                    f"{saved.epoch} epochs, more than epochs={epochs}"
+                )
+            state.start, state.history = saved.epoch, saved.history
+            state.params = _place(saved.params, run.replicated)
+            state.opt_state = _place(saved.opt_state, run.replicated)
+            state.key = saved.key
+    # With the arrays: an input placed unlike the epoch's own outputs would compile a
+    # second epoch program.
+    state.key = jax.device_put(
+        state.key, _default_device() if run.replicated is None else run.replicated
+    )
+
+
+def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
+    """One compiled epoch, then its history entry; nothing of a diverged epoch is kept."""
+    params, opt_state, key, losses, finite = programs.epoch(
+        state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+    )
+    losses = to_host(losses)
+    if not to_host(finite):
+        raise DivergenceError(
+            _divergence_message(epoch, losses, checkpoint_dir), epoch, state.history
+        )
+    state.params, state.opt_state, state.key = params, opt_state, key
+    record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
+    if run.test is not None:
+        test_loss, accuracy = map(to_host, programs.evaluate(state.params, *run.test, net=run.net))
+        record["test_loss"] = float(test_loss)
+        if run.net.classifier:
+            record["test_accuracy"] = float(accuracy)
+    if run.check_every is not None and epoch % run.check_every == 0:
+        record["grad_check"] = _grad_check(run.net, state.params, run.X, run.Y, run.batch_size)
+    return record
+
+
+def _after_epoch(run: _Run, state: _State, record: dict, checkpoint_dir) -> None:
+    """Append the record and write the checkpoint (process 0 only)."""
+    state.history.append(record)
+    if checkpoint_dir is not None and jax.process_index() == 0:
+        checkpoint.save(
+            checkpoint_dir,
+            checkpoint.Checkpoint(
+                record["epoch"], state.params, state.opt_state, state.key, state.history
+            ),
+            state.fingerprint,
+        )
 
 
 def _check_settings(grad, epochs, batch_size, check_every, n, mesh):
-    if grad not in GRADS:
-        raise ValueError(f"grad: expected one of {', '.join(GRADS)}, got {grad!r}")
+    if grad not in GRAD_PATHS:
+        raise ValueError(f"grad: expected one of {', '.join(GRAD_PATHS)}, got {grad!r}")
     for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise ValueError(f"{name}: expected an integer ≥ {low}, got {value!r}")
@@ -487,10 +455,10 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
 
 def _grad_check(net, params, X, Y, batch_size) -> dict:
     manual, auto, magnitude = jax.tree.map(
-        to_host, _both_grads(params, X[:batch_size], Y[:batch_size], net=net)
+        to_host, programs.both_grads(params, X[:batch_size], Y[:batch_size], net=net)
     )
     errors = tolerance.tree_errors(manual, auto, magnitude)
-    dtype = jnp.result_type(*jax.tree.leaves(params))
+    dtype = param_dtype(params)
     rtol = tolerance.net_rtol(dtype, net.sizes, batch_size)
     worst = max(rel for _, _, rel in errors)
     return {"max_rel_error": worst, "rtol": rtol, "passed": bool(worst <= rtol)}
@@ -513,9 +481,9 @@ def _divergence_message(epoch, losses, checkpoint_dir) -> str:
     )
 
 
-def _progress_line(record: dict, epochs: int, seconds: float) -> str:
+def _progress_line(record: dict, epochs: int, grad: str, seconds: float) -> str:
     width = len(str(epochs))
-    parts = [f"epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
+    parts = [f"{grad:<8} epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
     for name in ("test_loss", "test_accuracy"):
         if name in record:
             parts.append(f"{name} {record[name]:.6g}")

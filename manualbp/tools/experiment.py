@@ -23,8 +23,6 @@ import datetime
 import inspect
 import io
 import json
-import math
-import platform
 import re
 import sys
 import time
@@ -37,6 +35,9 @@ from typing import Any, Literal
 
 import jax
 import numpy as np
+
+from manualbp.records import environment, to_json
+from manualbp.table import format_table
 
 # --- configs as command lines -----------------------------------------------------
 
@@ -154,56 +155,6 @@ def run_main(main, cls: type, description: str | None = None) -> int:
 # --- run folders ----------------------------------------------------------------------
 
 
-def environment() -> dict[str, Any]:
-    """Versions, backend, devices and the x64 flag: what a result depends on besides the config."""
-    import optax
-
-    from manualbp import __version__
-
-    return {
-        "manualbp": __version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "jax": jax.__version__,
-        "jaxlib": getattr(jax.lib, "__version__", None) or _version("jaxlib"),
-        "numpy": np.__version__,
-        "optax": optax.__version__,
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()],
-        "x64": bool(jax.config.jax_enable_x64),
-    }
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def to_json(value: Any) -> Any:
-    """``value`` as plain JSON: tuples become lists, arrays lists, inf and NaN null."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return to_json(np.asarray(value).tolist())
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if value is None or isinstance(value, str):
-        return value
-    return str(value)
-
-
 @dataclasses.dataclass
 class Run:
     """One run folder: ``config.json``, ``metrics.jsonl`` and plots."""
@@ -252,7 +203,7 @@ def start_run(experiment: str, config: RunConfig) -> Run:
     run = Run(path)
     run.write_json(
         "config.json",
-        {"experiment": experiment, "config": config, "environment": environment()},
+        {"experiment": experiment, "config": config, "environment": environment(machine=True)},
     )
     return run
 
@@ -318,23 +269,6 @@ def _cycle(items, n):
     return [items[i % len(items)] for i in range(n)]
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """A plain-text table, one row per mapping; floats with 4 significant digits."""
-    columns = list(columns or dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value):
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return "" if value is None else str(value)
-
-    cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(lines)
-
-
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
     print(format_table(rows, columns))
 
@@ -357,7 +291,7 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
 ) -> dict[str, Any]:
-    """`manualbp.train` once per gradient path, from the same params, key and optimizer.
+    """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
     Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
     of ``metrics`` (those the history has) go to ``curves.png``, one axis per

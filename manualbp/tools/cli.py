@@ -19,8 +19,7 @@ import sys
 import time
 
 from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, Activation
-from manualbp.losses import LOSSES, Loss
-from manualbp.verify import OUTPUT_LOSS_PAIRS
+from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS, Loss
 
 CATALOGUE_SIZES = (5, 7, 6, 3)
 """Two hidden layers, so equation (1) is checked at a layer fed by another hidden layer."""
@@ -100,7 +99,7 @@ def _run_verify(args) -> int:
 
     from manualbp.data import random_batch
     from manualbp.network import MLP
-    from manualbp.verify import verify, verify_activation, verify_loss
+    from manualbp.verification import verify, verify_activation, verify_loss
 
     if args.batch < 1:
         raise UserError(f"--batch: expected a positive batch size, got {args.batch}")
@@ -131,8 +130,8 @@ def _run_verify(args) -> int:
                 for sigma in dict.fromkeys(net.activations)  # each once, in layer order
                 if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]
             ]
-            if net.cost.name not in LOSSES or net.cost is not LOSSES[net.cost.name]:
-                reports.append(verify_loss(net.cost, dtype))
+            if net.loss.name not in LOSSES or net.loss is not LOSSES[net.loss.name]:
+                reports.append(verify_loss(net.loss, dtype))
             reports.append(check(net))
             print("\n\n".join(str(report) for report in reports))
             passed = all(report.passed for report in reports)
@@ -147,9 +146,9 @@ def _run_verify(args) -> int:
 
 
 def _catalogue(args, dtype, check) -> int:
-    from manualbp.experiment import format_table
     from manualbp.network import MLP
-    from manualbp.verify import verify_activation, verify_loss
+    from manualbp.table import format_table
+    from manualbp.verification import verify_activation, verify_loss
 
     start = time.perf_counter()
     summary, reports = [], []
@@ -220,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if argv and argv[0] in ("train", "bench"):
         module = importlib.import_module(
-            "manualbp.experiment" if argv[0] == "train" else "manualbp.bench"
+            "manualbp.tools.experiment" if argv[0] == "train" else "manualbp.tools.bench"
         )
         entry = module.train_command if argv[0] == "train" else module.main
         return _guarded(lambda: entry(argv[1:]))

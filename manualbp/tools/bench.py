@@ -37,12 +37,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import importlib
 import json
 import math
 import os
-import platform
-import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -52,8 +49,9 @@ import numpy as np
 import optax
 
 import manualbp as mbp
-from manualbp import timing
 from manualbp.data import random_batch
+from manualbp.records import environment
+from manualbp.tools import timing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,7 +232,7 @@ def numpy_sgd_epoch(
     One example at a time, as Nielsen's ``network.py``: forward storing every z^l
     and a^l, δ^L by eq. (4), δ^l by eq. (1), ∂E/∂W^l and ∂E/∂b^l by eqs. (2), (3),
     summed over the mini-batch, then W ← W − η/m Σ ∂E/∂W. The baseline for the
-    training throughput of `manualbp.train`.
+    training throughput of `manualbp.training`.
     """
     order = rng.permutation(len(X))
     for start in range(0, len(X) - batch_size + 1, batch_size):
@@ -272,7 +270,7 @@ def _train_epochs(train, net, params, optimizer, X, Y, batch_size: int, grad: st
 
 
 def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
-    """Epoch throughput (samples/s): `manualbp.train` manual vs autodiff, and the NumPy loop.
+    """Epoch throughput (samples/s): `manualbp.training` manual vs autodiff, and the NumPy loop.
 
     One row per mini-batch size in ``TRAINING_BATCHES``: the textbook's 10, where
     each step is too small to keep the machine busy, and 100. The three run in
@@ -334,59 +332,6 @@ def bench_training(*, n_train: int, n_numpy: int, repeats: int) -> dict:
 # --- environment and report ------------------------------------------------------------
 
 
-THREAD_VARIABLES = (
-    "XLA_FLAGS",
-    "OMP_NUM_THREADS",
-    "OPENBLAS_NUM_THREADS",
-    "MKL_NUM_THREADS",
-    "JAX_PLATFORMS",
-    "JAX_DEFAULT_MATMUL_PRECISION",
-    "JAX_ENABLE_X64",
-    "GLIBC_TUNABLES",
-)
-THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
-
-
-def environment() -> dict:
-    """Device, versions and thread settings, for the record."""
-    device = jax.devices()[0]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return {
-        "backend": jax.default_backend(),
-        "device": f"{device.platform}: {device.device_kind}",
-        "device_count": jax.device_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "jaxlib": importlib.import_module("jaxlib").__version__,
-        "numpy": np.__version__,
-        "optax": optax.__version__,
-        "manualbp": mbp.__version__,
-        "git_commit": commit,
-        "matmul_precision": str(jax.config.jax_default_matmul_precision),
-        "env": {name: os.environ.get(name) for name in THREAD_VARIABLES},
-        "transparent_hugepages": _read_setting(THP_SETTING),
-        "loadavg": os.getloadavg(),
-        "argv": sys.argv,
-    }
-
-
-def _read_setting(path: str) -> str | None:
-    """A one-line kernel setting such as "always [madvise] never", or None off Linux."""
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def _fraction(row: dict, peak: dict) -> str:
     """Manual GFLOP/s over the matmul peak; paired round by round where measured so."""
     paired = row.get("paired_fraction_of_matmul")
@@ -414,7 +359,7 @@ def markdown(report: dict) -> str:
     """The report as markdown tables."""
     env, peak = report["environment"], report["matmul"]
     lines = [
-        f"Device: {env['device']} ({env['cpu_count']} CPUs visible); jax {env['jax']}; "
+        f"Device: {env['device']} ({env['cpu_count']} CPUs visible); jax {env['versions']['jax']}; "
         f"load average at start {env['loadavg'][0]:.2f}.",
         f"float32 matmul peak (best median rate over sizes "
         f"{', '.join(str(rate['n']) for rate in peak['sizes'])}; at {peak['n']}): "
@@ -520,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = 0.5 if args.quick else args.budget
     on_cpu = jax.default_backend() == "cpu"
 
-    report = {"environment": environment()}
+    report = {"environment": environment(machine=True)}
     print(f"# {report['environment']['device']}, load {os.getloadavg()[0]:.2f}", file=sys.stderr)
     if args.quick:
         matmul_sizes = (256, 512)

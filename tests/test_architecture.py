@@ -1,0 +1,63 @@
+"""The layout: an acyclic import graph, a core that never imports the tools, a light import."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import import_graph  # noqa: E402
+
+
+def test_the_import_graph_has_no_cycle_and_no_upward_import():
+    assert import_graph.problems(import_graph.graph()) == []
+
+
+def test_the_checker_sees_a_cycle_and_an_upward_import():
+    edges = {
+        "manualbp.network": {"manualbp.gradients"},  # math importing api
+        "manualbp.gradients": {"manualbp.network"},
+        "manualbp.backprop": {"manualbp.tools.cli"},  # math importing tools
+        "manualbp.tools.cli": set(),
+        "manualbp.data": {"manualbp"},  # the package itself, below the tools
+    }
+    found = import_graph.problems(edges)
+    assert "manualbp.network (math) imports manualbp.gradients (api)" in found
+    assert "manualbp.backprop (math) imports manualbp.tools.cli (tools)" in found
+    assert "manualbp.data imports the package manualbp itself" in found
+    assert any(p.startswith("cycle: ") and "manualbp.gradients" in p for p in found)
+
+
+def test_a_function_level_import_is_an_edge(tmp_path, monkeypatch):
+    package = tmp_path / "manualbp"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "network.py").write_text("def f():\n    from manualbp import gradients\n")
+    (package / "gradients.py").write_text("from manualbp.network import f\n")
+    monkeypatch.setattr(import_graph, "PACKAGE", package)
+    edges = import_graph.graph()
+    assert edges["manualbp.network"] == {"manualbp.gradients"}
+    assert any(p.startswith("cycle: ") for p in import_graph.problems(edges))
+
+
+def test_import_manualbp_loads_no_argparse_matplotlib_or_progress_bars():
+    code = (
+        "import sys, manualbp; "
+        "print(sorted(m for m in ('argparse', 'matplotlib', 'tqdm', 'rich') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_no_public_name_hides_a_module():
+    import importlib
+    import pkgutil
+
+    import manualbp
+
+    for info in pkgutil.walk_packages(manualbp.__path__, "manualbp."):
+        parent_name, _, child = info.name.rpartition(".")
+        parent = importlib.import_module(parent_name)
+        module = importlib.import_module(info.name)
+        assert getattr(parent, child) is module, f"{parent_name}.{child} is not the module"
