@@ -1,6 +1,6 @@
 """manualbp: hand-derived backpropagation for MLPs, verified against automatic differentiation.
 
-The equations are those of derivation.md: z^l = W^l a^{l-1} + b^l, a^l = σ^l(z^l),
+The equations are those of docs/derivation.md: z^l = W^l a^{l-1} + b^l, a^l = σ^l(z^l),
 and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in the module
 `manualbp.backprop` (``mbp.backprop.backprop`` is the single-example backward pass).
 """
