@@ -1,6 +1,6 @@
 """Activation and output functions σ with their hand-derived derivatives σ'.
 
-An activation is a pair of pure functions (σ, σ'), as in derivation.md: σ^l acts
+An activation is a pair of pure functions (σ, σ'), as in docs/derivation.md: σ^l acts
 componentwise on z^l, so σ^l'(z^l) is a vector of the same shape and the chain
 rule through σ is a componentwise product (the ⊙ in equations (1) and (4)).
 

@@ -1,4 +1,4 @@
-"""Equations (1)–(4) of derivation.md and the backward pass that composes them.
+"""Equations (1)–(4) of docs/derivation.md and the backward pass that composes them.
 
 Each equation is one small pure function on one example, with the
 derivation's symbols and math shapes (vectors (N_l,), W^l of shape

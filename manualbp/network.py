@@ -1,6 +1,6 @@
 """The network: its description `MLP`, its parameters, and the forward pass.
 
-Layer numbering follows derivation.md: l = 1 is the input layer (a^1 = x, no
+Layer numbering follows docs/derivation.md: l = 1 is the input layer (a^1 = x, no
 parameters), layers l = 2..L carry W^l of shape (N_l, N_{l-1}) and b^l of
 shape (N_l,). In code the parameters are a tuple, and ``params[k]`` is layer
 l = k + 2.
@@ -271,7 +271,7 @@ def _check_sizes(sizes) -> tuple[int, ...]:
     return tuple(int(n) for n in sizes)
 
 
-# --- the forward pass (step 1 of derivation.md) --------------------------------
+# --- the forward pass (step 1 of docs/derivation.md) ---------------------------
 
 
 def layer_forward(W: Array, b: Array, a_prev: Array, sigma: Activation) -> tuple[Array, Array]:
