@@ -28,49 +28,56 @@ from manualbp.network import (
 Array = jax.Array
 
 
-def _like_params(grads: Params, params: Params) -> Params:
+def in_compute_dtype(net: MLP, params: Params, X: Array, Y: Array | None = None):
+    """params, X and Y in one dtype, the parameters' `param_dtype`, with Y as (B, N_L) targets.
+
+    The math then never mixes dtypes (it runs under strict dtype promotion);
+    `like_params` casts the results back to each parameter's own dtype.
+    """
+    dtype = param_dtype(params)
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    X = X.astype(dtype)
+    return (params, X) if Y is None else (params, X, as_targets(net, Y, dtype))
+
+
+def like_params(grads: Params, params: Params) -> Params:
+    """Each gradient in its parameter's dtype."""
     return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(net: MLP, params: Params, X: Array) -> Array:
-    _, as_ = forward_pass_batch(net, params, X.astype(param_dtype(params)))
+    _, as_ = forward_pass_batch(net, *in_compute_dtype(net, params, X))
     return as_[-1]
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
-    dtype = param_dtype(params)
-    return mean_loss(net, params, X.astype(dtype), as_targets(net, Y, dtype))
+    return mean_loss(net, *in_compute_dtype(net, params, X, Y))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _manual_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, form: str):
-    dtype = param_dtype(params)
-    X, Y = X.astype(dtype), as_targets(net, Y, dtype)
+    p, X, Y = in_compute_dtype(net, params, X, Y)
     if form == "batched":
-        E, grads = backprop.fast_backprop(net, params, X, Y)
+        E, grads = backprop.fast_backprop(net, p, X, Y)
     else:
-        per_E, per_grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(
-            net, params, X, Y
-        )
+        per_E, per_grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(net, p, X, Y)
         E, grads = jnp.mean(per_E), jax.tree.map(lambda g: jnp.mean(g, axis=0), per_grads)
-    return E, _like_params(grads, params)
+    return E, like_params(grads, params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _autodiff_value_and_grad(net: MLP, params: Params, X: Array, Y: Array):
-    dtype = param_dtype(params)
-    E, grads = autodiff.value_and_grad(net, params, X.astype(dtype), as_targets(net, Y, dtype))
-    return E, _like_params(grads, params)
+    E, grads = autodiff.value_and_grad(net, *in_compute_dtype(net, params, X, Y))
+    return E, like_params(grads, params)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
-    dtype = param_dtype(params)
-    X, Y = X.astype(dtype), as_targets(net, Y, dtype)
-    _, grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(net, params, X, Y)
-    return _like_params(grads, params)
+    p, X, Y = in_compute_dtype(net, params, X, Y)
+    _, grads = jax.vmap(backprop.backprop, in_axes=(None, None, 0, 0))(net, p, X, Y)
+    return like_params(grads, params)
 
 
 def forward(net: MLP, params: Params, X: Array) -> Array:

@@ -229,7 +229,8 @@ def check_key(key) -> None:
 
 def param_dtype(params: Params):
     """The dtype the math runs in: the promoted dtype of every W^l and b^l."""
-    return jnp.result_type(*jax.tree.leaves(params))
+    with jax.numpy_dtype_promotion("standard"):  # a user's strict setting must not stop this
+        return jnp.result_type(*jax.tree.leaves(params))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))

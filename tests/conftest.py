@@ -2,9 +2,12 @@
 
 import jax
 import pytest
+from jax._src.interpreters import ad
 
 # No silent broadcasting anywhere: (B,) against (B, 1) must raise, not make (B, B).
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# No silent dtype widening either: float32 with float64, or int with float, must be explicit.
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 @pytest.fixture
@@ -20,3 +23,28 @@ def dtype(request):
             yield jax.numpy.float64
     else:
         yield jax.numpy.float32
+
+
+class AutodiffCalled(Exception):
+    pass
+
+
+@pytest.fixture
+def autodiff_forbidden(monkeypatch):
+    """Make every JAX differentiation transform raise `AutodiffCalled` while active.
+
+    The fixture's value is the exception class, for ``pytest.raises``.
+
+    grad, value_and_grad, vjp, jvp, linearize, jacfwd and jacrev all build a
+    JVPTrace or a LinearizeTrace; forbidding those catches them however they
+    are imported.
+    """
+
+    def forbid(*args, **kwargs):
+        raise AutodiffCalled("an autodiff trace was started")
+
+    monkeypatch.setattr(ad.JVPTrace, "__init__", forbid)
+    monkeypatch.setattr(ad.LinearizeTrace, "__init__", forbid)
+    jax.clear_caches()  # so nothing compiled earlier is reused untraced
+    yield AutodiffCalled
+    jax.clear_caches()

@@ -84,7 +84,10 @@ def epoch(
         # Gradients go back to each parameter's dtype (float32 under bfloat16
         # compute), so the update accumulates in the parameters' precision.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        # optax mixes Python floats with int32 step counts (Adam's bias correction),
+        # which strict dtype promotion refuses; the optimizer is the user's code.
+        with jax.numpy_dtype_promotion("standard"):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), E.astype(X.dtype)
 
     (params, opt_state), losses = jax.lax.scan(
