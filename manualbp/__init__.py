@@ -5,10 +5,11 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 `manualbp.backprop` (``mbp.backprop.backprop`` is the single-example backward pass).
 """
 
-from manualbp import backprop, data
+from manualbp import backprop, data, extensions
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
 from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
+from manualbp.extensions.verify import verify_extensions
 from manualbp.gradients import (
     autodiff_value_and_grad,
     forward,
@@ -42,6 +43,7 @@ __all__ = [
     "backprop",
     "data",
     "data_parallel_mesh",
+    "extensions",
     "forward",
     "get_activation",
     "get_loss",
@@ -51,5 +53,6 @@ __all__ = [
     "train",
     "verify",
     "verify_activation",
+    "verify_extensions",
     "verify_loss",
 ]
