@@ -19,7 +19,7 @@ from manualbp.gradients import (
 )
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.network import MLP, Layer, Params
-from manualbp.training import DivergenceError, TrainResult, data_parallel_mesh, train
+from manualbp.training import DPSGD, DivergenceError, TrainResult, data_parallel_mesh, train
 from manualbp.verification import Report, Row, verify, verify_activation, verify_loss
 
 __version__ = "0.1.0"
@@ -31,6 +31,7 @@ __all__ = [
     "Activation",
     "CheckpointError",
     "CheckpointMismatchError",
+    "DPSGD",
     "DivergenceError",
     "Equations",
     "Layer",

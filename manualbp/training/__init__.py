@@ -7,9 +7,11 @@ from manualbp.training.loop import (
     data_parallel_mesh,
     train,
 )
+from manualbp.training.privacy import DPSGD
 from manualbp.training.shuffle import permutation
 
 __all__ = [
+    "DPSGD",
     "GRAD_PATHS",
     "DivergenceError",
     "TrainResult",

@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from manualbp import checkpoint, tolerance, validation
 from manualbp.checkpoint import to_host
 from manualbp.network import MLP, Params, as_targets, param_dtype
+from manualbp.training import privacy as dp
 from manualbp.training import programs
 
 Array = jax.Array
@@ -103,6 +104,7 @@ def train(
     compute_dtype=None,
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
+    privacy: dp.DPSGD | None = None,
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
 
@@ -151,6 +153,13 @@ def train(
             for step (the key is still split each epoch).
         callback: called with each epoch's history entry, after its
             checkpoint is written.
+        privacy: ``mbp.DPSGD(l2_clip=C, noise_multiplier=σ)`` trains with
+            DP-SGD: each step's gradient is the clipped mean (1/B) Σ_b
+            min(1, C / ‖g_b‖) g_b plus Gaussian noise of standard deviation
+            σ C / B, drawn from the run's key (`manualbp.training.privacy`,
+            equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
+            dp-accounting package; the accountant assumes Poisson sampling
+            of the fixed-size shuffled batches (see that module).
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
@@ -158,7 +167,8 @@ def train(
         the epoch's steps of each mini-batch's loss before its update; with
         ``eval_data``, ``test_loss`` and, when ``net.classifier``,
         ``test_accuracy``; on checked epochs ``grad_check`` =
-        {``max_rel_error``, ``rtol``, ``passed``}. Every value is a plain
+        {``max_rel_error``, ``rtol``, ``passed``}; with ``privacy``,
+        ``epsilon`` at ``delta``, for every step so far. Every value is a plain
         Python number, so the history is JSON-able.
 
     Raises:
@@ -191,6 +201,7 @@ def train(
         compute_dtype,
         shuffle,
         eval_data,
+        privacy,
     )
     _resume(run, state, checkpoint_dir, epochs)
     for epoch in range(state.start + 1, epochs + 1):
@@ -250,6 +261,7 @@ def _setup(
     compute_dtype,
     shuffle,
     eval_data,
+    privacy=None,
 ) -> tuple[_Run, _State]:
     """Check every argument and place the data; returns the run and its first state."""
     validation.check_batch(net, params, X, Y)
@@ -263,6 +275,7 @@ def _setup(
     grad, epochs, batch_size, check_every = _check_settings(
         grad, epochs, batch_size, check_every, X.shape[0], mesh
     )
+    dp.check(privacy, grad, shuffle)
     dtype = param_dtype(params)
     compute_dtype = _check_compute_dtype(compute_dtype, dtype)
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
@@ -283,6 +296,7 @@ def _setup(
         compute_dtype=compute_dtype,
         batch_sharding=batch_sharding,
         shuffle=bool(shuffle),
+        privacy=privacy,
     )
     fingerprint_run = {
         "grad": grad,
@@ -293,6 +307,8 @@ def _setup(
         "Y": [list(Y_train.shape), Y_train.dtype.name],
         "key": checkpoint.key_description(key),
     }
+    if privacy is not None:  # only then: checkpoints of runs without it still match
+        fingerprint_run["privacy"] = dataclasses.asdict(privacy)
     run = _Run(
         net,
         optimizer,
@@ -344,6 +360,11 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
         )
     state.params, state.opt_state, state.key = params, opt_state, key
     record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
+    record.update(
+        dp.accounting(
+            run.statics["privacy"], epoch=epoch, n=run.X.shape[0], batch_size=run.batch_size
+        )
+    )
     if run.test is not None:
         test_loss, accuracy = map(to_host, programs.evaluate(state.params, *run.test, net=run.net))
         record["test_loss"] = float(test_loss)
@@ -484,7 +505,7 @@ def _divergence_message(epoch, losses, checkpoint_dir) -> str:
 def _progress_line(record: dict, epochs: int, grad: str, seconds: float) -> str:
     width = len(str(epochs))
     parts = [f"{grad:<8} epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
-    for name in ("test_loss", "test_accuracy"):
+    for name in ("test_loss", "test_accuracy", "epsilon"):
         if name in record:
             parts.append(f"{name} {record[name]:.6g}")
     if "grad_check" in record:

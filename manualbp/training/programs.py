@@ -15,12 +15,15 @@ import optax
 
 from manualbp import activations, autodiff, backprop
 from manualbp.network import MLP, Params, forward_pass_batch, mean_loss
+from manualbp.training import privacy as dp
 from manualbp.training.shuffle import permutation
 
 Array = jax.Array
 
 
-def _value_and_grad(net: MLP, grad: str, params: Params, X: Array, Y: Array):
+def _value_and_grad(net: MLP, grad: str, privacy, params: Params, X: Array, Y: Array):
+    if privacy is not None:
+        return dp.clipped_value_and_grad(privacy, net, params, X, Y)  # equations (5), (8), (9)
     if grad == "manual":
         return backprop.fast_backprop(net, params, X, Y)  # equations (1)-(4)
     return autodiff.value_and_grad(net, params, X, Y)
@@ -40,6 +43,7 @@ def _cast(tree, dtype):
         "compute_dtype",
         "batch_sharding",
         "shuffle",
+        "privacy",
     ),
     donate_argnames=("params", "opt_state"),
 )
@@ -57,8 +61,12 @@ def epoch(
     compute_dtype,
     batch_sharding,
     shuffle,
+    privacy=None,
 ):
     """One epoch: shuffle (or keep the order), then one optimizer step per mini-batch.
+
+    With ``privacy`` (a `privacy.DPSGD`), each step's gradient is the clipped
+    one plus noise drawn with a key of its own, derived from the epoch's key.
 
     Returns the new params, opt_state and key, each step's loss (before its
     update), and whether every loss and parameter is finite.
@@ -67,9 +75,13 @@ def epoch(
     steps = X.shape[0] // batch_size
     order = permutation(key_shuffle, X.shape[0]) if shuffle else jnp.arange(X.shape[0])
     order = order[: steps * batch_size]
+    noise_keys = None
+    if privacy is not None:  # folded off, so the run's keys and batches stay those of a plain run
+        noise_keys = jax.random.split(jax.random.fold_in(key_shuffle, 1), steps)
 
-    def step(carry, rows):
+    def step(carry, xs):
         params, opt_state = carry
+        rows, noise_key = xs
         X_b, Y_b = X[rows], Y[rows]
         if batch_sharding is not None:  # data parallel: each device gets B / devices rows
             X_b = jax.lax.with_sharding_constraint(X_b, batch_sharding)
@@ -77,6 +89,7 @@ def epoch(
         E, grads = _value_and_grad(
             net,
             grad,
+            privacy,
             _cast(params, compute_dtype),
             X_b.astype(compute_dtype),
             Y_b.astype(compute_dtype),
@@ -84,6 +97,8 @@ def epoch(
         # Gradients go back to each parameter's dtype (float32 under bfloat16
         # compute), so the update accumulates in the parameters' precision.
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+        if privacy is not None:
+            grads = dp.add_noise(privacy, grads, noise_key, batch_size)
         # optax mixes Python floats with int32 step counts (Adam's bias correction),
         # which strict dtype promotion refuses; the optimizer is the user's code.
         with jax.numpy_dtype_promotion("standard"):
@@ -91,7 +106,7 @@ def epoch(
         return (optax.apply_updates(params, updates), opt_state), E.astype(X.dtype)
 
     (params, opt_state), losses = jax.lax.scan(
-        step, (params, opt_state), order.reshape(steps, batch_size)
+        step, (params, opt_state), (order.reshape(steps, batch_size), noise_keys)
     )
     finite = jnp.all(jnp.isfinite(losses))
     for p in jax.tree.leaves(params):
