@@ -91,6 +91,11 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", metavar="PATH", help="also write the report as JSON ('-': stdout)"
     )
+    parser.add_argument(
+        "--extensions",
+        action="store_true",
+        help="verify the per-example extensions, equations (5)-(9), over the catalogue",
+    )
 
 
 def _run_verify(args) -> int:
@@ -103,6 +108,8 @@ def _run_verify(args) -> int:
 
     if args.batch < 1:
         raise UserError(f"--batch: expected a positive batch size, got {args.batch}")
+    if args.extensions:
+        return _extensions(args)
     single = any(v is not None for v in (args.sizes, args.hidden, args.output, args.loss))
     dtype = jnp.dtype(args.dtype)
     devices = None if args.devices == "default" else "all"
@@ -181,6 +188,23 @@ def _catalogue(args, dtype, check) -> int:
         {"passed": not failed, "subjects": [r.to_dict() for r in reports]},
     )
     return 0 if not failed else 1
+
+
+def _extensions(args) -> int:
+    from manualbp.extensions.verify import catalogue_extensions
+    from manualbp.table import format_table
+
+    if args.dtype not in ("float32", "float64"):
+        raise UserError(f"--extensions: expected --dtype float32 or float64, got {args.dtype}")
+    reports = catalogue_extensions(args.dtype)
+    summary = [_summary_row(r.meta["subject"], r) for r in reports]
+    print(format_table(summary, ["", "subject", "checks", "worst rel_err/tol", "first failure"]))
+    failed = [r for r in reports if not r.passed]
+    for report in failed:
+        print(report, end="\n\n")
+    print(f"{'FAILED' if failed else 'PASSED'}: {len(reports) - len(failed)} of {len(reports)}")
+    _write_json(args.json, {"passed": not failed, "subjects": [r.to_dict() for r in reports]})
+    return 1 if failed else 0
 
 
 def _summary_row(subject, report):
