@@ -116,3 +116,17 @@ def test_epsilon_matches_the_published_dp_sgd_setting():
     steps = 60 * (60_000 // 256)
     eps = privacy.epsilon(settings, steps=steps, n=60_000, batch_size=256)
     assert 2.5 < eps < 3.3
+
+
+@pytest.mark.parametrize("steps", [1, 37, 1000])
+def test_epsilon_equals_a_fresh_accountant_over_all_steps(steps):
+    import dp_accounting as dp
+
+    settings = mbp.DPSGD(l2_clip=1.0, noise_multiplier=0.9, delta=1e-6)
+    event = dp.PoissonSampledDpEvent(32 / 1000, dp.GaussianDpEvent(0.9))
+    accountant = dp.rdp.RdpAccountant()
+    accountant.compose(dp.SelfComposedDpEvent(event, steps))
+    expected = accountant.get_epsilon(1e-6)
+    assert privacy.epsilon(settings, steps=steps, n=1000, batch_size=32) == pytest.approx(
+        expected, rel=1e-12
+    )

@@ -17,12 +17,13 @@ bound for the sampling actually done.
 Accounting: the `dp-accounting` package's RDP accountant (the optional extra
 ``manualbp[privacy]``), never a formula of our own: after each epoch, ε at
 the given δ for all steps so far, each a `PoissonSampledDpEvent(q,
-GaussianDpEvent(σ))`, under add-or-remove-one neighbouring.
+GaussianDpEvent(σ))`, under add-or-remove-one neighbouring (see `epsilon`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -114,15 +115,29 @@ def add_noise(privacy: DPSGD, grads: Params, key: Array, batch_size: int) -> Par
 
 
 def epsilon(privacy: DPSGD, *, steps: int, n: int, batch_size: int) -> float:
-    """ε at ``privacy.delta`` after ``steps`` steps of batches of B from n examples (RDP)."""
+    """ε at ``privacy.delta`` after ``steps`` steps of batches of B from n examples (RDP).
+
+    The accountant's RDP curve of one step is computed once per (σ, q) and
+    kept (about 0.3 s on a 2-core CPU, far more than a small epoch); ``steps``
+    steps compose to ``steps`` times it, as `RdpAccountant` composes a
+    `SelfComposedDpEvent`, and dp-accounting's `compute_epsilon` turns that
+    into ε. Equal to a fresh accountant composing all the steps (tested).
+    """
     dp = _accounting_package()
-    event = dp.SelfComposedDpEvent(
-        dp.PoissonSampledDpEvent(batch_size / n, dp.GaussianDpEvent(privacy.noise_multiplier)),
-        steps,
+    orders, rdp_one_step = _step_rdp(privacy.noise_multiplier, batch_size / n)
+    eps, _ = dp.rdp.rdp_privacy_accountant.compute_epsilon(
+        orders, steps * rdp_one_step, privacy.delta
     )
+    return float(eps)
+
+
+@functools.lru_cache(maxsize=64)
+def _step_rdp(noise_multiplier: float, q: float) -> tuple:
+    """(orders, RDP at each order) of one Poisson-sampled Gaussian step, by `RdpAccountant`."""
+    dp = _accounting_package()
     accountant = dp.rdp.RdpAccountant()
-    accountant.compose(event)
-    return float(accountant.get_epsilon(privacy.delta))
+    accountant.compose(dp.PoissonSampledDpEvent(q, dp.GaussianDpEvent(noise_multiplier)))
+    return accountant.orders, accountant.rdp
 
 
 def accounting(privacy: DPSGD | None, *, epoch: int, n: int, batch_size: int) -> dict:
