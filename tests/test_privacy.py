@@ -130,3 +130,19 @@ def test_epsilon_equals_a_fresh_accountant_over_all_steps(steps):
     assert privacy.epsilon(settings, steps=steps, n=1000, batch_size=32) == pytest.approx(
         expected, rel=1e-12
     )
+
+
+def test_dp_sgd_experiment(tmp_path):
+    pytest.importorskip("sklearn")
+    from test_experiments import load, only_run
+
+    dp_sgd = load("dp_sgd")
+    config = dp_sgd.Config(
+        runs_dir=str(tmp_path), hidden_width=8, epochs=2, noise_multipliers=(1.0,), timing_repeats=2
+    )
+    summary = dp_sgd.main(config)
+    run = only_run(tmp_path, "dp_sgd")
+    assert [row["privacy"] for row in summary["final"]] == ["none", "σ=1"]
+    assert summary["final"][0]["epsilon"] is None and summary["final"][1]["epsilon"] > 0
+    assert summary["step"]["max_rel_difference"] < 1e-4
+    assert (run / "accuracy_vs_epsilon.png").read_bytes().startswith(b"\x89PNG")
