@@ -261,6 +261,17 @@ def test_train_command(tmp_path, capsys):
     assert "manual" in capsys.readouterr().out
 
 
+def test_train_command_on_fashion_mnist_files(tmp_path, capsys):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    argv = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path), "--epochs", "1"]
+    argv += ["--batch-size", "10", "--grad", "manual", "--runs-dir", str(tmp_path / "runs")]
+    assert experiment.train_command(argv) == 0
+    assert "fashion-mnist: 20 train / 10 test examples" in capsys.readouterr().out
+    missing = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path / "absent")]
+    assert experiment.train_command(missing) == 1
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
 def test_train_command_errors(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MANUALBP_MNIST_DIR", raising=False)
     runs = ["--runs-dir", str(tmp_path)]
