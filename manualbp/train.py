@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from manualbp import activations, autodiff, backprop, checkpoint, tolerance, validation
@@ -350,9 +351,10 @@ def train(
             params = _place(saved.params, replicated)
             opt_state = _place(saved.opt_state, replicated)
             key = saved.key
+        _check_same_start(start, checkpoint_dir)
     # With the arrays: an input placed unlike the epoch's own outputs would compile a
     # second epoch program.
-    key = jax.device_put(key, _default_device() if replicated is None else replicated)
+    key = _place_key(key, replicated)
 
     statics = dict(
         net=net,
@@ -382,12 +384,9 @@ def train(
         if check_every is not None and epoch % check_every == 0:
             record["grad_check"] = _grad_check(net, params, X_train, Y_train, batch_size)
         history.append(record)
-        if checkpoint_dir is not None and jax.process_index() == 0:
-            checkpoint.save(
-                checkpoint_dir,
-                checkpoint.Checkpoint(epoch, params, opt_state, key, history),
-                fingerprint,
-            )
+        if checkpoint_dir is not None:
+            state = checkpoint.Checkpoint(epoch, params, opt_state, key, history)
+            _save(checkpoint_dir, state, fingerprint)
         if progress:
             print(
                 _progress_line(record, epochs, time.perf_counter() - started),
@@ -397,6 +396,30 @@ def train(
         if callback is not None:
             callback(record)
     return TrainResult(params=params, opt_state=opt_state, history=history, key=key)
+
+
+def _save(checkpoint_dir, state: checkpoint.Checkpoint, fingerprint: dict) -> None:
+    """Process 0 writes the checkpoint; with several processes, all wait until it has.
+
+    The wait keeps a process that goes on to resume from reading the epoch before.
+    """
+    if jax.process_index() == 0:
+        checkpoint.save(checkpoint_dir, state, fingerprint)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"manualbp checkpoint epoch {state.epoch}")
+
+
+def _check_same_start(start: int, checkpoint_dir) -> None:
+    """Every process resumes after the same epoch, or all raise (a checkpoint_dir not shared)."""
+    if jax.process_count() == 1:
+        return
+    starts = multihost_utils.process_allgather(np.int32(start))
+    if np.any(starts != start):
+        raise checkpoint.CheckpointError(
+            f"checkpoint_dir: the processes found checkpoints of different epochs in "
+            f"{checkpoint_dir} ({starts.tolist()} completed, by process); give every process "
+            "the same checkpoint_dir on a shared file system"
+        )
 
 
 def _check_settings(grad, epochs, batch_size, check_every, n, mesh):
@@ -460,6 +483,18 @@ def _place(tree, sharding, *, dtype=None, copy=False):
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
         tree,
     )
+
+
+def _place_key(key, sharding):
+    """The key on the default device, or replicated over the mesh (of one or more processes)."""
+    if sharding is None:
+        return jax.device_put(key, _default_device())
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        return _place(key, sharding)
+    # device_put refuses a sharding over other processes' devices: place the key's data
+    # the way the arrays are placed, then view it as a key again.
+    data = _place(jax.random.key_data(key), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def _default_device():
