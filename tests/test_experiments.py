@@ -209,6 +209,23 @@ def test_mnist_nielsen_on_tiny_idx_files(tmp_path):
     assert_png(run / "ch1" / "curves.png")
 
 
+def test_mnist_nielsen_on_fashion_mnist_files(tmp_path):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    mnist = load("mnist_nielsen")
+    config = mnist.Config(
+        runs_dir=str(tmp_path / "runs"),
+        dataset="fashion-mnist",
+        fashion_mnist_dir=str(tmp_path),
+        recipe="ch3",
+        epochs=1,
+        progress=False,
+    )
+    summary = mnist.main(config)
+    run = only_run(tmp_path / "runs", "mnist_nielsen")
+    assert set(summary) == {"ch3"}
+    assert json.loads((run / "config.json").read_text())["config"]["dataset"] == "fashion-mnist"
+
+
 def test_fashion_mlp_on_tiny_idx_files(tmp_path):
     pytest.importorskip("sklearn")
     write_mnist(tmp_path, n_train=40, n_test=10)
