@@ -21,6 +21,7 @@ matmul peak measured in the same run (`timing.matmul_peak`).
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import jax
@@ -103,6 +104,7 @@ def bench_fashion_epoch(repeats: int) -> dict:
         for grad in ("manual", "autodiff")
     }
     fns["sklearn"] = functools.partial(_sklearn_epochs, X_np, Y_np)
+    load_before = os.getloadavg()
     first = timing.first_calls(fns)
     times = timing.interleaved(fns, repeats)
     peak = timing.matmul_peak(PEAK_SIZES, repeats=5)
@@ -113,6 +115,7 @@ def bench_fashion_epoch(repeats: int) -> dict:
         "epochs_per_call": EPOCHS,
         "epoch_flops": flops,
         "peak": {"n": peak["n"], "gflops_median": peak["gflops_median"]},
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
     }
     for name in fns:
         result[name] = timing.summary(times[name], first[name])
@@ -147,7 +150,9 @@ def markdown(result: dict) -> str:
         f"Paired, median over {len(paired['sklearn_over_manual_time']['ratios'])} rounds: "
         f"scikit-learn / manual time {_ratio(paired['sklearn_over_manual_time'])}, "
         f"manual / autodiff time {_ratio(paired['manual_over_autodiff_time'])}; "
-        f"peak {result['peak']['gflops_median']:.0f} GFLOP/s (n = {result['peak']['n']})."
+        f"peak {result['peak']['gflops_median']:.0f} GFLOP/s (n = {result['peak']['n']}); "
+        f"1-minute load average {result['load_average_1min']['before']:.1f} before, "
+        f"{result['load_average_1min']['after']:.1f} after."
     )
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ def test_markdown_of_a_result():
         "sklearn": row,
         "paired": {"sklearn_over_manual_time": paired, "manual_over_autodiff_time": paired},
         "peak": {"gflops_median": 200.0, "n": 1024},
+        "load_average_1min": {"before": 1.0, "after": 2.0},
     }
     text = fashion_bench.markdown(result)
     assert "| manual | 0.200 | 96 | 48% |" in text
