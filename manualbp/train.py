@@ -297,8 +297,10 @@ def train(
     mesh over all global devices with ``data_parallel_mesh()``, and pass it as
     ``mesh``. Every host must load the same X, Y and key; the data are placed
     replicated, each device computes its rows of each batch, and XLA sums the
-    gradients across hosts. Only process 0 writes the checkpoint, so give
-    every host the same ``checkpoint_dir`` on a shared file system.
+    gradients across hosts. Only process 0 writes the checkpoint, and the
+    others wait until it has; give every host the same ``checkpoint_dir`` on a
+    shared file system (hosts that find different checkpoints raise
+    `CheckpointError`). tests/test_multiprocess.py runs two processes.
     """
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
