@@ -36,6 +36,7 @@ manualbp's with its test evaluation inside, scikit-learn's without its scoring.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 
 import jax
@@ -158,8 +159,10 @@ def main(config: Config) -> dict:
     except FileNotFoundError as error:
         print(error)
         return {"skipped": str(error)}
-    if config.sklearn:
-        import sklearn  # noqa: F401  (fail before training if absent)
+    if config.sklearn and importlib.util.find_spec("sklearn") is None:
+        message = "scikit-learn is absent: pip install manualbp[experiments], or pass --no-sklearn"
+        print(message)
+        return {"skipped": message}
     train = (X_train[: config.n_train], Y_train[: config.n_train])
     run = experiment.start_run("fashion_mlp", config)
     optimizer = sklearn_optimizer(config.lr, config.alpha, config.batch_size)
