@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 FILENAME = "checkpoint.npz"
 FORMAT = 1
@@ -97,8 +98,8 @@ def fingerprint(net, params, opt_state, run: dict) -> dict:
 def _key_arrays(key) -> tuple[np.ndarray, str | None]:
     """The raw data of a PRNG key and its implementation name (None for a raw uint32 key)."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
-    return np.asarray(key), None
+        return to_host(jax.random.key_data(key)), str(jax.random.key_impl(key))
+    return to_host(key), None
 
 
 def key_description(key) -> dict:
@@ -108,11 +109,15 @@ def key_description(key) -> dict:
 
 
 def to_host(x) -> np.ndarray:
-    """A NumPy copy of ``x``; for an array replicated over several hosts, the local copy."""
-    # Parameters are replicated across a mesh; one local copy holds every value,
-    # and it stays readable when other hosts own the rest of the devices.
+    """A NumPy copy of ``x``, also of an array that spans several processes.
+
+    Replicated (parameters, losses): the local copy, which holds every value.
+    Sharded across processes: gathered, a collective every process must join.
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 

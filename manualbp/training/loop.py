@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from manualbp import checkpoint, tolerance, validation
@@ -173,8 +174,10 @@ def train(
     mesh over all global devices with ``data_parallel_mesh()``, and pass it as
     ``mesh``. Every host must load the same X, Y and key; the data are placed
     replicated, each device computes its rows of each batch, and XLA sums the
-    gradients across hosts. Only process 0 writes the checkpoint, so give
-    every host the same ``checkpoint_dir`` on a shared file system.
+    gradients across hosts. Only process 0 writes the checkpoint, and the
+    others wait until it has; give every host the same ``checkpoint_dir`` on a
+    shared file system (hosts that find different checkpoints raise
+    `CheckpointError`). tests/test_multiprocess.py runs two processes.
     """
     run, state = _setup(
         net,
@@ -325,11 +328,10 @@ def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
             state.params = _place(saved.params, run.replicated)
             state.opt_state = _place(saved.opt_state, run.replicated)
             state.key = saved.key
+        _check_same_start(state.start, checkpoint_dir)
     # With the arrays: an input placed unlike the epoch's own outputs would compile a
     # second epoch program.
-    state.key = jax.device_put(
-        state.key, _default_device() if run.replicated is None else run.replicated
-    )
+    state.key = _place_key(state.key, run.replicated)
 
 
 def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
@@ -355,15 +357,36 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
 
 
 def _after_epoch(run: _Run, state: _State, record: dict, checkpoint_dir) -> None:
-    """Append the record and write the checkpoint (process 0 only)."""
+    """Append the record and write the checkpoint (process 0; the others wait for it)."""
     state.history.append(record)
-    if checkpoint_dir is not None and jax.process_index() == 0:
-        checkpoint.save(
-            checkpoint_dir,
-            checkpoint.Checkpoint(
-                record["epoch"], state.params, state.opt_state, state.key, state.history
-            ),
-            state.fingerprint,
+    if checkpoint_dir is not None:
+        saved = checkpoint.Checkpoint(
+            record["epoch"], state.params, state.opt_state, state.key, state.history
+        )
+        _save(checkpoint_dir, saved, state.fingerprint)
+
+
+def _save(checkpoint_dir, state: checkpoint.Checkpoint, fingerprint: dict) -> None:
+    """Process 0 writes the checkpoint; with several processes, all wait until it has.
+
+    The wait keeps a process that goes on to resume from reading the epoch before.
+    """
+    if jax.process_index() == 0:
+        checkpoint.save(checkpoint_dir, state, fingerprint)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"manualbp checkpoint epoch {state.epoch}")
+
+
+def _check_same_start(start: int, checkpoint_dir) -> None:
+    """Every process resumes after the same epoch, or all raise (a checkpoint_dir not shared)."""
+    if jax.process_count() == 1:
+        return
+    starts = multihost_utils.process_allgather(np.int32(start))
+    if np.any(starts != start):
+        raise checkpoint.CheckpointError(
+            f"checkpoint_dir: the processes found checkpoints of different epochs in "
+            f"{checkpoint_dir} ({starts.tolist()} completed, by process); give every process "
+            "the same checkpoint_dir on a shared file system"
         )
 
 
@@ -428,6 +451,18 @@ def _place(tree, sharding, *, dtype=None, copy=False):
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
         tree,
     )
+
+
+def _place_key(key, sharding):
+    """The key on the default device, or replicated over the mesh (of one or more processes)."""
+    if sharding is None:
+        return jax.device_put(key, _default_device())
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        return _place(key, sharding)
+    # device_put refuses a sharding over other processes' devices: place the key's data
+    # the way the arrays are placed, then view it as a key again.
+    data = _place(jax.random.key_data(key), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
 
 
 def _default_device():
