@@ -80,7 +80,8 @@ BAD_INPUTS = [
         TypeError,
         "Y: expected integer, boolean or floating",
     ),
-    ("X not an array", dict(X=[[1.0, 2.0, 3.0]]), TypeError, "X: expected an array"),
+    ("X not an array", dict(X={"x": 1.0}), TypeError, "X: expected an array"),
+    ("ragged X", dict(X=[[1.0, 2.0, 3.0], [1.0]]), TypeError, "X: expected an array"),
 ]
 
 
@@ -184,3 +185,142 @@ def test_train_names_a_bad_key_or_optimizer(kwargs, error, match):
 
 def test_sizes_accept_numpy_integers():
     assert mbp.MLP(tuple(np.array([3, 4, 2]))).sizes == (3, 4, 2)
+
+
+# --- round 2: values the math will see, targets the loss allows, inputs of any array kind ------
+
+
+@pytest.mark.parametrize("entry", ["verify", "train"])
+def test_inputs_finite_in_float64_but_not_in_the_parameters_dtype_are_named(entry):
+    X_big = np.ones((5, 3))  # float64, while the parameters are float32
+    X_big[2, 1] = 1e39  # finite here, inf in float32
+    with pytest.raises(
+        ValueError, match="X: 1e\\+39 in row 2 is finite in float64 but becomes inf"
+    ):
+        call(entry, X=X_big)
+    net = mbp.MLP((3, 4, 2))  # mse: float targets
+    Y_big = np.zeros((5, 2))
+    Y_big[4, 0] = -1e39
+    with pytest.raises(ValueError, match="Y: -1e\\+39 in row 4 is finite in float64"):
+        call(entry, net=net, Y=Y_big)
+
+
+def test_train_checks_finiteness_in_the_compute_dtype_too():
+    X_wide = np.ones((5, 3), np.float32)
+    X_wide[1, 0] = 1e5  # float16 holds at most 65504
+    with pytest.raises(ValueError, match="X: 100000.0 in row 1 .* float32 then float16"):
+        mbp.train(
+            NET, PARAMS, optax.sgd(0.1), X_wide, Y, epochs=1, batch_size=5,
+            key=jax.random.key(0), progress=False, compute_dtype=jnp.float16,
+        )  # fmt: skip
+
+
+BCE_NET = mbp.MLP((3, 4, 1), "tanh", "sigmoid", "binary_cross_entropy")
+BCE_PARAMS = BCE_NET.init(jax.random.key(0))
+CE_NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY[1:])
+@pytest.mark.parametrize(
+    "net, Y_bad, match",
+    [
+        (BCE_NET, jnp.array([0.0, 2.0, 1.0, 0.0, 1.0]), r"must lie in \[0, 1\].* got 2.0 in row 1"),
+        (BCE_NET, jnp.array([[0], [1], [1], [-1], [0]]), r"must lie in \[0, 1\].* got -1 in row 3"),
+        (CE_NET, jnp.array([[1.0, 0.0]] * 4 + [[1.5, -0.5]]), "must be non-negative.* in row 4"),
+    ],
+    ids=["bce {0, 2}", "bce integer column", "ce negative"],
+)
+def test_targets_outside_the_losss_domain_are_refused(entry, net, Y_bad, match):
+    params = BCE_PARAMS if net is BCE_NET else PARAMS
+    with pytest.raises(ValueError, match="Y: .*" + match):
+        call(entry, net=net, params=params, Y=Y_bad)
+
+
+def test_targets_inside_the_losss_domain_pass():
+    soft = jnp.array([[0.25, 0.75]] * 5)  # class probabilities
+    assert np.isfinite(mbp.loss(CE_NET, PARAMS, X, soft))
+    assert np.isfinite(mbp.loss(BCE_NET, BCE_PARAMS, X, jnp.array([0.0, 0.5, 1.0, 1.0, 0.0])))
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY)
+def test_pandas_objects_are_taken_as_their_arrays_everywhere(entry):
+    pd = pytest.importorskip("pandas")
+    frame, series = pd.DataFrame(np.asarray(X)), pd.Series(np.asarray(Y))
+    got, expected = call(entry, X=frame, Y=series), call(entry)
+    if entry == "verify":
+        got, expected = got.passed, expected.passed
+    elif entry == "train":
+        got, expected = (got.params, got.history), (expected.params, expected.history)
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), got, expected))
+
+
+class Duck:
+    """An array-like that is no array: only ``__array__``."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY)
+def test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message(entry):
+    assert call(entry, X=Duck(X), Y=np.asarray(Y).tolist()) is not None
+    pd = pytest.importorskip("pandas")
+    words = pd.DataFrame([["a", "b", "c"]] * 5)  # np.asarray gives dtype object
+    with pytest.raises(TypeError, match="X: expected an array, or anything np.asarray turns"):
+        call(entry, X=words)
+    if entry != "forward":
+        with pytest.raises(TypeError, match="Y: expected an array, or anything np.asarray"):
+            call(entry, Y=words[0])
+
+
+# --- round 2: a hand-written σ' or ∂E/∂ŷ of the wrong shape, dtype or library -----------------
+
+
+def _tanh_prime(z):
+    return 1 - jnp.tanh(z) ** 2
+
+
+BAD_DERIVATIVES = [
+    # (what, σ', error, message fragment)
+    ("a scalar", lambda z: jnp.ones((), z.dtype), ValueError, r"σ' returned shape \(\)"),
+    ("an extra axis", lambda z: _tanh_prime(z)[..., None], ValueError, r"σ' returned shape"),
+    (
+        "the transpose",
+        lambda z: _tanh_prime(z).T,
+        ValueError,
+        r"σ' returned shape \((\d), (\d)\) .* for shape \(\2, \1\)",
+    ),
+    ("integers", lambda z: jnp.where(z > 0, 1, 0), TypeError, "σ' returned shape .* int32"),
+    ("NumPy", lambda z: 1 - np.tanh(z) ** 2, TypeError, "σ' cannot be traced.* use jax.numpy"),
+]
+
+
+@pytest.mark.parametrize("entry", [*EVERY_ENTRY, "verify_activation"])
+@pytest.mark.parametrize(
+    "what, deriv, error, match", BAD_DERIVATIVES, ids=[b[0] for b in BAD_DERIVATIVES]
+)
+def test_a_bad_hand_written_derivative_is_named_at_every_entry(entry, what, deriv, error, match):
+    mine = mbp.Activation("my_tanh", jnp.tanh, deriv)
+    if entry == "verify_activation":
+        with pytest.raises(error, match=f"activation 'my_tanh': {match}"):
+            mbp.verify_activation(mine)
+        return
+    net = mbp.MLP((3, 4, 2), mine, "softmax", "cross_entropy")
+    with pytest.raises(error, match=f"layer l=2, activation 'my_tanh': {match}"):
+        call(entry, net=net)
+
+
+@pytest.mark.parametrize("entry", [*EVERY_ENTRY[1:], "verify_loss"])
+def test_a_loss_gradient_of_the_wrong_shape_is_named(entry):
+    summed = mbp.Loss("my_mse", lambda y_hat, y: 0.5 * jnp.sum((y_hat - y) ** 2), jnp.subtract)
+    bad = summed._replace(grad=lambda y_hat, y: jnp.sum(y_hat - y))
+    match = r"loss 'my_mse': ∂E/∂ŷ returned shape \(\) float32 .*expected shape \(2,\)"
+    with pytest.raises(ValueError, match=match):
+        if entry == "verify_loss":
+            mbp.verify_loss(bad, width=2)
+        else:
+            call(entry, net=mbp.MLP((3, 4, 2), "tanh", "identity", bad), Y=jnp.zeros((5, 2)))
+    assert mbp.verify_loss(summed, width=2).passed  # the same loss with a good ∂E/∂ŷ

@@ -252,8 +252,7 @@ def _setup(
     eval_data,
 ) -> tuple[_Run, _State]:
     """Check every argument and place the data; returns the run and its first state."""
-    validation.check_batch(net, params, X, Y)
-    validation.check_finite(X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     validation.check_key(key)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -265,6 +264,8 @@ def _setup(
     )
     dtype = param_dtype(params)
     compute_dtype = _check_compute_dtype(compute_dtype, dtype)
+    validation.check_blocks(net, compute_dtype)
+    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     batch_sharding = (
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
@@ -443,8 +444,8 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
         raise TypeError("eval_data: expected a pair (X_test, Y_test)")
     X_test, Y_test = eval_data
     try:
-        validation.check_batch(net, params, X_test, Y_test)
-        validation.check_finite(X_test, Y_test)
+        X_test, Y_test = validation.check_batch(net, params, X_test, Y_test)
+        validation.check_finite(X_test, Y_test, dtypes=(dtype,))
     except (ValueError, TypeError) as e:
         raise type(e)(f"eval_data: {e}") from e
     return (
