@@ -1,5 +1,11 @@
 """Bad input gets a clear error naming the argument; saturated numerics stay finite and agree."""
 
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +14,7 @@ import pytest
 from helpers import assert_grads_close
 
 import manualbp as mbp
+from manualbp.identity import code_identity
 from manualbp.network import Layer
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
@@ -324,3 +331,56 @@ def test_a_loss_gradient_of_the_wrong_shape_is_named(entry):
         else:
             call(entry, net=mbp.MLP((3, 4, 2), "tanh", "identity", bad), Y=jnp.zeros((5, 2)))
     assert mbp.verify_loss(summed, width=2).passed  # the same loss with a good ∂E/∂ŷ
+
+
+# --- round 2: what a checkpoint's code identity sees -------------------------------------------
+
+
+def _leaky_prime(slope):
+    def deriv(z):
+        return jnp.where(z >= 0, 1.0, slope).astype(z.dtype)
+
+    return deriv
+
+
+def _with_a_set(z):
+    """A frozenset constant, whose order follows the per-process string hash."""
+    return z if "relu" in {"relu", "gelu", "silu", "elu"} else -z
+
+
+def test_code_identity_sees_code_constants_and_closures():
+    assert code_identity(_leaky_prime(0.01)) == code_identity(_leaky_prime(0.01))
+    assert code_identity(_leaky_prime(0.01)) != code_identity(_leaky_prime(0.02))
+    assert code_identity(lambda z: 1 - jnp.tanh(z) ** 2) != code_identity(
+        lambda z: 1 - jnp.tanh(z) ** 3
+    )
+    assert code_identity(jnp.tanh) != code_identity(jnp.sin)  # jnp functions: by name
+    assert code_identity(np.tanh) != code_identity(np.sin)  # ufuncs and builtins: by name
+    assert code_identity(abs) != code_identity(max)
+    slopes = [functools.partial(jax.nn.leaky_relu, negative_slope=s) for s in (0.1, 0.2)]
+    assert code_identity(slopes[0]) != code_identity(slopes[1])
+    scale = [jnp.arange(3.0), jnp.arange(3.0) + 1]
+    closures = [lambda z, c=c: z * c for c in scale]  # array defaults: by content
+    assert code_identity(closures[0]) != code_identity(closures[1])
+
+
+def test_code_identity_is_the_same_in_another_process():
+    tests = Path(__file__).parent
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]),
+        PYTHONHASHSEED="12345",
+        JAX_PLATFORMS="cpu",
+    )
+    script = (
+        "from manualbp.identity import code_identity; import test_reliability as t; "
+        "print(code_identity(t._with_a_set), code_identity(t._leaky_prime(0.01)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tests, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [
+        code_identity(_with_a_set),
+        code_identity(_leaky_prime(0.01)),
+    ]

@@ -20,6 +20,7 @@ others, so every example is used and every step has the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -192,19 +193,21 @@ def train(
         shuffle,
         eval_data,
     )
-    _resume(run, state, checkpoint_dir, epochs)
-    for epoch in range(state.start + 1, epochs + 1):
-        started = time.perf_counter()
-        record = _run_epoch(run, state, epoch, checkpoint_dir)
-        _after_epoch(run, state, record, checkpoint_dir)
-        if progress:
-            print(
-                _progress_line(record, epochs, run.statics["grad"], time.perf_counter() - started),
-                file=sys.stderr,
-                flush=True,
-            )
-        if callback is not None:
-            callback(record)
+    with _holding(checkpoint_dir):
+        _resume(run, state, checkpoint_dir, epochs)
+        for epoch in range(state.start + 1, epochs + 1):
+            started = time.perf_counter()
+            record = _run_epoch(run, state, epoch, checkpoint_dir)
+            _after_epoch(run, state, record, checkpoint_dir)
+            if progress:
+                seconds = time.perf_counter() - started
+                print(
+                    _progress_line(record, epochs, run.statics["grad"], seconds),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if callback is not None:
+                callback(record)
     return TrainResult(state.params, state.opt_state, state.history, state.key)
 
 
@@ -309,11 +312,22 @@ def _setup(
     return run, _State(params, opt_state, key, [])
 
 
+def _holding(checkpoint_dir):
+    """The checkpoint directory, checked writable and locked for this run (by its writer,
+    process 0), before any epoch runs."""
+    if checkpoint_dir is None or jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return checkpoint.lock(checkpoint_dir)
+
+
 def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
     if checkpoint_dir is not None:
+        data = {"X": run.X, "Y": run.Y}
+        if run.test is not None:
+            data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, run.fingerprint_run
+            run.net, state.params, state.opt_state, run.fingerprint_run, data
         )
         saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
         if saved is not None:
