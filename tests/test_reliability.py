@@ -1,4 +1,10 @@
-"""Bad input gets a clear error naming the argument; saturated numerics stay finite and agree."""
+"""Bad input gets a clear error naming the argument; saturated numerics stay finite and agree.
+
+`FAULTS`, below, is the one table of every fault manualbp handles: the fault, how it is
+handled, and the tests that hold it ("every entry" is forward, loss, manual_value_and_grad,
+autodiff_value_and_grad, per_example_grads, verify and train). A test checks that each
+test it names exists.
+"""
 
 import functools
 import os
@@ -22,6 +28,164 @@ PARAMS = NET.init(jax.random.key(0))
 X = jnp.ones((5, 3))
 Y = jnp.array([0, 1, 1, 0, 1])
 EVERY_ENTRY = ("forward", "loss", "manual", "autodiff", "per_example", "verify", "train")
+
+FAULTS = [
+    # (fault, how it is handled, the tests: a name here, tests/test_train.py::name, or the
+    # command line's own tests)
+    (
+        "X or Y of the wrong shape, too few layers, params not Layers, a list for a tuple, "
+        "string targets, an empty batch, labels out of range",
+        "ValueError or TypeError naming the argument, at every entry",
+        "test_every_entry_point_names_the_bad_argument",
+    ),
+    (
+        "inf or NaN in X (verify, train)",
+        "ValueError naming X and the row",
+        "test_non_finite_inputs_are_rejected_by_verify_and_train",
+    ),
+    (
+        "X or Y finite in float64 but not in the parameters' dtype (1e39 in float32)",
+        "checked after the cast; ValueError naming X or Y, the value and the dtypes",
+        "test_inputs_finite_in_float64_but_not_in_the_parameters_dtype_are_named",
+    ),
+    (
+        "X that overflows only in train's compute dtype (float16)",
+        "the same check after both casts",
+        "test_train_checks_finiteness_in_the_compute_dtype_too",
+    ),
+    (
+        "binary cross-entropy targets outside [0, 1]; negative cross-entropy targets",
+        "ValueError naming the rule and the row, at every entry but forward",
+        "test_targets_outside_the_losss_domain_are_refused",
+    ),
+    (
+        "a pandas Series or DataFrame, a list, an `__array__` object as X or Y",
+        "converted by np.asarray at every entry, same results as arrays",
+        "test_pandas_objects_are_taken_as_their_arrays_everywhere, "
+        "test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message",
+    ),
+    (
+        "X or Y with no numeric array form (strings in a DataFrame, a dict, ragged lists)",
+        "one TypeError naming the argument",
+        "test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message, "
+        "test_every_entry_point_names_the_bad_argument",
+    ),
+    (
+        "a hand-written σ' that returns a scalar, an extra axis, zᵀ or integers",
+        "ValueError or TypeError naming the layer and activation, once per (net, dtype), at "
+        "every entry and in verify_activation",
+        "test_a_bad_hand_written_derivative_is_named_at_every_entry",
+    ),
+    (
+        "a σ' written with NumPy (np.tanh on a tracer)",
+        "TypeError: the derivative must use jax.numpy",
+        "test_a_bad_hand_written_derivative_is_named_at_every_entry",
+    ),
+    (
+        "a hand-written ∂E/∂ŷ of the wrong shape",
+        "ValueError naming the loss, at every entry and in verify_loss",
+        "test_a_loss_gradient_of_the_wrong_shape_is_named",
+    ),
+    (
+        "saturated logits (±1e4)",
+        "fused losses stay finite, manual and autodiff agree",
+        "test_saturated_logits_give_finite_losses_and_agreeing_gradients",
+    ),
+    (
+        "an inf input under the user's own jit",
+        "documented: only shapes are checked there",
+        "test_an_inf_input_under_a_users_own_jit_is_not_checked",
+    ),
+    (
+        "a bad key or optimizer",
+        "TypeError naming it",
+        "test_init_names_a_bad_key, test_train_names_a_bad_key_or_optimizer",
+    ),
+    (
+        "a run killed with SIGKILL",
+        "the checkpoint is whole; the run resumes bit-identically",
+        "tests/test_train.py::test_sigkill_mid_training_resumes_bit_identical",
+    ),
+    (
+        "a truncated, bit-flipped or reshaped checkpoint",
+        "CheckpointError; the file is kept",
+        "tests/test_train.py::test_corrupted_checkpoint_is_refused_and_kept",
+    ),
+    (
+        "a hand-made checkpoint: epoch a fraction, negative, a string; a history that counts "
+        "backwards",
+        "CheckpointError naming the field; the file is kept",
+        "tests/test_train.py::test_hand_made_metadata_is_refused_and_kept",
+    ),
+    (
+        "resuming another run: net, optimizer state, batch size, grad, key",
+        "CheckpointMismatchError naming the parts; the file is kept",
+        "tests/test_train.py::test_checkpoint_of_another_run_is_refused_and_kept",
+    ),
+    (
+        "resuming on other data of the same shape, or with a σ' of the same name and other code",
+        "CheckpointMismatchError naming data.X, code.activations... ; the file is kept",
+        "tests/test_train.py::test_resume_on_other_data_or_code_is_refused_and_kept",
+    ),
+    (
+        "a plug-in's code identity: closures, constants, partials, library functions, another"
+        " process",
+        "a hash of what the code computes, the same in every process",
+        "test_code_identity_sees_code_constants_and_closures, "
+        "test_code_identity_is_the_same_in_another_process",
+    ),
+    (
+        "a history holding inf",
+        'strict JSON ("inf"), read back as inf',
+        "tests/test_train.py::test_a_history_holding_inf_is_written_as_strict_json_and_read_back",
+    ),
+    (
+        "checkpoint_dir a file, below a file, read-only",
+        "CheckpointWriteError before the first epoch",
+        "tests/test_train.py::test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_"
+        "any_epoch, "
+        "tests/test_train.py::test_an_unwritable_checkpoint_dir_is_refused_before_any_epoch",
+    ),
+    (
+        "a full disk during a save",
+        "partial file removed, previous checkpoint kept, CheckpointWriteError saying so",
+        "tests/test_train.py::test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partia"
+        "l_file",
+    ),
+    (
+        "two trainings on one checkpoint_dir (one process or two)",
+        "flock held for the run; the second fails at once with CheckpointLockedError naming "
+        "the directory; nothing overwritten",
+        "tests/test_train.py::test_a_second_run_on_a_locked_checkpoint_dir_fails_fast_in_proc"
+        "ess, "
+        "tests/test_train.py::test_a_second_process_on_a_locked_checkpoint_dir_fails_fast",
+    ),
+    (
+        "divergence in training",
+        "DivergenceError naming the epoch and step; the previous checkpoint stays",
+        "tests/test_train.py::test_divergence_stops_naming_the_epoch_and_keeps_the_last_checkpoint",
+    ),
+    (
+        "a plug-in that raises any error on import",
+        "one line, exit 2, no traceback",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "--json at a directory or a read-only path; --runs-dir unwritable",
+        "checked before the run; one line, exit 2",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "train --epochs 0; --run-name that exists",
+        "one line, exit 2",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "a run that diverges, and the run folder it leaves",
+        "one line, exit 1; the folder says the run failed",
+        "tests/test_cli.py (command line)",
+    ),
+]
 
 
 def call(entry, net=NET, params=PARAMS, X=X, Y=Y):
@@ -384,3 +548,20 @@ def test_code_identity_is_the_same_in_another_process():
         code_identity(_with_a_set),
         code_identity(_leaky_prime(0.01)),
     ]
+
+
+def test_the_fault_table_names_tests_that_exist():
+    here = Path(__file__).parent
+    names = {
+        "": set(globals()),
+        "tests/test_train.py::": set((here / "test_train.py").read_text().split("def ")),
+    }
+    for fault, _, tests in FAULTS:
+        for test in tests.split(", "):
+            if test == "tests/test_cli.py (command line)":
+                continue  # the command line's own tests
+            prefix = "tests/test_train.py::" if test.startswith("tests/test_train.py::") else ""
+            name = test.removeprefix(prefix)
+            assert any(w.startswith(name + "(") for w in names[prefix]) or (
+                not prefix and name in names[""]
+            ), f"{fault}: no test {test}"

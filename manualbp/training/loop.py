@@ -130,8 +130,10 @@ def train(
             training examples, with `manualbp.tolerance`'s rule, and record
             the outcome in the history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
-            (`manualbp.checkpoint`). If it already holds a checkpoint of the
-            same run, training resumes after its last completed epoch and
+            (`manualbp.checkpoint`). It is checked writable and locked for
+            this run before the first epoch. If it already holds a checkpoint
+            of the same run (net, plug-in code, data, optimizer state and
+            settings), training resumes after its last completed epoch and
             ends bit-identical (on CPU) to an uninterrupted run; one of a
             different run raises `CheckpointMismatchError`, an unreadable one
             `CheckpointError`; neither is overwritten.
@@ -165,7 +167,11 @@ def train(
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
             the epoch, and the checkpoint of the epoch before stays.
-        ValueError, TypeError: bad arguments, or non-finite X or Y.
+        ValueError, TypeError: bad arguments, X or Y non-finite in the
+            parameters' or compute dtype, or targets outside the loss's domain.
+        CheckpointWriteError: checkpoint_dir cannot be written (before any
+            epoch), or a save failed (the previous checkpoint stays);
+            `CheckpointLockedError` when another run holds it.
 
     Several hosts: JAX is the distributed engine, manualbp adds no
     communication. Start every host with the same program, call
