@@ -6,7 +6,7 @@ merely with arrays of the same shape or functions of the same name.
 
 Data: the shape, the dtype and a SHA-1 of every byte (a content hash, not a
 security measure). Hashing all of it, not a sample, catches a change to one
-example; on 60000 × 784 float32 (MNIST, 188 MB) it takes about 0.1 s on one
+example; on 60000 × 784 float32 (MNIST, 188 MB) it took 0.1 to 0.25 s on one
 CPU core, once per `train` call with a ``checkpoint_dir``.
 
 Code: a function is identified by what it computes as far as Python can

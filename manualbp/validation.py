@@ -226,11 +226,17 @@ def check_batch(net: MLP, params: Params, X, Y=None):
     check_params(net, params)
     X = as_array(X, "X")
     check_inputs(net, X)
-    check_blocks(net, param_dtype(params))
+    check_blocks(net, _math_dtype(params))
     if Y is not None:
         Y = as_array(Y, "Y")
         check_targets(net, X, Y)
     return X, Y
+
+
+def _math_dtype(params: Params):
+    """`param_dtype`, without its promotion (15 µs a call) when every leaf has one dtype."""
+    dtypes = {x.dtype for layer in params for x in layer}
+    return dtypes.pop() if len(dtypes) == 1 else param_dtype(params)
 
 
 def check_finite(X, Y=None, dtypes=()) -> None:
