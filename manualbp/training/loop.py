@@ -20,6 +20,7 @@ others, so every example is used and every step has the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -130,8 +131,10 @@ def train(
             training examples, with `manualbp.tolerance`'s rule, and record
             the outcome in the history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
-            (`manualbp.checkpoint`). If it already holds a checkpoint of the
-            same run, training resumes after its last completed epoch and
+            (`manualbp.checkpoint`). It is checked writable and locked for
+            this run before the first epoch. If it already holds a checkpoint
+            of the same run (net, plug-in code, data, optimizer state and
+            settings), training resumes after its last completed epoch and
             ends bit-identical (on CPU) to an uninterrupted run; one of a
             different run raises `CheckpointMismatchError`, an unreadable one
             `CheckpointError`; neither is overwritten.
@@ -165,7 +168,11 @@ def train(
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
             the epoch, and the checkpoint of the epoch before stays.
-        ValueError, TypeError: bad arguments, or non-finite X or Y.
+        ValueError, TypeError: bad arguments, X or Y non-finite in the
+            parameters' or compute dtype, or targets outside the loss's domain.
+        CheckpointWriteError: checkpoint_dir cannot be written (before any
+            epoch), or a save failed (the previous checkpoint stays);
+            `CheckpointLockedError` when another run holds it.
 
     Several hosts: JAX is the distributed engine, manualbp adds no
     communication. Start every host with the same program, call
@@ -195,19 +202,21 @@ def train(
         shuffle,
         eval_data,
     )
-    _resume(run, state, checkpoint_dir, epochs)
-    for epoch in range(state.start + 1, epochs + 1):
-        started = time.perf_counter()
-        record = _run_epoch(run, state, epoch, checkpoint_dir)
-        _after_epoch(run, state, record, checkpoint_dir)
-        if progress:
-            print(
-                _progress_line(record, epochs, run.statics["grad"], time.perf_counter() - started),
-                file=sys.stderr,
-                flush=True,
-            )
-        if callback is not None:
-            callback(record)
+    with _holding(checkpoint_dir):
+        _resume(run, state, checkpoint_dir, epochs)
+        for epoch in range(state.start + 1, epochs + 1):
+            started = time.perf_counter()
+            record = _run_epoch(run, state, epoch, checkpoint_dir)
+            _after_epoch(run, state, record, checkpoint_dir)
+            if progress:
+                seconds = time.perf_counter() - started
+                print(
+                    _progress_line(record, epochs, run.statics["grad"], seconds),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if callback is not None:
+                callback(record)
     return TrainResult(state.params, state.opt_state, state.history, state.key)
 
 
@@ -255,8 +264,7 @@ def _setup(
     eval_data,
 ) -> tuple[_Run, _State]:
     """Check every argument and place the data; returns the run and its first state."""
-    validation.check_batch(net, params, X, Y)
-    validation.check_finite(X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     validation.check_key(key)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -268,6 +276,8 @@ def _setup(
     )
     dtype = param_dtype(params)
     compute_dtype = _check_compute_dtype(compute_dtype, dtype)
+    validation.check_blocks(net, compute_dtype)
+    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     batch_sharding = (
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
@@ -311,11 +321,22 @@ def _setup(
     return run, _State(params, opt_state, key, [])
 
 
+def _holding(checkpoint_dir):
+    """The checkpoint directory, checked writable and locked for this run (by its writer,
+    process 0), before any epoch runs."""
+    if checkpoint_dir is None or jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return checkpoint.lock(checkpoint_dir)
+
+
 def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
     if checkpoint_dir is not None:
+        data = {"X": run.X, "Y": run.Y}
+        if run.test is not None:
+            data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, run.fingerprint_run
+            run.net, state.params, state.opt_state, run.fingerprint_run, data
         )
         saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
         if saved is not None:
@@ -478,8 +499,8 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
         raise TypeError("eval_data: expected a pair (X_test, Y_test)")
     X_test, Y_test = eval_data
     try:
-        validation.check_batch(net, params, X_test, Y_test)
-        validation.check_finite(X_test, Y_test)
+        X_test, Y_test = validation.check_batch(net, params, X_test, Y_test)
+        validation.check_finite(X_test, Y_test, dtypes=(dtype,))
     except (ValueError, TypeError) as e:
         raise type(e)(f"eval_data: {e}") from e
     return (
