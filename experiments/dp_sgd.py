@@ -35,8 +35,8 @@ from manualbp.tools.bench_extensions import vmap_grad_then_clip
 
 @dataclasses.dataclass(frozen=True)
 class Config(experiment.RunConfig):
-    dataset: Literal["digits", "mnist"] = "digits"  # the data set (mnist needs the IDX files)
-    test_fraction: float = 0.2  # share held out for testing (digits; MNIST has its own)
+    dataset: Literal["digits", "fashion-mnist", "mnist"] = "digits"  # IDX files for the MNISTs
+    test_fraction: float = 0.2  # share held out for testing (digits; the MNISTs have their own)
     hidden_width: int = 64  # N_2
     hidden: str = "tanh"  # σ of the hidden layer
     lr: float = 0.002  # Adam's step size
@@ -52,6 +52,8 @@ def load(config: Config, key):
     """((X_train, Y_train), (X_test, Y_test)) of ``config.dataset``, standardized."""
     if config.dataset == "mnist":
         train, test = data.mnist()
+    elif config.dataset == "fashion-mnist":
+        train, test = data.fashion_mnist()
     else:
         X, Y = data.digits()
         train, test = data.train_test_split(key, X, Y, config.test_fraction)

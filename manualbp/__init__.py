@@ -8,7 +8,12 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 from manualbp import backprop, data, extensions
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
-from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
+from manualbp.checkpoint import (
+    CheckpointError,
+    CheckpointLockedError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+)
 from manualbp.extensions.verify import verify_extensions
 from manualbp.gradients import (
     autodiff_value_and_grad,
@@ -30,7 +35,9 @@ __all__ = [
     "MLP",
     "Activation",
     "CheckpointError",
+    "CheckpointLockedError",
     "CheckpointMismatchError",
+    "CheckpointWriteError",
     "DPSGD",
     "DivergenceError",
     "Equations",

@@ -6,34 +6,65 @@ of completed epochs, the PRNG key that shuffles the next epoch, and the history
 so far. Arrays are stored as NumPy arrays (no pickle); a JSON entry ``meta``
 carries the epoch, the history and a fingerprint of the run.
 
-Atomic: the file is written under a temporary name in the same directory,
-flushed and fsynced, then moved over the old one with `os.replace` (atomic on
-POSIX), and the directory is fsynced. A process killed at any instant leaves
-either the previous checkpoint or the new one, never a torn file.
+Atomic: the file is written under a unique temporary name in the same
+directory, flushed and fsynced, then moved over the old one with `os.replace`
+(atomic on POSIX), and the directory is fsynced. A process killed at any
+instant leaves either the previous checkpoint or the new one, never a torn
+file. A save that fails (a full disk, a directory made read-only) removes its
+partial file, keeps the previous checkpoint and raises `CheckpointWriteError`.
+
+One writer: `lock` checks that the directory can be written (before any
+epoch's work) and holds an OS advisory lock (``flock``) on
+``<checkpoint_dir>/.checkpoint.lock`` for the whole run, so a second run on
+the same directory fails at once with `CheckpointLockedError` and writes
+nothing. The lock goes with the process, even one killed by SIGKILL; it is
+not taken where ``fcntl`` is missing (Windows), and it is only as reliable as
+``flock`` on the file system (on NFS it depends on the server).
 
 Safe to resume: the fingerprint records the net (widths, σ names, loss,
-fusion), every parameter's path, shape and dtype, the optimizer state's tree
-structure with its leaves' shapes and dtypes, and the run's settings (batch
-size, gradient path, compute dtype, data shapes, the starting key). A
-checkpoint whose fingerprint differs raises `CheckpointMismatchError` naming
-what differs; an unreadable one (truncated, bit-flipped: the zip format's
-CRC-32 catches both) raises `CheckpointError`. Either way the file is left as
-it is. Two optimizers with the same state structure (``optax.sgd(0.1)`` and
-``optax.sgd(0.2)``) cannot be told apart from their states.
+fusion) and its plug-ins' code (`identity.code_identity` of every σ, σ', E
+and ∂E/∂ŷ), every parameter's path, shape and dtype, the optimizer state's
+tree structure with its leaves' shapes and dtypes, the run's settings (batch
+size, gradient path, compute dtype, the starting key) and the data's shapes,
+dtypes and content hashes (`identity.data_identity`). A checkpoint whose
+fingerprint differs raises `CheckpointMismatchError` naming what differs; an
+unreadable one (truncated, bit-flipped: the zip format's CRC-32 catches both;
+metadata out of range, such as a negative epoch) raises `CheckpointError`.
+Either way the file is left as it is. Two optimizers with the same state
+structure (``optax.sgd(0.1)`` and ``optax.sgd(0.2)``) cannot be told apart
+from their states.
+
+The metadata is strict JSON: a non-finite number in the history (an
+overflowing test loss) is written as the string "inf", "-inf" or "nan" and
+read back as that float.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+
+from manualbp.identity import code_identity, data_identity
+from manualbp.records import to_json
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock (module docstring)
+    fcntl = None
 
 FILENAME = "checkpoint.npz"
+LOCKNAME = ".checkpoint.lock"
+TEMPORARY = (f".{FILENAME}.", ".tmp")  # prefix and suffix of a save's temporary file
 FORMAT = 1
 
 
@@ -42,7 +73,15 @@ class CheckpointError(ValueError):
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A checkpoint of a different run: another net, optimizer or run settings."""
+    """A checkpoint of a different run: another net, code, data, optimizer or run settings."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint directory that cannot be written: a file, below a file, read-only, full."""
+
+
+class CheckpointLockedError(CheckpointWriteError):
+    """A checkpoint directory in use by another training run."""
 
 
 class Checkpoint(NamedTuple):
@@ -69,14 +108,18 @@ def _describe_leaves(tree) -> list[list]:
     return [[jax.tree_util.keystr(path), list(np.shape(x)), str(_dtype(x))] for path, x in flat]
 
 
-def fingerprint(net, params, opt_state, run: dict) -> dict:
+PARTS = ("net", "code", "params", "opt_state", "run", "data")
+
+
+def fingerprint(net, params, opt_state, run: dict, data: dict | None = None) -> dict:
     """A JSON-able description of what a checkpoint must match to be resumed.
 
     Args:
         net: the `MLP`.
         params, opt_state: the run's parameters and optimizer state (any values;
             only their structure, shapes and dtypes are recorded).
-        run: JSON-able settings that must also match (batch size, data shapes, ...).
+        run: JSON-able settings that must also match (batch size, the key, ...).
+        data: named arrays whose content must match (X, Y, the test set).
     """
     return {
         "net": {
@@ -85,20 +128,34 @@ def fingerprint(net, params, opt_state, run: dict) -> dict:
             "loss": net.loss.name,
             "fused": net.fused,
         },
+        "code": _code_of(net),
         "params": _describe_leaves(params),
         "opt_state": {
             "structure": str(jax.tree.structure(opt_state)),
             "leaves": _describe_leaves(opt_state),
         },
         "run": run,
+        "data": {name: data_identity(to_host(x)) for name, x in (data or {}).items()},
+    }
+
+
+def _code_of(net) -> dict:
+    """The code identity of every σ^l, σ^l' (l = 2..L) and of E and ∂E/∂ŷ."""
+    fields = ("fn", "deriv", "deriv_from_output", "jac_t_dot")
+    return {
+        "activations": {
+            f"layer l={k + 2} ({sigma.name})": {f: code_identity(getattr(sigma, f)) for f in fields}
+            for k, sigma in enumerate(net.activations)
+        },
+        "loss": {f: code_identity(getattr(net.loss, f)) for f in ("fn", "grad")},
     }
 
 
 def _key_arrays(key) -> tuple[np.ndarray, str | None]:
     """The raw data of a PRNG key and its implementation name (None for a raw uint32 key)."""
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(key)), str(jax.random.key_impl(key))
-    return np.asarray(key), None
+        return to_host(jax.random.key_data(key)), str(jax.random.key_impl(key))
+    return to_host(key), None
 
 
 def key_description(key) -> dict:
@@ -108,11 +165,15 @@ def key_description(key) -> dict:
 
 
 def to_host(x) -> np.ndarray:
-    """A NumPy copy of ``x``; for an array replicated over several hosts, the local copy."""
-    # Parameters are replicated across a mesh; one local copy holds every value,
-    # and it stays readable when other hosts own the rest of the devices.
+    """A NumPy copy of ``x``, also of an array that spans several processes.
+
+    Replicated (parameters, losses): the local copy, which holds every value.
+    Sharded across processes: gathered, a collective every process must join.
+    """
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        x = x.addressable_data(0)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
 
 
@@ -121,9 +182,44 @@ def save(
     state: Checkpoint,
     fingerprint: dict,
 ) -> Path:
-    """Write ``state`` atomically (temporary file, fsync, `os.replace`); return the path."""
-    directory = Path(checkpoint_dir)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write ``state`` atomically (temporary file, fsync, `os.replace`); return the path.
+
+    Raises:
+        CheckpointWriteError: the file could not be written; the partial file
+            is removed and the previous checkpoint, if any, is kept.
+    """
+    directory = writable_directory(checkpoint_dir)
+    final = path_in(directory)
+    arrays = _arrays(state, fingerprint)
+    temporary = None
+    try:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=TEMPORARY[0], suffix=TEMPORARY[1])
+        with open(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, final)
+    except BaseException as e:  # an interrupt too: no partial file stays behind
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+        if not isinstance(e, OSError):
+            raise
+        kept = (
+            f"{final} still holds the previous checkpoint (epoch {state.epoch - 1})"
+            if final.exists()
+            else "no checkpoint was saved"
+        )
+        raise CheckpointWriteError(
+            f"checkpoint_dir: could not write the checkpoint of epoch {state.epoch} to {final} "
+            f"({e.strerror or e}); the partial file is removed and {kept}"
+        ) from e
+    _fsync_directory(directory)
+    return final
+
+
+def _arrays(state: Checkpoint, fingerprint: dict) -> dict[str, np.ndarray]:
+    """What the file holds: the key, the metadata as strict JSON bytes, every leaf."""
     key_data, key_impl = _key_arrays(state.key)
     meta = {
         "format": FORMAT,
@@ -132,19 +228,77 @@ def save(
         "history": state.history,
         "fingerprint": fingerprint,
     }
-    arrays = {"key": key_data, "meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    text = json.dumps(to_json(meta, non_finite="string"), allow_nan=False)
+    arrays = {"key": key_data, "meta": np.frombuffer(text.encode(), np.uint8)}
     for prefix, tree in (("params", state.params), ("opt_state", state.opt_state)):
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}/{i}"] = to_host(leaf)
-    final = path_in(directory)
-    temporary = directory / f".{FILENAME}.tmp"
-    with open(temporary, "wb") as f:
-        np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, final)
-    _fsync_directory(directory)
-    return final
+    return arrays
+
+
+def writable_directory(checkpoint_dir: str | os.PathLike) -> Path:
+    """``checkpoint_dir``, created if missing, after checking a file can be created in it.
+
+    Raises:
+        CheckpointWriteError: it is a file, lies below a file, or cannot be written.
+    """
+    directory = Path(checkpoint_dir)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=TEMPORARY[0], suffix=TEMPORARY[1])
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        file = next((p for p in (directory, *directory.parents) if p.is_file()), None)
+        if file == directory:
+            reason = "is a file, not a directory"
+        elif file is not None:
+            reason = f"lies below the file {file}"
+        else:
+            reason = f"cannot be written ({e.strerror or e})"
+        raise CheckpointWriteError(
+            f"checkpoint_dir: {directory} {reason}; nothing was written there"
+        ) from e
+    return directory
+
+
+@contextlib.contextmanager
+def lock(checkpoint_dir: str | os.PathLike):
+    """Hold ``checkpoint_dir`` for one run: check it is writable, then lock it.
+
+    The lock is an advisory ``flock`` on ``.checkpoint.lock`` in the directory,
+    released when the block ends (or the process does). Temporary files that
+    a killed run left behind are removed once the lock is held.
+
+    Raises:
+        CheckpointWriteError: the directory cannot be written.
+        CheckpointLockedError: another run holds it.
+    """
+    directory = writable_directory(checkpoint_dir)
+    if fcntl is None:
+        yield directory
+        return
+    try:
+        fd = os.open(directory / LOCKNAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise CheckpointWriteError(
+            f"checkpoint_dir: cannot open the lock file {directory / LOCKNAME} ({e.strerror})"
+        ) from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise CheckpointLockedError(
+                f"checkpoint_dir: {directory} is in use by another training run (it holds "
+                f"{LOCKNAME}); nothing was written. Wait for it to end, or use another "
+                "checkpoint_dir"
+            ) from e
+        for stale in directory.glob(f"{TEMPORARY[0]}*{TEMPORARY[1]}"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -183,12 +337,8 @@ def load(
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         meta = json.loads(arrays.pop("meta").tobytes().decode())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"unknown format {meta.get('format')!r}, expected {FORMAT}")
-        epoch, history, stored_print = meta["epoch"], meta["history"], meta["fingerprint"]
-        if not isinstance(stored_print, dict):
-            raise ValueError("the fingerprint is not a mapping")
-        key_data, key_impl = arrays.pop("key"), meta["key_impl"]
+        epoch, history, stored_print, key_impl = _check_meta(meta)
+        key_data = arrays.pop("key")
     except (
         OSError,
         ValueError,
@@ -203,22 +353,7 @@ def load(
             f"checkpoint_dir: {path} is corrupted or not a manualbp checkpoint ({e}); "
             "it is left untouched: move it away to start the run afresh"
         ) from e
-    differ = [
-        part
-        for part in ("net", "params", "opt_state", "run")
-        if stored_print.get(part) != fingerprint[part]
-    ]
-    if differ:
-        details = "; ".join(
-            f"{part}: checkpoint has {stored_print.get(part)!r:.300}, this run has "
-            f"{fingerprint[part]!r:.300}"
-            for part in differ
-        )
-        raise CheckpointMismatchError(
-            f"checkpoint_dir: {path} belongs to a different run ({', '.join(differ)} differ"
-            f"); it is left untouched. Use another checkpoint_dir, or the same net, optimizer "
-            f"and settings to resume. {details}"
-        )
+    _check_fingerprint(path, stored_print, fingerprint)
     trees = []
     for prefix, like in (("params", params_like), ("opt_state", opt_state_like)):
         leaves_like, treedef = jax.tree.flatten(like)
@@ -235,3 +370,70 @@ def load(
         trees.append(jax.tree.unflatten(treedef, [arrays[name] for name in names]))
     key = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
     return Checkpoint(epoch=epoch, params=trees[0], opt_state=trees[1], key=key, history=history)
+
+
+def _check_meta(meta) -> tuple[int, list[dict], dict, str | None]:
+    """The epoch, history, fingerprint and key implementation, each checked; ValueError if not."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ValueError(f"unknown format {found!r}, expected {FORMAT}")
+    epoch, history = meta["epoch"], meta["history"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"the epoch {epoch!r} is not a whole number ≥ 0")
+    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+        raise ValueError("the history is not a list of records")
+    counted = [record.get("epoch") for record in history]
+    if counted != list(range(1, epoch + 1)):
+        raise ValueError(
+            f"the history's epochs {counted!r:.80} do not count 1, 2, ... up to the epoch {epoch}"
+        )
+    if not isinstance(meta["fingerprint"], dict):
+        raise ValueError("the fingerprint is not a mapping")
+    if meta["key_impl"] is not None and not isinstance(meta["key_impl"], str):
+        raise ValueError(f"the key implementation {meta['key_impl']!r:.80} is not a name")
+    return epoch, _floats_back(history), meta["fingerprint"], meta["key_impl"]
+
+
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _floats_back(value):
+    """The history as it was saved: the strings "inf", "-inf", "nan" back to floats."""
+    if isinstance(value, dict):
+        return {k: _floats_back(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats_back(v) for v in value]
+    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
+
+
+def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
+    """Raise `CheckpointMismatchError` naming each part, and the first entries, that differ."""
+    differ = [part for part in PARTS if stored.get(part) != current[part]]
+    if not differ:
+        return
+    found = [d for part in differ for d in _differences(stored.get(part), current[part], part)]
+    details = "; ".join(
+        f"{where}: checkpoint has {old!r:.120}, this run has {new!r:.120}"
+        for where, old, new in found[:4]
+    )
+    raise CheckpointMismatchError(
+        f"checkpoint_dir: {path} belongs to a different run ({', '.join(differ)} differ"
+        f"); it is left untouched. Use another checkpoint_dir, or the same net, code, data, "
+        f"optimizer and settings to resume. {details}"
+    )
+
+
+def _differences(stored, current, where: str) -> list[tuple[str, Any, Any]]:
+    """(path, stored, current) of every leaf that differs, e.g. ``data.X.sha1``."""
+    if isinstance(stored, dict) and isinstance(current, dict):
+        keys = list(current) + [k for k in stored if k not in current]
+        return [
+            d for k in keys for d in _differences(stored.get(k), current.get(k), f"{where}.{k}")
+        ]
+    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
+        return [
+            d
+            for i, (a, b) in enumerate(zip(stored, current, strict=True))
+            for d in _differences(a, b, f"{where}[{i}]")
+        ]
+    return [] if stored == current else [(where, stored, current)]

@@ -4,8 +4,9 @@ This is the one place where `jax.jit` and `jax.vmap` wrap the math of
 network.py, backprop.py and autodiff.py. Every function here takes a batch:
 X of shape (B, N_1), and Y as (B, N_L), as integer class labels (B,) when
 N_L > 1 (one-hot encoded), or as (B,) when N_L = 1 (read as the column (B, 1)).
-Inputs are cast to the parameters' dtype; gradients come back with the
-structure and dtype of params.
+X and Y may be any arrays `np.asarray` turns into numeric ones (pandas
+objects, lists); inputs are cast to the parameters' dtype; gradients come
+back with the structure and dtype of params.
 """
 
 from __future__ import annotations
@@ -82,13 +83,13 @@ def _per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
 
 def forward(net: MLP, params: Params, X: Array) -> Array:
     """ŷ = a^L for X (B, N_1); returns (B, N_L)."""
-    validation.check_batch(net, params, X)
+    X, _ = validation.check_batch(net, params, X)
     return _forward(net, params, X)
 
 
 def loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
     """The batch mean of the per-example E (fused logits form where there is one)."""
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _loss(net, params, X, Y)
 
 
@@ -112,17 +113,17 @@ def manual_value_and_grad(
     """
     if form not in FORMS:
         raise ValueError(f"form: expected one of {', '.join(FORMS)}, got {form!r}")
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _manual_value_and_grad(net, params, X, Y, form)
 
 
 def autodiff_value_and_grad(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, Params]:
     """The batch-mean E and its gradients by `jax.value_and_grad` of the same loss."""
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _autodiff_value_and_grad(net, params, X, Y)
 
 
 def per_example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     """Each example's gradients by equations (1)–(4); every leaf has a leading axis B."""
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _per_example_grads(net, params, X, Y)

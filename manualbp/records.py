@@ -91,22 +91,36 @@ def _git_commit() -> str:
         return ""
 
 
-def to_json(value: Any) -> Any:
-    """``value`` as strict JSON: tuples and arrays become lists, inf and NaN null."""
+def to_json(value: Any, *, non_finite: str = "null") -> Any:
+    """``value`` as strict JSON: tuples and arrays become lists, inf and NaN null.
+
+    Args:
+        value: dataclasses, mappings, sequences, arrays, numbers, strings.
+        non_finite: ``"null"`` (default) writes inf and NaN as null;
+            ``"string"`` as "inf", "-inf" and "nan", which ``float()`` reads back.
+    """
+    if non_finite not in ("null", "string"):
+        raise ValueError(f"non_finite: expected 'null' or 'string', got {non_finite!r}")
+    return _to_json(value, non_finite)
+
+
+def _to_json(value: Any, non_finite: str) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): to_json(v) for k, v in value.items()}
+        return {str(k): _to_json(v, non_finite) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+        return [_to_json(v, non_finite) for v in value]
     if isinstance(value, (np.ndarray, jax.Array)):
-        return to_json(np.asarray(value).tolist())
+        return _to_json(np.asarray(value).tolist(), non_finite)
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
+        if math.isfinite(value):
+            return float(value)
+        return str(float(value)) if non_finite == "string" else None
     if value is None or isinstance(value, str):
         return value
     return str(value)

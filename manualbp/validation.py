@@ -2,8 +2,18 @@
 
 Shape and dtype checks read only static information, so they cost nothing
 under `jax.jit` and also run when the arrays are tracers. Checks of values
-(label range, finiteness) need concrete arrays: they run on concrete inputs
-and are skipped for tracers, i.e. inside a user's own `jit`.
+(label range, target range, finiteness) need concrete arrays: they run on
+concrete inputs and are skipped for tracers, i.e. inside a user's own `jit`.
+
+Inputs: a JAX or NumPy array is used as it is; anything else that
+`np.asarray` turns into a numeric array (a pandas Series or DataFrame, a
+list, an object with ``__array__``) is converted once, here, so every entry
+point accepts the same things.
+
+Building blocks: the first call with a net and a dtype traces each σ, σ' and
+the loss's E and ∂E/∂ŷ abstractly (`jax.eval_shape`, no computation) and
+checks the shapes and dtypes they return, naming the activation or loss
+whose derivative is off; the answer is cached per (net, dtype).
 """
 
 from __future__ import annotations
@@ -14,13 +24,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp.network import MLP, Layer, Params, check_key, check_x64
+from manualbp import losses
+from manualbp.activations import Activation
+from manualbp.losses import Loss
+from manualbp.network import MLP, Layer, Params, check_key, check_x64, param_dtype
 
 __all__ = [
+    "as_array",
+    "check_activation",
     "check_batch",
+    "check_blocks",
     "check_finite",
     "check_inputs",
     "check_key",
+    "check_loss",
     "check_params",
     "check_targets",
 ]
@@ -41,6 +58,28 @@ def _kind(dtype) -> str:
 
 def _is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
+
+
+def as_array(x, argument: str):
+    """``x`` itself if it is a JAX or NumPy array, else ``np.asarray(x)`` if that is numeric.
+
+    Raises:
+        TypeError: naming ``argument``, for anything without a numeric array form.
+    """
+    if isinstance(x, (jax.Array, np.ndarray)):  # tracers are jax.Arrays too
+        return x
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as e:  # ragged lists, objects np.asarray refuses
+        array, reason = None, str(e)
+    else:
+        reason = f"np.asarray gives dtype {array.dtype}"
+    if array is None or _kind(array.dtype) == "other":
+        raise TypeError(
+            f"{argument}: expected an array, or anything np.asarray turns into a numeric "
+            f"array; got {type(x).__name__} ({reason})"
+        )
+    return array
 
 
 def _shape_of(x, argument: str) -> tuple[int, ...]:
@@ -120,11 +159,13 @@ def check_targets(net: MLP, X, Y) -> None:
     if len(shape) == 2:
         if shape[1] != N_L:
             raise ValueError(f"Y: expected shape (B, N_L) = ({B}, {N_L}), got {shape}")
+        _check_target_range(net, Y)
         return
     if len(shape) != 1:
         raise ValueError(f"Y: expected shape (B, N_L) = ({B}, {N_L}), got {shape}")
     if N_L == 1:
-        return  # documented: a vector (B,) is the column (B, 1)
+        _check_target_range(net, Y)  # documented: a vector (B,) is the column (B, 1)
+        return
     if not integer:
         raise ValueError(
             f"Y: got shape {shape} of {Y.dtype} for N_L = {N_L} outputs; expected targets of "
@@ -142,21 +183,170 @@ def check_targets(net: MLP, X, Y) -> None:
             )
 
 
-def check_batch(net: MLP, params: Params, X, Y=None) -> None:
-    """Every static check for one call: net, params, X and (if given) Y."""
+# The targets each loss is defined for: E of binary cross-entropy is a mean of
+# log-likelihoods only for y in [0, 1] (labels {0, 2} train to a negative loss), and
+# cross-entropy's −Σ y_j log ŷ_j is bounded below only for y_j ≥ 0.
+_TARGET_RANGES = {
+    losses.binary_cross_entropy: (
+        0,
+        1,
+        "binary cross-entropy targets must lie in [0, 1] (0/1 labels or probabilities)",
+    ),
+    losses.cross_entropy: (
+        0,
+        np.inf,
+        "cross-entropy targets must be non-negative (one-hot rows or class probabilities)",
+    ),
+}
+
+
+def _check_target_range(net: MLP, Y) -> None:
+    """Concrete targets (B, N_L) or (B,) must lie where the loss is defined; NaN is left
+    to `check_finite`."""
+    if net.loss not in _TARGET_RANGES or not _is_concrete(Y):
+        return
+    low, high, rule = _TARGET_RANGES[net.loss]
+    y = np.asarray(Y)
+    if y.min() >= low and y.max() <= high:
+        return
+    bad = (y < low) | (y > high)
+    if bad.any():
+        where = np.argwhere(bad)[0]
+        raise ValueError(f"Y: {rule}; got {y[tuple(where)]} in row {int(where[0])}")
+
+
+def check_batch(net: MLP, params: Params, X, Y=None):
+    """Every static check for one call: net, params, X, (if given) Y, and the net's σ'
+    and ∂E/∂ŷ in the parameters' dtype.
+
+    Returns:
+        (X, Y) as arrays (`as_array`); Y stays None when not given.
+    """
     check_net(net)
     check_params(net, params)
+    X = as_array(X, "X")
     check_inputs(net, X)
+    check_blocks(net, _math_dtype(params))
     if Y is not None:
+        Y = as_array(Y, "Y")
         check_targets(net, X, Y)
+    return X, Y
 
 
-def check_finite(X, Y=None) -> None:
-    """Reject inf or NaN in concrete X or Y (an inf input gives NaN gradients)."""
+def _math_dtype(params: Params):
+    """`param_dtype`, without its promotion (15 µs a call) when every leaf has one dtype."""
+    dtypes = {x.dtype for layer in params for x in layer}
+    return dtypes.pop() if len(dtypes) == 1 else param_dtype(params)
+
+
+def check_finite(X, Y=None, dtypes=()) -> None:
+    """Reject inf or NaN in concrete X or Y, as the math will see them.
+
+    Args:
+        X, Y: the batch (Y may be None).
+        dtypes: the dtypes the values are cast to, in order (the parameters',
+            then a compute dtype): 1e39 is finite in float64 but inf in
+            float32, so the check runs after the casts. Integer X is checked
+            only after a cast (float16 holds no more than 65504).
+    """
     for name, x in (("X", X), ("Y", Y)):
-        if x is None or not _is_concrete(x) or not jnp.issubdtype(x.dtype, jnp.floating):
+        if x is None or not _is_concrete(x):
             continue
-        finite = np.isfinite(np.asarray(x))
-        if not finite.all():
-            row = int(np.argwhere(~finite)[0][0])
-            raise ValueError(f"{name}: expected finite values, found inf or NaN in row {row}")
+        kind = _kind(x.dtype)
+        if not (kind == "floating" or (kind == "integer" and name == "X" and dtypes)):
+            continue
+        values = cast = np.asarray(x)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for dtype in dtypes:
+                cast = cast.astype(dtype, copy=False)
+        finite = np.isfinite(cast)
+        if finite.all():
+            continue
+        where = tuple(np.argwhere(~finite)[0])
+        value = values[where]
+        if np.isfinite(value):
+            chain = " then ".join(str(np.dtype(d)) for d in dtypes)
+            raise ValueError(
+                f"{name}: {value} in row {where[0]} is finite in {values.dtype} but becomes "
+                f"{cast[where]} when cast to {chain}, the dtype the math runs in; rescale {name}"
+            )
+        raise ValueError(f"{name}: expected finite values, found inf or NaN in row {where[0]}")
+
+
+# --- the building blocks: σ, σ', E and ∂E/∂ŷ as the backward pass calls them ---------
+
+
+@functools.lru_cache(maxsize=256)
+def check_blocks(net: MLP, dtype) -> None:
+    """Check every σ^l, σ^l' and the loss of ``net`` in ``dtype`` (once per pair)."""
+    for k, sigma in enumerate(net.activations):
+        check_activation(sigma, dtype, net.sizes[k + 1], where=f"layer l={k + 2}, ")
+    check_loss(net.loss, dtype, net.sizes[-1])
+
+
+def check_activation(act: Activation, dtype, width: int = 3, where: str = "") -> None:
+    """σ, σ' (and σ'(a), Jᵀg) must return z's shape and dtype (the Jacobian: (N, N)).
+
+    A componentwise σ' is called on one example (N,) and on a batch (B, N)
+    with B ≠ N, so a σ' that returns zᵀ or drops an axis is caught.
+
+    Raises:
+        ValueError: a wrong shape; TypeError: a wrong dtype, or a function
+            JAX cannot trace (NumPy on a traced array, a Python branch on a value).
+    """
+    what = f"{where}activation {act.name!r}"
+    z = jax.ShapeDtypeStruct((width,), dtype)
+    for z_in in (z, jax.ShapeDtypeStruct((width + 1, width), dtype)):
+        _expect(what, "σ", act.fn, (z_in,), z_in)
+        if act.elementwise:
+            _expect(what, "σ'", act.deriv, (z_in,), z_in)
+            if act.deriv_from_output is not None:
+                _expect(what, "σ'(a)", act.deriv_from_output, (z_in,), z_in)
+    if not act.elementwise:
+        jacobian = jax.ShapeDtypeStruct((width, width), dtype)
+        _expect(what, "σ' (its Jacobian)", act.deriv, (z,), jacobian)
+        if act.jac_t_dot is not None:
+            _expect(what, "Jᵀg (jac_t_dot)", act.jac_t_dot, (z, z), z)
+
+
+def check_loss(loss: Loss, dtype, width: int = 3) -> None:
+    """E(ŷ, y) must return a scalar and ∂E/∂ŷ ŷ's shape (N_L,), both in ŷ's dtype."""
+    what = f"loss {loss.name!r}"
+    y = jax.ShapeDtypeStruct((width,), dtype)
+    _expect(what, "E", loss.fn, (y, y), jax.ShapeDtypeStruct((), dtype))
+    _expect(what, "∂E/∂ŷ", loss.grad, (y, y), y)
+
+
+_UNTRACEABLE = (
+    jax.errors.TracerArrayConversionError,
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
+def _expect(what: str, name: str, fn, args, expected) -> None:
+    inputs = " and ".join(_describe(a) for a in args)
+    try:
+        out = jax.eval_shape(fn, *args)
+    except _UNTRACEABLE as e:
+        raise TypeError(
+            f"{what}: {name} cannot be traced by JAX ({type(e).__name__}) on {inputs}. It "
+            "must use jax.numpy, not NumPy (jnp.tanh, not np.tanh), and jnp.where, not a "
+            "Python if on values"
+        ) from e
+    if getattr(out, "shape", None) != expected.shape:
+        raise ValueError(
+            f"{what}: {name} returned {_describe(out)} for {inputs}; expected shape "
+            f"{expected.shape}"
+        )
+    if out.dtype != expected.dtype:
+        raise TypeError(
+            f"{what}: {name} returned {_describe(out)} for {inputs}; expected "
+            f"{expected.dtype} (cast with .astype(z.dtype))"
+        )
+
+
+def _describe(x) -> str:
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return f"shape {x.shape} {x.dtype}"
+    return f"{type(x).__name__} {x!r:.60}"

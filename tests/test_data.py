@@ -1,4 +1,4 @@
-"""manualbp.data: synthetic sets, digits, the MNIST IDX loader, and data preparation."""
+"""manualbp.data: synthetic sets, digits, the MNIST and Fashion-MNIST IDX loaders, preparation."""
 
 from __future__ import annotations
 
@@ -143,6 +143,31 @@ def test_mnist_missing_files_say_which_and_where(tmp_path, monkeypatch):
     monkeypatch.delenv(data.MNIST_ENV, raising=False)
     with pytest.raises(FileNotFoundError, match=data.MNIST_ENV):
         data.mnist()
+
+
+def test_fashion_mnist_reads_the_same_format(tmp_path, monkeypatch):
+    arrays = write_mnist(tmp_path, gzipped=False)
+    (X_train, Y_train), (X_test, _) = data.fashion_mnist(tmp_path)
+    assert X_train.shape == (5, 784) and X_test.shape == (3, 784)
+    np.testing.assert_allclose(X_train, arrays["train_images"].reshape(5, 784) / 255.0, rtol=1e-6)
+    assert np.array_equal(Y_train, arrays["train_labels"])
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))
+    (X_env, _), _ = data.fashion_mnist()
+    assert np.array_equal(X_env, X_train)
+    assert len(data.FASHION_MNIST_CLASSES) == 10
+
+
+def test_fashion_mnist_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as error:
+        data.fashion_mnist(tmp_path)
+    message = str(error.value)
+    assert str(tmp_path) in message and "apt-get install dataset-fashion-mnist" in message
+    assert data.FASHION_MNIST_ENV in message and "train-images-idx3-ubyte" in message
+    # Without a directory or the variable, the Debian path is the default.
+    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match="absent"):
+        data.fashion_mnist()
 
 
 def test_read_idx_rejects_bad_files(tmp_path):

@@ -210,6 +210,78 @@ def test_mnist_nielsen_on_tiny_idx_files(tmp_path):
     assert_png(run / "ch1" / "curves.png")
 
 
+def test_mnist_nielsen_on_fashion_mnist_files(tmp_path):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    mnist = load("mnist_nielsen")
+    config = mnist.Config(
+        runs_dir=str(tmp_path / "runs"),
+        dataset="fashion-mnist",
+        fashion_mnist_dir=str(tmp_path),
+        recipe="ch3",
+        epochs=1,
+        progress=False,
+    )
+    summary = mnist.main(config)
+    run = only_run(tmp_path / "runs", "mnist_nielsen")
+    assert set(summary) == {"ch3"}
+    assert json.loads((run / "config.json").read_text())["config"]["dataset"] == "fashion-mnist"
+
+
+def test_fashion_mlp_on_tiny_idx_files(tmp_path):
+    pytest.importorskip("sklearn")
+    write_mnist(tmp_path, n_train=40, n_test=10)
+    fashion = load("fashion_mlp")
+    config = fashion.Config(
+        runs_dir=str(tmp_path / "runs"),
+        fashion_mnist_dir=str(tmp_path),
+        activations=("relu",),
+        hidden=("10",),
+        autodiff=("relu-10",),
+        epochs=2,
+        batch_size=10,
+    )
+    summary = fashion.main(config)
+    run = only_run(tmp_path / "runs", "fashion_mlp")
+    (row,) = summary["rows"]
+    assert row["recipe"] == "relu-10" and row["paper"] is None
+    assert {"manualbp_acc", "autodiff_acc", "sklearn_acc", "speedup"} <= set(row)
+    assert len(metrics(run)) == 3 * 2  # three sides, two epochs
+    assert_png(run / "accuracy_relu.png")
+    with pytest.raises(ValueError, match="--hidden"):
+        fashion.main(dataclasses.replace(config, hidden=("10-x",)))
+
+
+def test_sklearn_partial_fit_per_epoch_trains_as_fit_does():
+    """One partial_fit per epoch, given a RandomState object: fit's first epoch to the bit,
+    then a fresh shuffle per epoch with Adam's state kept (an int seed repeats the shuffle)."""
+    pytest.importorskip("sklearn")
+    import numpy as np
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 6)).astype(np.float32)
+    Y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+
+    def classifier(random_state, max_iter=1):
+        return MLPClassifier((5,), batch_size=10, max_iter=max_iter, random_state=random_state)
+
+    def same(a, b):
+        pairs = zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True)
+        return all(np.array_equal(x, y) for x, y in pairs)
+
+    with pytest.warns(UserWarning, match="Maximum iterations"):
+        one_epoch = classifier(0).fit(X, Y)
+    stepped, reseeded = classifier(np.random.RandomState(0)), classifier(0)
+    stepped.partial_fit(X, Y, classes=np.arange(3))
+    reseeded.partial_fit(X, Y, classes=np.arange(3))
+    assert same(stepped, one_epoch) and same(reseeded, one_epoch)
+    for _ in range(2):
+        stepped.partial_fit(X, Y)
+        reseeded.partial_fit(X, Y)
+    assert stepped._optimizer.t == 3 * 5  # Adam's step count ran on across the calls
+    assert not same(stepped, reseeded)  # the int seed shuffled epochs 2 and 3 as epoch 1
+
+
 def test_nielsen_weight_decay_leaves_biases_alone():
     import jax.numpy as jnp
 
@@ -260,6 +332,17 @@ def test_train_command(tmp_path, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert [row["grad"] for row in summary["final"]] == ["manual"]
     assert "manual" in capsys.readouterr().out
+
+
+def test_train_command_on_fashion_mnist_files(tmp_path, capsys):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    argv = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path), "--epochs", "1"]
+    argv += ["--batch-size", "10", "--grad", "manual", "--runs-dir", str(tmp_path / "runs")]
+    assert experiment.train_command(argv) == 0
+    assert "fashion-mnist: 20 train / 10 test examples" in capsys.readouterr().out
+    missing = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path / "absent")]
+    assert experiment.train_command(missing) == 1
+    assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
 def test_train_command_errors(tmp_path, capsys, monkeypatch):

@@ -1,4 +1,16 @@
-"""Bad input gets a clear error naming the argument; saturated numerics stay finite and agree."""
+"""Bad input gets a clear error naming the argument; saturated numerics stay finite and agree.
+
+`FAULTS`, below, is the one table of every fault manualbp handles: the fault, how it is
+handled, and the tests that hold it ("every entry" is forward, loss, manual_value_and_grad,
+autodiff_value_and_grad, per_example_grads, verify and train). A test checks that each
+test it names exists.
+"""
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +20,7 @@ import pytest
 from helpers import assert_grads_close
 
 import manualbp as mbp
+from manualbp.identity import code_identity
 from manualbp.network import Layer
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
@@ -15,6 +28,164 @@ PARAMS = NET.init(jax.random.key(0))
 X = jnp.ones((5, 3))
 Y = jnp.array([0, 1, 1, 0, 1])
 EVERY_ENTRY = ("forward", "loss", "manual", "autodiff", "per_example", "verify", "train")
+
+FAULTS = [
+    # (fault, how it is handled, the tests: a name here, tests/test_train.py::name, or the
+    # command line's own tests)
+    (
+        "X or Y of the wrong shape, too few layers, params not Layers, a list for a tuple, "
+        "string targets, an empty batch, labels out of range",
+        "ValueError or TypeError naming the argument, at every entry",
+        "test_every_entry_point_names_the_bad_argument",
+    ),
+    (
+        "inf or NaN in X (verify, train)",
+        "ValueError naming X and the row",
+        "test_non_finite_inputs_are_rejected_by_verify_and_train",
+    ),
+    (
+        "X or Y finite in float64 but not in the parameters' dtype (1e39 in float32)",
+        "checked after the cast; ValueError naming X or Y, the value and the dtypes",
+        "test_inputs_finite_in_float64_but_not_in_the_parameters_dtype_are_named",
+    ),
+    (
+        "X that overflows only in train's compute dtype (float16)",
+        "the same check after both casts",
+        "test_train_checks_finiteness_in_the_compute_dtype_too",
+    ),
+    (
+        "binary cross-entropy targets outside [0, 1]; negative cross-entropy targets",
+        "ValueError naming the rule and the row, at every entry but forward",
+        "test_targets_outside_the_losss_domain_are_refused",
+    ),
+    (
+        "a pandas Series or DataFrame, a list, an `__array__` object as X or Y",
+        "converted by np.asarray at every entry, same results as arrays",
+        "test_pandas_objects_are_taken_as_their_arrays_everywhere, "
+        "test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message",
+    ),
+    (
+        "X or Y with no numeric array form (strings in a DataFrame, a dict, ragged lists)",
+        "one TypeError naming the argument",
+        "test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message, "
+        "test_every_entry_point_names_the_bad_argument",
+    ),
+    (
+        "a hand-written σ' that returns a scalar, an extra axis, zᵀ or integers",
+        "ValueError or TypeError naming the layer and activation, once per (net, dtype), at "
+        "every entry and in verify_activation",
+        "test_a_bad_hand_written_derivative_is_named_at_every_entry",
+    ),
+    (
+        "a σ' written with NumPy (np.tanh on a tracer)",
+        "TypeError: the derivative must use jax.numpy",
+        "test_a_bad_hand_written_derivative_is_named_at_every_entry",
+    ),
+    (
+        "a hand-written ∂E/∂ŷ of the wrong shape",
+        "ValueError naming the loss, at every entry and in verify_loss",
+        "test_a_loss_gradient_of_the_wrong_shape_is_named",
+    ),
+    (
+        "saturated logits (±1e4)",
+        "fused losses stay finite, manual and autodiff agree",
+        "test_saturated_logits_give_finite_losses_and_agreeing_gradients",
+    ),
+    (
+        "an inf input under the user's own jit",
+        "documented: only shapes are checked there",
+        "test_an_inf_input_under_a_users_own_jit_is_not_checked",
+    ),
+    (
+        "a bad key or optimizer",
+        "TypeError naming it",
+        "test_init_names_a_bad_key, test_train_names_a_bad_key_or_optimizer",
+    ),
+    (
+        "a run killed with SIGKILL",
+        "the checkpoint is whole; the run resumes bit-identically",
+        "tests/test_train.py::test_sigkill_mid_training_resumes_bit_identical",
+    ),
+    (
+        "a truncated, bit-flipped or reshaped checkpoint",
+        "CheckpointError; the file is kept",
+        "tests/test_train.py::test_corrupted_checkpoint_is_refused_and_kept",
+    ),
+    (
+        "a hand-made checkpoint: epoch a fraction, negative, a string; a history that counts "
+        "backwards",
+        "CheckpointError naming the field; the file is kept",
+        "tests/test_train.py::test_hand_made_metadata_is_refused_and_kept",
+    ),
+    (
+        "resuming another run: net, optimizer state, batch size, grad, key",
+        "CheckpointMismatchError naming the parts; the file is kept",
+        "tests/test_train.py::test_checkpoint_of_another_run_is_refused_and_kept",
+    ),
+    (
+        "resuming on other data of the same shape, or with a σ' of the same name and other code",
+        "CheckpointMismatchError naming data.X, code.activations... ; the file is kept",
+        "tests/test_train.py::test_resume_on_other_data_or_code_is_refused_and_kept",
+    ),
+    (
+        "a plug-in's code identity: closures, constants, partials, library functions, another"
+        " process",
+        "a hash of what the code computes, the same in every process",
+        "test_code_identity_sees_code_constants_and_closures, "
+        "test_code_identity_is_the_same_in_another_process",
+    ),
+    (
+        "a history holding inf",
+        'strict JSON ("inf"), read back as inf',
+        "tests/test_train.py::test_a_history_holding_inf_is_written_as_strict_json_and_read_back",
+    ),
+    (
+        "checkpoint_dir a file, below a file, read-only",
+        "CheckpointWriteError before the first epoch",
+        "tests/test_train.py::test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_"
+        "any_epoch, "
+        "tests/test_train.py::test_an_unwritable_checkpoint_dir_is_refused_before_any_epoch",
+    ),
+    (
+        "a full disk during a save",
+        "partial file removed, previous checkpoint kept, CheckpointWriteError saying so",
+        "tests/test_train.py::test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partia"
+        "l_file",
+    ),
+    (
+        "two trainings on one checkpoint_dir (one process or two)",
+        "flock held for the run; the second fails at once with CheckpointLockedError naming "
+        "the directory; nothing overwritten",
+        "tests/test_train.py::test_a_second_run_on_a_locked_checkpoint_dir_fails_fast_in_proc"
+        "ess, "
+        "tests/test_train.py::test_a_second_process_on_a_locked_checkpoint_dir_fails_fast",
+    ),
+    (
+        "divergence in training",
+        "DivergenceError naming the epoch and step; the previous checkpoint stays",
+        "tests/test_train.py::test_divergence_stops_naming_the_epoch_and_keeps_the_last_checkpoint",
+    ),
+    (
+        "a plug-in that raises any error on import",
+        "one line, exit 2, no traceback",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "--json at a directory or a read-only path; --runs-dir unwritable",
+        "checked before the run; one line, exit 2",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "train --epochs 0; --run-name that exists",
+        "one line, exit 2",
+        "tests/test_cli.py (command line)",
+    ),
+    (
+        "a run that diverges, and the run folder it leaves",
+        "one line, exit 1; the folder says the run failed",
+        "tests/test_cli.py (command line)",
+    ),
+]
 
 
 def call(entry, net=NET, params=PARAMS, X=X, Y=Y):
@@ -80,7 +251,8 @@ BAD_INPUTS = [
         TypeError,
         "Y: expected integer, boolean or floating",
     ),
-    ("X not an array", dict(X=[[1.0, 2.0, 3.0]]), TypeError, "X: expected an array"),
+    ("X not an array", dict(X={"x": 1.0}), TypeError, "X: expected an array"),
+    ("ragged X", dict(X=[[1.0, 2.0, 3.0], [1.0]]), TypeError, "X: expected an array"),
 ]
 
 
@@ -184,3 +356,212 @@ def test_train_names_a_bad_key_or_optimizer(kwargs, error, match):
 
 def test_sizes_accept_numpy_integers():
     assert mbp.MLP(tuple(np.array([3, 4, 2]))).sizes == (3, 4, 2)
+
+
+# --- round 2: values the math will see, targets the loss allows, inputs of any array kind ------
+
+
+@pytest.mark.parametrize("entry", ["verify", "train"])
+def test_inputs_finite_in_float64_but_not_in_the_parameters_dtype_are_named(entry):
+    X_big = np.ones((5, 3))  # float64, while the parameters are float32
+    X_big[2, 1] = 1e39  # finite here, inf in float32
+    with pytest.raises(
+        ValueError, match="X: 1e\\+39 in row 2 is finite in float64 but becomes inf"
+    ):
+        call(entry, X=X_big)
+    net = mbp.MLP((3, 4, 2))  # mse: float targets
+    Y_big = np.zeros((5, 2))
+    Y_big[4, 0] = -1e39
+    with pytest.raises(ValueError, match="Y: -1e\\+39 in row 4 is finite in float64"):
+        call(entry, net=net, Y=Y_big)
+
+
+def test_train_checks_finiteness_in_the_compute_dtype_too():
+    X_wide = np.ones((5, 3), np.float32)
+    X_wide[1, 0] = 1e5  # float16 holds at most 65504
+    with pytest.raises(ValueError, match="X: 100000.0 in row 1 .* float32 then float16"):
+        mbp.train(
+            NET, PARAMS, optax.sgd(0.1), X_wide, Y, epochs=1, batch_size=5,
+            key=jax.random.key(0), progress=False, compute_dtype=jnp.float16,
+        )  # fmt: skip
+
+
+BCE_NET = mbp.MLP((3, 4, 1), "tanh", "sigmoid", "binary_cross_entropy")
+BCE_PARAMS = BCE_NET.init(jax.random.key(0))
+CE_NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY[1:])
+@pytest.mark.parametrize(
+    "net, Y_bad, match",
+    [
+        (BCE_NET, jnp.array([0.0, 2.0, 1.0, 0.0, 1.0]), r"must lie in \[0, 1\].* got 2.0 in row 1"),
+        (BCE_NET, jnp.array([[0], [1], [1], [-1], [0]]), r"must lie in \[0, 1\].* got -1 in row 3"),
+        (CE_NET, jnp.array([[1.0, 0.0]] * 4 + [[1.5, -0.5]]), "must be non-negative.* in row 4"),
+    ],
+    ids=["bce {0, 2}", "bce integer column", "ce negative"],
+)
+def test_targets_outside_the_losss_domain_are_refused(entry, net, Y_bad, match):
+    params = BCE_PARAMS if net is BCE_NET else PARAMS
+    with pytest.raises(ValueError, match="Y: .*" + match):
+        call(entry, net=net, params=params, Y=Y_bad)
+
+
+def test_targets_inside_the_losss_domain_pass():
+    soft = jnp.array([[0.25, 0.75]] * 5)  # class probabilities
+    assert np.isfinite(mbp.loss(CE_NET, PARAMS, X, soft))
+    assert np.isfinite(mbp.loss(BCE_NET, BCE_PARAMS, X, jnp.array([0.0, 0.5, 1.0, 1.0, 0.0])))
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY)
+def test_pandas_objects_are_taken_as_their_arrays_everywhere(entry):
+    pd = pytest.importorskip("pandas")
+    frame, series = pd.DataFrame(np.asarray(X)), pd.Series(np.asarray(Y))
+    got, expected = call(entry, X=frame, Y=series), call(entry)
+    if entry == "verify":
+        got, expected = got.passed, expected.passed
+    elif entry == "train":
+        got, expected = (got.params, got.history), (expected.params, expected.history)
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), got, expected))
+
+
+class Duck:
+    """An array-like that is no array: only ``__array__``."""
+
+    def __init__(self, values):
+        self.values = np.asarray(values)
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values
+
+
+@pytest.mark.parametrize("entry", EVERY_ENTRY)
+def test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message(entry):
+    assert call(entry, X=Duck(X), Y=np.asarray(Y).tolist()) is not None
+    pd = pytest.importorskip("pandas")
+    words = pd.DataFrame([["a", "b", "c"]] * 5)  # np.asarray gives dtype object
+    with pytest.raises(TypeError, match="X: expected an array, or anything np.asarray turns"):
+        call(entry, X=words)
+    if entry != "forward":
+        with pytest.raises(TypeError, match="Y: expected an array, or anything np.asarray"):
+            call(entry, Y=words[0])
+
+
+# --- round 2: a hand-written σ' or ∂E/∂ŷ of the wrong shape, dtype or library -----------------
+
+
+def _tanh_prime(z):
+    return 1 - jnp.tanh(z) ** 2
+
+
+BAD_DERIVATIVES = [
+    # (what, σ', error, message fragment)
+    ("a scalar", lambda z: jnp.ones((), z.dtype), ValueError, r"σ' returned shape \(\)"),
+    ("an extra axis", lambda z: _tanh_prime(z)[..., None], ValueError, r"σ' returned shape"),
+    (
+        "the transpose",
+        lambda z: _tanh_prime(z).T,
+        ValueError,
+        r"σ' returned shape \((\d), (\d)\) .* for shape \(\2, \1\)",
+    ),
+    ("integers", lambda z: jnp.where(z > 0, 1, 0), TypeError, "σ' returned shape .* int32"),
+    ("NumPy", lambda z: 1 - np.tanh(z) ** 2, TypeError, "σ' cannot be traced.* use jax.numpy"),
+]
+
+
+@pytest.mark.parametrize("entry", [*EVERY_ENTRY, "verify_activation"])
+@pytest.mark.parametrize(
+    "what, deriv, error, match", BAD_DERIVATIVES, ids=[b[0] for b in BAD_DERIVATIVES]
+)
+def test_a_bad_hand_written_derivative_is_named_at_every_entry(entry, what, deriv, error, match):
+    mine = mbp.Activation("my_tanh", jnp.tanh, deriv)
+    if entry == "verify_activation":
+        with pytest.raises(error, match=f"activation 'my_tanh': {match}"):
+            mbp.verify_activation(mine)
+        return
+    net = mbp.MLP((3, 4, 2), mine, "softmax", "cross_entropy")
+    with pytest.raises(error, match=f"layer l=2, activation 'my_tanh': {match}"):
+        call(entry, net=net)
+
+
+@pytest.mark.parametrize("entry", [*EVERY_ENTRY[1:], "verify_loss"])
+def test_a_loss_gradient_of_the_wrong_shape_is_named(entry):
+    summed = mbp.Loss("my_mse", lambda y_hat, y: 0.5 * jnp.sum((y_hat - y) ** 2), jnp.subtract)
+    bad = summed._replace(grad=lambda y_hat, y: jnp.sum(y_hat - y))
+    match = r"loss 'my_mse': ∂E/∂ŷ returned shape \(\) float32 .*expected shape \(2,\)"
+    with pytest.raises(ValueError, match=match):
+        if entry == "verify_loss":
+            mbp.verify_loss(bad, width=2)
+        else:
+            call(entry, net=mbp.MLP((3, 4, 2), "tanh", "identity", bad), Y=jnp.zeros((5, 2)))
+    assert mbp.verify_loss(summed, width=2).passed  # the same loss with a good ∂E/∂ŷ
+
+
+# --- round 2: what a checkpoint's code identity sees -------------------------------------------
+
+
+def _leaky_prime(slope):
+    def deriv(z):
+        return jnp.where(z >= 0, 1.0, slope).astype(z.dtype)
+
+    return deriv
+
+
+def _with_a_set(z):
+    """A frozenset constant, whose order follows the per-process string hash."""
+    return z if "relu" in {"relu", "gelu", "silu", "elu"} else -z
+
+
+def test_code_identity_sees_code_constants_and_closures():
+    assert code_identity(_leaky_prime(0.01)) == code_identity(_leaky_prime(0.01))
+    assert code_identity(_leaky_prime(0.01)) != code_identity(_leaky_prime(0.02))
+    assert code_identity(lambda z: 1 - jnp.tanh(z) ** 2) != code_identity(
+        lambda z: 1 - jnp.tanh(z) ** 3
+    )
+    assert code_identity(jnp.tanh) != code_identity(jnp.sin)  # jnp functions: by name
+    assert code_identity(np.tanh) != code_identity(np.sin)  # ufuncs and builtins: by name
+    assert code_identity(abs) != code_identity(max)
+    slopes = [functools.partial(jax.nn.leaky_relu, negative_slope=s) for s in (0.1, 0.2)]
+    assert code_identity(slopes[0]) != code_identity(slopes[1])
+    scale = [jnp.arange(3.0), jnp.arange(3.0) + 1]
+    closures = [lambda z, c=c: z * c for c in scale]  # array defaults: by content
+    assert code_identity(closures[0]) != code_identity(closures[1])
+
+
+def test_code_identity_is_the_same_in_another_process():
+    tests = Path(__file__).parent
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]),
+        PYTHONHASHSEED="12345",
+        JAX_PLATFORMS="cpu",
+    )
+    script = (
+        "from manualbp.identity import code_identity; import test_reliability as t; "
+        "print(code_identity(t._with_a_set), code_identity(t._leaky_prime(0.01)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tests, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [
+        code_identity(_with_a_set),
+        code_identity(_leaky_prime(0.01)),
+    ]
+
+
+def test_the_fault_table_names_tests_that_exist():
+    here = Path(__file__).parent
+    names = {
+        "": set(globals()),
+        "tests/test_train.py::": set((here / "test_train.py").read_text().split("def ")),
+    }
+    for fault, _, tests in FAULTS:
+        for test in tests.split(", "):
+            if test == "tests/test_cli.py (command line)":
+                continue  # the command line's own tests
+            prefix = "tests/test_train.py::" if test.startswith("tests/test_train.py::") else ""
+            name = test.removeprefix(prefix)
+            assert any(w.startswith(name + "(") for w in names[prefix]) or (
+                not prefix and name in names[""]
+            ), f"{fault}: no test {test}"

@@ -4,6 +4,7 @@ Most tests share one small case (CASE below: same net, optimizer object,
 batch size and data shapes), so the epoch compiles once for the whole file.
 """
 
+import errno
 import io
 import json
 import logging
@@ -455,3 +456,209 @@ def test_shuffle_false_steps_through_the_examples_in_their_order():
         progress=False,
     )
     assert not trees_equal(shuffled.params, result.params)
+
+
+# --- checkpoints, round 2: other data or code, strict JSON, bad directories, two writers ----
+
+
+def rewrite_meta(data: bytes, change) -> bytes:
+    """The checkpoint ``data`` with ``change(meta)`` applied to its JSON metadata."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    change(meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def shifted(X_):
+    X_ = X_.copy()
+    X_[7, 2] += 1.0  # one entry of one example
+    return X_
+
+
+MY_TANH = mbp.Activation("tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2)
+
+
+@pytest.mark.parametrize(
+    "overrides, where",
+    [
+        (dict(X=shifted(X)), r"data differ.*data\.X\.sha1"),
+        (dict(Y=(Y + 1) % 3), r"data differ.*data\.Y\.sha1"),
+        (dict(eval_data=(X, Y)), r"data differ.*data\.X_test"),
+        (
+            dict(net=mbp.MLP((4, 8, 3), MY_TANH, "softmax", "cross_entropy")),
+            r"code differ.*code\.activations\.layer l=2 \(tanh\)\.deriv",
+        ),
+    ],
+    ids=["one X entry", "Y", "test set", "σ' of the same name"],
+)
+def test_resume_on_other_data_or_code_is_refused_and_kept(
+    tmp_path, saved_checkpoint, overrides, where
+):
+    path = checkpoint.path_in(tmp_path)
+    path.write_bytes(saved_checkpoint)
+    kept = saved_checkpoint
+    base = dict(eval_data=(X_TEST, Y_TEST)) if "eval_data" in overrides else {}
+    if base:  # a checkpoint of the run with its own test set
+        path.unlink()
+        run(epochs=1, checkpoint_dir=tmp_path, **base)
+        kept = path.read_bytes()
+    with pytest.raises(CheckpointMismatchError, match=where):
+        run(epochs=2, checkpoint_dir=tmp_path, **overrides)
+    assert path.read_bytes() == kept
+
+
+def test_a_history_holding_inf_is_written_as_strict_json_and_read_back(tmp_path):
+    history = [{"epoch": 1, "loss": 0.5, "test_loss": float("inf")}]
+    params = make_params()
+    state = checkpoint.Checkpoint(1, params, OPTIMIZER.init(params), jax.random.key(0), history)
+    printed = checkpoint.fingerprint(NET, params, state.opt_state, {})
+    checkpoint.save(tmp_path, state, printed)
+    with np.load(checkpoint.path_in(tmp_path)) as stored:
+        text = stored["meta"].tobytes().decode()
+
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    assert json.loads(text, parse_constant=refuse)["history"][0]["test_loss"] == "inf"
+    loaded = checkpoint.load(tmp_path, printed, params, state.opt_state)
+    assert loaded.history == history
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda meta: meta.update(epoch=1.5), r"the epoch 1.5 is not a whole number"),
+        (lambda meta: meta.update(epoch=-1), r"the epoch -1 is not a whole number"),
+        (lambda meta: meta.update(epoch="1"), r"the epoch '1' is not a whole number"),
+        (lambda meta: meta.update(epoch=True), r"the epoch True is not a whole number"),
+        (lambda meta: meta.update(epoch=2), r"do not count 1, 2, \.\.\. up to the epoch 2"),
+        (lambda meta: meta.update(history={"epoch": 1}), "the history is not a list of records"),
+        (lambda meta: meta["history"][0].update(epoch=0), r"epochs \[0\] do not count"),
+        (lambda meta: meta.update(key_impl=3), "the key implementation 3 is not a name"),
+    ],
+    ids=["fraction", "negative", "string", "bool", "too few records", "dict", "backwards", "key"],
+)
+def test_hand_made_metadata_is_refused_and_kept(tmp_path, saved_checkpoint, change, match):
+    path = checkpoint.path_in(tmp_path)
+    path.write_bytes(rewrite_meta(saved_checkpoint, change))
+    made = path.read_bytes()
+    with pytest.raises(CheckpointError, match=f"corrupted or not a manualbp checkpoint .*{match}"):
+        run(epochs=3, checkpoint_dir=tmp_path)
+    assert path.read_bytes() == made
+
+
+def a_file(path: Path) -> Path:
+    path.write_text("")
+    return path
+
+
+def below_a_file(path: Path) -> Path:
+    return a_file(path) / "below"
+
+
+def read_only(path: Path) -> Path:
+    path.mkdir()
+    path.chmod(0o555)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (a_file, "is a file, not a directory"),
+        (below_a_file, r"lies below the file"),
+        (read_only, r"cannot be written \(Permission denied\)"),
+    ],
+    ids=["a file", "below a file", "read-only"],
+)
+def test_a_checkpoint_dir_that_cannot_be_written_is_refused_before_any_epoch(tmp_path, make, match):
+    if make is read_only and os.geteuid() == 0:
+        pytest.skip("root writes into read-only directories; the next test simulates it")
+    directory = make(tmp_path / "ckpt")
+    epochs_run = []
+    with pytest.raises(checkpoint.CheckpointWriteError, match=f"checkpoint_dir: .*{match}"):
+        run(epochs=1, checkpoint_dir=directory, callback=epochs_run.append)
+    assert epochs_run == []
+
+
+def test_an_unwritable_checkpoint_dir_is_refused_before_any_epoch(tmp_path, monkeypatch):
+    """Read-only, simulated: creating a file there fails with EACCES (root ignores modes)."""
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", refuse)
+    epochs_run = []
+    with pytest.raises(checkpoint.CheckpointWriteError, match=r"cannot be written \(Permission"):
+        run(epochs=1, checkpoint_dir=tmp_path, callback=epochs_run.append)
+    assert epochs_run == []
+
+
+def test_a_full_disk_keeps_the_last_checkpoint_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    real_savez = np.savez
+    saves = []
+
+    def savez_until_full(f, **arrays):
+        saves.append(1)
+        if len(saves) < 2:
+            return real_savez(f, **arrays)
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.np, "savez", savez_until_full)
+    with pytest.raises(
+        checkpoint.CheckpointWriteError,
+        match=r"checkpoint of epoch 2 .*No space left on device.*partial file is removed and "
+        r".*still holds the previous checkpoint \(epoch 1\)",
+    ):
+        run(epochs=3, checkpoint_dir=tmp_path)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".checkpoint.lock", "checkpoint.npz"]
+    assert len(run(epochs=1, checkpoint_dir=tmp_path).history) == 1  # epoch 1 is intact
+
+
+def test_a_second_run_on_a_locked_checkpoint_dir_fails_fast_in_process(tmp_path):
+    other = tmp_path / "other"
+    refused = []
+
+    def start_a_second_run(record):
+        if record["epoch"] == 1:
+            with pytest.raises(checkpoint.CheckpointLockedError, match=str(tmp_path)) as caught:
+                run(epochs=5, batch_size=8, checkpoint_dir=tmp_path)
+            refused.append(caught.value)
+            run(epochs=1, checkpoint_dir=other)  # another directory is free
+
+    first = run(epochs=2, checkpoint_dir=tmp_path, callback=start_a_second_run)
+    assert refused and "in use by another training run" in str(refused[0])
+    resumed = run(epochs=2, checkpoint_dir=tmp_path)  # released: the same run resumes
+    assert results_equal(resumed, first)
+
+
+def test_a_second_process_on_a_locked_checkpoint_dir_fails_fast(tmp_path):
+    tests = Path(__file__).parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"import test_train; test_train.child_main({str(tmp_path)!r})"],
+        cwd=tests,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    path = checkpoint.path_in(tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not path.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert child.poll() is None, "the first run ended before the second started"
+        started = time.monotonic()
+        with pytest.raises(checkpoint.CheckpointLockedError, match=str(tmp_path)):
+            run(epochs=3, batch_size=8, checkpoint_dir=tmp_path)  # another configuration
+        assert time.monotonic() - started < 5  # before any epoch's work
+    finally:
+        child.send_signal(signal.SIGKILL)  # the lock goes with the process
+        child.communicate()
+    resumed = run(epochs=KILLED_EPOCHS, checkpoint_dir=tmp_path)  # the first run's, kept
+    assert results_equal(resumed, run(epochs=KILLED_EPOCHS))

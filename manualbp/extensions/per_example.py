@@ -169,7 +169,7 @@ def batch_l2(net: MLP, params: Params, X: Array, Y: Array) -> Params:
         One ``Layer(W=(B,), b=(B,))`` per layer: ‖∂E_b/∂W^l‖²_F = ‖δ^l_b‖² ‖a^{l-1}_b‖²
         and ‖∂E_b/∂b^l‖² = ‖δ^l_b‖², for b = 1..B.
     """
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, NORMS)
 
 
@@ -179,7 +179,7 @@ def sum_grad_squared(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, SUM_SQUARED)
 
 
@@ -189,7 +189,7 @@ def variance(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, VARIANCE)
 
 
@@ -211,7 +211,7 @@ def clipped_value_and_grad(
     Returns:
         (Ē, g), g with the structure and dtype of params.
     """
-    validation.check_batch(net, params, X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     l2_clip = check_l2_clip(l2_clip)
     return _clipped_value_and_grad(net, params, X, Y, jnp.asarray(l2_clip, param_dtype(params)))
 

@@ -124,8 +124,8 @@ def verify_extensions(
     Returns:
         A `Report`.
     """
-    validation.check_batch(net, params, X, Y)
-    validation.check_finite(X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
+    validation.check_finite(X, Y, dtypes=(jnp.float64 if float64 else param_dtype(params),))
     with jax.enable_x64(float64 or bool(jax.config.jax_enable_x64)):
         dtype = jnp.float64 if float64 else param_dtype(params)
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)

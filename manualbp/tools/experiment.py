@@ -362,7 +362,7 @@ def summary_rows(results: Mapping[str, Any], grads: Sequence[str]) -> list[dict[
 
 # --- manualbp train -----------------------------------------------------------------------
 
-Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist"]
+Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist", "fashion-mnist"]
 DATASETS = typing.get_args(Dataset)
 OPTIMIZERS = ("sgd", "momentum", "adam")
 
@@ -375,10 +375,10 @@ class TrainConfig(RunConfig):
     Example: manualbp train --dataset digits --sizes 64 64 10 --epochs 30
     """
 
-    dataset: Dataset = "moons"  # the data set (digits needs scikit-learn, mnist the IDX files)
+    dataset: Dataset = "moons"  # digits needs scikit-learn, (fashion-)mnist the IDX files
     n: int = 1000  # examples drawn for a synthetic set
     noise: float = 0.1  # noise of a synthetic set
-    test_fraction: float = 0.2  # share held out for testing (MNIST has its own test set)
+    test_fraction: float = 0.2  # share held out for testing ((Fashion-)MNIST has its own)
     standardize: bool = True  # scale inputs to zero mean and unit variance (training statistics)
     sizes: tuple[int, ...] | None = None  # widths N_1 ... N_L (default: N_1 32 N_L from the data)
     hidden: str = "tanh"  # σ of the hidden layers
@@ -391,6 +391,7 @@ class TrainConfig(RunConfig):
     batch_size: int = 32  # examples per step
     grad: Literal["manual", "autodiff", "both"] = "both"  # which gradients train the net
     mnist_dir: str | None = None  # folder of the MNIST IDX files (default: $MANUALBP_MNIST_DIR)
+    fashion_mnist_dir: str | None = None  # default: $MANUALBP_FASHION_MNIST_DIR, then Debian's
     progress: bool = False  # print one line per epoch
 
 
@@ -411,7 +412,7 @@ def load_dataset(config: TrainConfig, key: jax.Array):
     """((X_train, Y_train), (X_test, Y_test), classes) for ``config.dataset``.
 
     ``classes`` is None for regression (sine). Synthetic sets are drawn from
-    ``key``, then split with it; digits and MNIST are read from disk.
+    ``key``, then split with it; digits, MNIST and Fashion-MNIST are read from disk.
     """
     from manualbp import data
 
@@ -426,6 +427,8 @@ def load_dataset(config: TrainConfig, key: jax.Array):
     }
     if config.dataset == "mnist":
         train, test = data.mnist(config.mnist_dir)
+    elif config.dataset == "fashion-mnist":
+        train, test = data.fashion_mnist(config.fashion_mnist_dir)
     else:
         X, Y = synthetic[config.dataset]()
         train, test = data.train_test_split(key_split, X, Y, config.test_fraction)

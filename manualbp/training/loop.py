@@ -20,6 +20,7 @@ others, so every example is used and every step has the same shape.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from manualbp import checkpoint, tolerance, validation
@@ -131,8 +133,10 @@ def train(
             training examples, with `manualbp.tolerance`'s rule, and record
             the outcome in the history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
-            (`manualbp.checkpoint`). If it already holds a checkpoint of the
-            same run, training resumes after its last completed epoch and
+            (`manualbp.checkpoint`). It is checked writable and locked for
+            this run before the first epoch. If it already holds a checkpoint
+            of the same run (net, plug-in code, data, optimizer state and
+            settings), training resumes after its last completed epoch and
             ends bit-identical (on CPU) to an uninterrupted run; one of a
             different run raises `CheckpointMismatchError`, an unreadable one
             `CheckpointError`; neither is overwritten.
@@ -174,7 +178,11 @@ def train(
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
             the epoch, and the checkpoint of the epoch before stays.
-        ValueError, TypeError: bad arguments, or non-finite X or Y.
+        ValueError, TypeError: bad arguments, X or Y non-finite in the
+            parameters' or compute dtype, or targets outside the loss's domain.
+        CheckpointWriteError: checkpoint_dir cannot be written (before any
+            epoch), or a save failed (the previous checkpoint stays);
+            `CheckpointLockedError` when another run holds it.
 
     Several hosts: JAX is the distributed engine, manualbp adds no
     communication. Start every host with the same program, call
@@ -183,8 +191,10 @@ def train(
     mesh over all global devices with ``data_parallel_mesh()``, and pass it as
     ``mesh``. Every host must load the same X, Y and key; the data are placed
     replicated, each device computes its rows of each batch, and XLA sums the
-    gradients across hosts. Only process 0 writes the checkpoint, so give
-    every host the same ``checkpoint_dir`` on a shared file system.
+    gradients across hosts. Only process 0 writes the checkpoint, and the
+    others wait until it has; give every host the same ``checkpoint_dir`` on a
+    shared file system (hosts that find different checkpoints raise
+    `CheckpointError`). tests/test_multiprocess.py runs two processes.
     """
     run, state = _setup(
         net,
@@ -203,19 +213,21 @@ def train(
         eval_data,
         privacy,
     )
-    _resume(run, state, checkpoint_dir, epochs)
-    for epoch in range(state.start + 1, epochs + 1):
-        started = time.perf_counter()
-        record = _run_epoch(run, state, epoch, checkpoint_dir)
-        _after_epoch(run, state, record, checkpoint_dir)
-        if progress:
-            print(
-                _progress_line(record, epochs, run.statics["grad"], time.perf_counter() - started),
-                file=sys.stderr,
-                flush=True,
-            )
-        if callback is not None:
-            callback(record)
+    with _holding(checkpoint_dir):
+        _resume(run, state, checkpoint_dir, epochs)
+        for epoch in range(state.start + 1, epochs + 1):
+            started = time.perf_counter()
+            record = _run_epoch(run, state, epoch, checkpoint_dir)
+            _after_epoch(run, state, record, checkpoint_dir)
+            if progress:
+                seconds = time.perf_counter() - started
+                print(
+                    _progress_line(record, epochs, run.statics["grad"], seconds),
+                    file=sys.stderr,
+                    flush=True,
+                )
+            if callback is not None:
+                callback(record)
     return TrainResult(state.params, state.opt_state, state.history, state.key)
 
 
@@ -264,8 +276,7 @@ def _setup(
     privacy=None,
 ) -> tuple[_Run, _State]:
     """Check every argument and place the data; returns the run and its first state."""
-    validation.check_batch(net, params, X, Y)
-    validation.check_finite(X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
     validation.check_key(key)
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(
@@ -278,6 +289,8 @@ def _setup(
     dp.check(privacy, grad, shuffle)
     dtype = param_dtype(params)
     compute_dtype = _check_compute_dtype(compute_dtype, dtype)
+    validation.check_blocks(net, compute_dtype)
+    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     batch_sharding = (
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
@@ -324,11 +337,22 @@ def _setup(
     return run, _State(params, opt_state, key, [])
 
 
+def _holding(checkpoint_dir):
+    """The checkpoint directory, checked writable and locked for this run (by its writer,
+    process 0), before any epoch runs."""
+    if checkpoint_dir is None or jax.process_index() != 0:
+        return contextlib.nullcontext()
+    return checkpoint.lock(checkpoint_dir)
+
+
 def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
     if checkpoint_dir is not None:
+        data = {"X": run.X, "Y": run.Y}
+        if run.test is not None:
+            data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, run.fingerprint_run
+            run.net, state.params, state.opt_state, run.fingerprint_run, data
         )
         saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
         if saved is not None:
@@ -341,11 +365,10 @@ def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
             state.params = _place(saved.params, run.replicated)
             state.opt_state = _place(saved.opt_state, run.replicated)
             state.key = saved.key
+        _check_same_start(state.start, checkpoint_dir)
     # With the arrays: an input placed unlike the epoch's own outputs would compile a
     # second epoch program.
-    state.key = jax.device_put(
-        state.key, _default_device() if run.replicated is None else run.replicated
-    )
+    state.key = _place_key(state.key, run.replicated)
 
 
 def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
@@ -376,15 +399,36 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
 
 
 def _after_epoch(run: _Run, state: _State, record: dict, checkpoint_dir) -> None:
-    """Append the record and write the checkpoint (process 0 only)."""
+    """Append the record and write the checkpoint (process 0; the others wait for it)."""
     state.history.append(record)
-    if checkpoint_dir is not None and jax.process_index() == 0:
-        checkpoint.save(
-            checkpoint_dir,
-            checkpoint.Checkpoint(
-                record["epoch"], state.params, state.opt_state, state.key, state.history
-            ),
-            state.fingerprint,
+    if checkpoint_dir is not None:
+        saved = checkpoint.Checkpoint(
+            record["epoch"], state.params, state.opt_state, state.key, state.history
+        )
+        _save(checkpoint_dir, saved, state.fingerprint)
+
+
+def _save(checkpoint_dir, state: checkpoint.Checkpoint, fingerprint: dict) -> None:
+    """Process 0 writes the checkpoint; with several processes, all wait until it has.
+
+    The wait keeps a process that goes on to resume from reading the epoch before.
+    """
+    if jax.process_index() == 0:
+        checkpoint.save(checkpoint_dir, state, fingerprint)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"manualbp checkpoint epoch {state.epoch}")
+
+
+def _check_same_start(start: int, checkpoint_dir) -> None:
+    """Every process resumes after the same epoch, or all raise (a checkpoint_dir not shared)."""
+    if jax.process_count() == 1:
+        return
+    starts = multihost_utils.process_allgather(np.int32(start))
+    if np.any(starts != start):
+        raise checkpoint.CheckpointError(
+            f"checkpoint_dir: the processes found checkpoints of different epochs in "
+            f"{checkpoint_dir} ({starts.tolist()} completed, by process); give every process "
+            "the same checkpoint_dir on a shared file system"
         )
 
 
@@ -451,6 +495,18 @@ def _place(tree, sharding, *, dtype=None, copy=False):
     )
 
 
+def _place_key(key, sharding):
+    """The key on the default device, or replicated over the mesh (of one or more processes)."""
+    if sharding is None:
+        return jax.device_put(key, _default_device())
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
+        return _place(key, sharding)
+    # device_put refuses a sharding over other processes' devices: place the key's data
+    # the way the arrays are placed, then view it as a key again.
+    data = _place(jax.random.key_data(key), sharding)
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 def _default_device():
     """Where JAX puts new arrays: ``jax_default_device`` if set, else the first device."""
     default = jax.config.jax_default_device
@@ -464,8 +520,8 @@ def _prepare_eval(net, params, eval_data, dtype, sharding):
         raise TypeError("eval_data: expected a pair (X_test, Y_test)")
     X_test, Y_test = eval_data
     try:
-        validation.check_batch(net, params, X_test, Y_test)
-        validation.check_finite(X_test, Y_test)
+        X_test, Y_test = validation.check_batch(net, params, X_test, Y_test)
+        validation.check_finite(X_test, Y_test, dtypes=(dtype,))
     except (ValueError, TypeError) as e:
         raise type(e)(f"eval_data: {e}") from e
     return (

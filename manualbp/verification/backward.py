@@ -94,8 +94,8 @@ def verify(
     Returns:
         A `Report`.
     """
-    validation.check_batch(net, params, X, Y)
-    validation.check_finite(X, Y)
+    X, Y = validation.check_batch(net, params, X, Y)
+    validation.check_finite(X, Y, dtypes=(param_dtype(params),))
     if finite_differences and (not isinstance(fd_samples, int) or fd_samples < 1):
         raise ValueError(f"fd_samples: expected a positive number of coordinates, got {fd_samples}")
     if backward is None:

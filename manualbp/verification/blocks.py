@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp import autodiff
+from manualbp import autodiff, validation
 from manualbp.activations import Activation, get_activation
 from manualbp.losses import Loss, get_loss
 from manualbp.records import environment
@@ -31,6 +31,7 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
     drawn from the same grid.
     """
     act = get_activation(act)
+    validation.check_activation(act, jnp.dtype(dtype))
     rtol = row_rtol(dtype, (1, 1), 1)
     rng = np.random.default_rng(seed)
     groups = dict(SPECIAL_Z, random=list(2 * rng.standard_normal(64)))
@@ -93,6 +94,7 @@ def verify_loss(loss: str | Loss, dtype=jnp.float32, seed: int = 0, width: int =
     ŷ in (0, 1)).
     """
     loss = get_loss(loss)
+    validation.check_loss(loss, jnp.dtype(dtype), width)
     rtol = row_rtol(dtype, (1, 1), 1)
     rng = np.random.default_rng(seed)
     n = 16

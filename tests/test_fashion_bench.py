@@ -1,0 +1,40 @@
+"""The Fashion-MNIST epoch row: its FLOP count by hand, its skips and its report."""
+
+import pytest
+
+from manualbp import data
+from manualbp.tools import bench, fashion_bench
+
+
+def test_epoch_flops_by_hand():
+    # 300 steps of B = 200: forward 2·200·(784·100 + 100·10), eq. (2) the same,
+    # eq. (1) only for the output layer's W: 2·200·100·10.
+    per_step = 2 * 200 * (784 * 100 + 100 * 10) * 2 + 2 * 200 * 100 * 10
+    assert fashion_bench.epoch_flops((784, 100, 10), 60_000, 200) == 300 * per_step
+    # The same rule as the benchmark's value-and-grad count, per step.
+    assert per_step == bench.value_and_grad_flops((784, 100, 10), 200)["total"]
+    assert fashion_bench.epoch_flops((784, 100, 10), 60_199, 200) == 300 * per_step
+
+
+def test_skips_without_the_files(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))
+    result = fashion_bench.bench_fashion_epoch(repeats=1)
+    assert "apt-get install dataset-fashion-mnist" in result["skipped"]
+    assert "skipped" in fashion_bench.markdown(result)
+
+
+def test_markdown_of_a_result():
+    row = {"epoch_s": 0.2, "gflops": 96.0, "fraction_of_peak": 0.48}
+    paired = {"median": 3.1, "ci95": [2.9, 3.3], "ratios": [3.1] * 7}
+    result = {
+        "manual": row,
+        "autodiff": row,
+        "sklearn": row,
+        "paired": {"sklearn_over_manual_time": paired, "manual_over_autodiff_time": paired},
+        "peak": {"gflops_median": 200.0, "n": 1024},
+        "load_average_1min": {"before": 1.0, "after": 2.0},
+    }
+    text = fashion_bench.markdown(result)
+    assert "| manual | 0.200 | 96 | 48% |" in text
+    assert "3.10 (95% CI 2.90–3.30)" in text and "7 rounds" in text
