@@ -41,7 +41,7 @@ from manualbp.backprop import (
     weight_grad_sum,
 )
 from manualbp.gradients import in_compute_dtype, like_params
-from manualbp.network import MLP, Layer, Params, forward_pass_batch, param_dtype
+from manualbp.network import MLP, Layer, Params, forward_pass_batch
 
 Array = jax.Array
 
@@ -156,9 +156,9 @@ def _per_layer(net: MLP, params: Params, X: Array, Y: Array, equations: Equation
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _clipped_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, l2_clip: Array):
+def _clipped_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, l2_clip: float):
     p, X, Y = in_compute_dtype(net, params, X, Y)
-    E, grads = clipped_mean_grad(net, p, X, Y, l2_clip.astype(X.dtype))
+    E, grads = clipped_mean_grad(net, p, X, Y, jnp.asarray(l2_clip, X.dtype))
     return E, like_params(grads, params)
 
 
@@ -213,7 +213,8 @@ def clipped_value_and_grad(
     """
     X, Y = validation.check_batch(net, params, X, Y)
     l2_clip = check_l2_clip(l2_clip)
-    return _clipped_value_and_grad(net, params, X, Y, jnp.asarray(l2_clip, param_dtype(params)))
+    # A Python float: jit's fast path passes it without building an array per call.
+    return _clipped_value_and_grad(net, params, X, Y, l2_clip)
 
 
 def check_l2_clip(l2_clip) -> float:
