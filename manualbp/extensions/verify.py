@@ -26,6 +26,7 @@ square, the 1/B-scaled Δ^l, a sum for a mean, clipping per layer) before
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -142,100 +143,128 @@ def verify_extensions(
 
 
 def _rows(net, params, X, Y, rtol) -> list[Row]:
-    B = X.shape[0]
     G, E_ref = jax.tree.map(np.asarray, _reference(net, params, X, Y))
-    mean_G = jax.tree.map(lambda g: g.mean(axis=0), G)
-    sum_G = jax.tree.map(lambda g: g.sum(axis=0), G)
     norms = np.sqrt(sum(np.asarray(n.W + n.b) for n in _squared_norms(G)))
     l2_clip = float(np.median(norms)) or 1.0
-
-    l2 = per_example.batch_l2(net, params, X, Y)
-    sgs = per_example.sum_grad_squared(net, params, X, Y)
-    var = per_example.variance(net, params, X, Y)
-    E, clipped = per_example.clipped_value_and_grad(net, params, X, Y, l2_clip=l2_clip)
-
-    c = np.minimum(1.0, l2_clip / np.where(norms > 0, norms, 1.0))
-    c_squared_norm = np.minimum(1.0, l2_clip / np.where(norms > 0, norms**2, 1.0))
+    manual = _Manual(
+        per_example.batch_l2(net, params, X, Y),
+        per_example.sum_grad_squared(net, params, X, Y),
+        per_example.variance(net, params, X, Y),
+        *per_example.clipped_value_and_grad(net, params, X, Y, l2_clip=l2_clip),
+    )
+    clip = _ClipFactors(
+        overall=_clip_factor(l2_clip, norms),
+        from_square=_clip_factor(l2_clip, norms**2),
+    )
     rows = []
     for k, g in enumerate(G):
-        l = k + 2
         layer_norm = np.sqrt(np.sum(g.W * g.W, axis=(1, 2)) + np.sum(g.b * g.b, axis=1))
-        c_layer = np.minimum(1.0, l2_clip / np.where(layer_norm > 0, layer_norm, 1.0))
-        by_b = {"W": (1, 2), "b": (1,)}
+        per_layer = _clip_factor(l2_clip, layer_norm)
         for part in ("W", "b"):
+            where = (k, part, rtol)
             g_ = getattr(g, part)
-            per_b = (-1,) + (1,) * (g_.ndim - 1)
-            norm2 = np.sum(g_ * g_, axis=by_b[part])
-            wrong = {
-                "not squared: ‖δ^l_b‖ ‖a^{l-1}_b‖, not its square": np.sqrt(norm2),
-                "Δ^l scaled by 1/B (the fast form's), off by ×1/B²": norm2 / B**2,
-            }
-            rows.append(_check("batch_l2", 5, l, part, getattr(l2[k], part), norm2, rtol, wrong))
-
-            squares = g_ * g_
-            wrong = {
-                "not squared: Σ_b g_b": getattr(sum_G[k], part),
-                "squared after the sum: (Σ_b g_b)²": getattr(sum_G[k], part) ** 2,
-                "averaged, not summed: off by ×1/B": squares.mean(axis=0),
-            }
-            rows.append(
-                _check(
-                    "sum_grad_squared",
-                    6,
-                    l,
-                    part,
-                    getattr(sgs[k], part),
-                    squares.sum(0),
-                    rtol,
-                    wrong,
-                )
-            )
-
-            mean = getattr(mean_G[k], part)
-            wrong = {
-                "mean not subtracted: (1/B) Σ_b g_b²": squares.mean(axis=0),
-                "summed, not averaged: Σ_b g_b² − (Σ_b g_b)²": squares.sum(0) - (B * mean) ** 2,
-            }
-            rows.append(
-                _check(
-                    "variance",
-                    7,
-                    l,
-                    part,
-                    getattr(var[k], part),
-                    squares.mean(axis=0) - mean**2,
-                    rtol,
-                    wrong,
-                    magnitude=squares.mean(axis=0),
-                )
-            )
-
-            clipped_ref = np.mean(c.reshape(per_b) * g_, axis=0)
-            wrong = {
-                "not clipped: the mean gradient": mean,
-                "summed over the batch, not averaged: off by ×B": B * clipped_ref,
-                "clipped per layer, not over all layers together": np.mean(
-                    c_layer.reshape(per_b) * g_, axis=0
-                ),
-                "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(
-                    c_squared_norm.reshape(per_b) * g_, axis=0
-                ),
-            }
-            rows.append(
-                _check(
-                    "clipped",
-                    9,
-                    l,
-                    part,
-                    getattr(clipped[k], part),
-                    clipped_ref,
-                    rtol,
-                    wrong,
-                    magnitude=np.mean(np.abs(c.reshape(per_b) * g_), axis=0),
-                )
-            )
-    rows.append(_check("clipped", None, None, "Ē", E, E_ref, rtol))
+            rows += [
+                _l2_row(where, manual.l2[k], g_),
+                _sum_grad_squared_row(where, manual.sum_grad_squared[k], g_),
+                _variance_row(where, manual.variance[k], g_),
+                _clipped_row(where, manual.clipped[k], g_, clip, per_layer),
+            ]
+    rows.append(_check("clipped", None, None, "Ē", manual.E, E_ref, rtol))
     return rows
+
+
+class _Manual(NamedTuple):
+    """The four quantities under test, per layer."""
+
+    l2: tuple
+    sum_grad_squared: tuple
+    variance: tuple
+    E: Array
+    clipped: tuple
+
+
+class _ClipFactors(NamedTuple):
+    overall: np.ndarray  # min(1, C/‖g_b‖), the right one
+    from_square: np.ndarray  # min(1, C/‖g_b‖²), a wrong one
+
+
+def _clip_factor(l2_clip: float, norms: np.ndarray) -> np.ndarray:
+    return np.minimum(1.0, l2_clip / np.where(norms > 0, norms, 1.0))
+
+
+def _per_b(g_: np.ndarray) -> tuple[int, ...]:
+    """The shape that broadcasts a (B,) factor over per-example gradients like ``g_``."""
+    return (-1,) + (1,) * (g_.ndim - 1)
+
+
+def _l2_row(where, manual, g_) -> Row:
+    k, part, rtol = where
+    B = g_.shape[0]
+    norm2 = np.sum(g_ * g_, axis=tuple(range(1, g_.ndim)))
+    wrong = {
+        "not squared: ‖δ^l_b‖ ‖a^{l-1}_b‖, not its square": np.sqrt(norm2),
+        "Δ^l scaled by 1/B (the fast form's), off by ×1/B²": norm2 / B**2,
+    }
+    return _check("batch_l2", 5, k + 2, part, getattr(manual, part), norm2, rtol, wrong)
+
+
+def _sum_grad_squared_row(where, manual, g_) -> Row:
+    k, part, rtol = where
+    squares, total = g_ * g_, g_.sum(axis=0)
+    wrong = {
+        "not squared: Σ_b g_b": total,
+        "squared after the sum: (Σ_b g_b)²": total**2,
+        "averaged, not summed: off by ×1/B": squares.mean(axis=0),
+    }
+    expected = squares.sum(axis=0)
+    return _check("sum_grad_squared", 6, k + 2, part, getattr(manual, part), expected, rtol, wrong)
+
+
+def _variance_row(where, manual, g_) -> Row:
+    k, part, rtol = where
+    B = g_.shape[0]
+    squares, mean = g_ * g_, g_.mean(axis=0)
+    wrong = {
+        "mean not subtracted: (1/B) Σ_b g_b²": squares.mean(axis=0),
+        "summed, not averaged: Σ_b g_b² − (Σ_b g_b)²": squares.sum(0) - (B * mean) ** 2,
+    }
+    expected = squares.mean(axis=0) - mean**2
+    return _check(
+        "variance",
+        7,
+        k + 2,
+        part,
+        getattr(manual, part),
+        expected,
+        rtol,
+        wrong,
+        magnitude=squares.mean(axis=0),
+    )
+
+
+def _clipped_row(where, manual, g_, clip: _ClipFactors, per_layer: np.ndarray) -> Row:
+    k, part, rtol = where
+    B, shape = g_.shape[0], _per_b(g_)
+    expected = np.mean(clip.overall.reshape(shape) * g_, axis=0)
+    wrong = {
+        "not clipped: the mean gradient": g_.mean(axis=0),
+        "summed over the batch, not averaged: off by ×B": B * expected,
+        "clipped per layer, not over all layers together": np.mean(
+            per_layer.reshape(shape) * g_, axis=0
+        ),
+        "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(clip.from_square.reshape(shape) * g_, axis=0),
+    }
+    return _check(
+        "clipped",
+        9,
+        k + 2,
+        part,
+        getattr(manual, part),
+        expected,
+        rtol,
+        wrong,
+        magnitude=np.mean(np.abs(clip.overall.reshape(shape) * g_), axis=0),
+    )
 
 
 def catalogue_extensions(dtype=jnp.float32) -> list[Report]:
