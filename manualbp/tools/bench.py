@@ -52,6 +52,7 @@ import manualbp as mbp
 from manualbp.data import random_batch
 from manualbp.records import environment
 from manualbp.tools import timing
+from manualbp.tools.console import output_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -446,8 +447,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="skip per-example gradients that would take more memory than this",
     )
-    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
-    parser.add_argument("--markdown", metavar="PATH", help="write the markdown tables here")
+    parser.add_argument(
+        "--json", metavar="PATH", type=output_path, help="write the full report as JSON here"
+    )
+    parser.add_argument(
+        "--markdown", metavar="PATH", type=output_path, help="write the markdown tables here"
+    )
     return parser
 
 
