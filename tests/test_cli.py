@@ -6,6 +6,7 @@ a run that fails ends in one line and status 1; a check that fails, status 1. No
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import manualbp as mbp
-from manualbp.tools import cli, console
+from manualbp.tools import cli, console, experiment
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TINY_TRAIN = ["train", "--dataset", "xor", "--n", "16", "--batch-size", "4", "--epochs", "2"]
@@ -38,6 +39,10 @@ def assert_one_line_error(err: str, *phrases: str) -> None:
     assert "Traceback" not in err
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
+
+
+def run_folders(runs: Path) -> list[Path]:
+    return sorted((runs / "train").iterdir()) if (runs / "train").exists() else []
 
 
 @pytest.fixture
@@ -123,7 +128,7 @@ def test_epochs_zero_is_a_usage_error(tmp_path, capsys):
     status, _, err = run([*TINY_TRAIN[:-1], "0", "--runs-dir", str(tmp_path)], capsys)
     assert status == 2
     assert_one_line_error(err, "--epochs")
-    assert not (tmp_path / "train").exists()
+    assert run_folders(tmp_path) == []
 
 
 @pytest.mark.parametrize("where", ["below a file", "read-only"])
@@ -191,7 +196,7 @@ def test_a_net_that_does_not_fit_the_data_and_missing_data_are_usage_errors(
     status, _, err = run([*TINY_TRAIN, "--batch-size", "100", *runs], capsys)
     assert status == 2
     assert_one_line_error(err, "--batch-size")
-    assert not (tmp_path / "train").exists()
+    assert run_folders(tmp_path) == []
 
 
 def test_train_shows_the_header_first_then_a_line_per_epoch_naming_the_gradients(
@@ -220,8 +225,8 @@ def test_train_says_when_it_resumes_or_has_nothing_to_train(tmp_path, capsys):
     assert status == 0 and "has completed 2 of 2 epochs; nothing to train" in err
     status, _, err = run([*argv, "--epochs", "3"], capsys)
     assert status == 0 and "resuming the checkpoint" in err and "after epoch 2 of 3" in err
-    runs = sorted((tmp_path / "runs" / "train").iterdir())
-    last = [json.loads(line) for line in (runs[-1] / "metrics.jsonl").read_text().splitlines()]
+    last = run_folders(tmp_path / "runs")[-1]
+    last = [json.loads(line) for line in (last / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in last] == [3]
 
 
@@ -229,15 +234,19 @@ def test_train_says_when_it_resumes_or_has_nothing_to_train(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sizes", [["3,4,2"], ["3", "4", "2"], ["3,4", "2"]])
-def test_verify_sizes_take_commas_or_spaces(capsys, sizes):
-    status, out, _ = run(["verify", "--sizes", *sizes, "--batch", "2"], capsys)
+def test_sizes_take_commas_or_spaces_in_verify_and_train(sizes):
+    verify = argparse.ArgumentParser()
+    cli._verify_parser(verify)
+    assert verify.parse_args(["--sizes", *sizes]).sizes == (3, 4, 2)
+    train = experiment.parse_config(experiment.TrainConfig, ["--sizes", *sizes])
+    assert train.sizes == (3, 4, 2)
+
+
+def test_verify_and_train_run_the_nets_of_the_new_spellings(tmp_path, capsys):
+    status, out, _ = run(["verify", "--sizes", "3", "4", "2", "--batch", "2"], capsys)
     assert status == 0 and "MLP(sizes=(3, 4, 2)" in out
-
-
-@pytest.mark.parametrize("sizes", [["2,5,2"], ["2", "5", "2"]])
-def test_train_sizes_take_commas_or_spaces(tmp_path, capsys, sizes):
     argv = [*TINY_TRAIN[:-1], "1", "--grad", "manual", "--runs-dir", str(tmp_path)]
-    status, out, _ = run([*argv, "--sizes", *sizes], capsys)
+    status, out, _ = run([*argv, "--sizes", "2,5,2"], capsys)
     assert status == 0 and "MLP(sizes=(2, 5, 2)" in out
 
 

@@ -25,9 +25,8 @@ from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS, Loss
 from manualbp.tools.console import (
     Progress,
     UserError,
-    comma_list,
-    flatten,
     guarded,
+    list_argument,
     output_path,
 )
 
@@ -65,11 +64,7 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
         "With no net flags, verify the whole built-in catalogue."
     )
     parser.add_argument(
-        "--sizes",
-        type=comma_list(int),
-        nargs="+",
-        metavar="N",
-        help="layer widths N_1 ... N_L: 4,8,3 or 4 8 3",
+        "--sizes", **list_argument(int, metavar="N"), help="layer widths: 4,8,3 or 4 8 3"
     )
     parser.add_argument(
         "--hidden",
@@ -110,7 +105,6 @@ def _run_verify(args) -> int:
 
     if args.batch < 1:
         raise UserError(f"--batch: expected a positive batch size, got {args.batch}")
-    args.sizes = flatten(args.sizes)
     single = any(v is not None for v in (args.sizes, args.hidden, args.output, args.loss))
     dtype = jnp.dtype(args.dtype)
     devices = None if args.devices == "default" else "all"

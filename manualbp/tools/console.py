@@ -21,13 +21,20 @@ class UserError(Exception):
     """A mistake in the command line or the inputs: one line, exit status 2."""
 
 
-def comma_list(kind: type) -> Callable[[str], list]:
-    """An argparse ``type`` that reads ``4,8,3`` as [4, 8, 3] (and ``4`` as [4]).
+def list_argument(kind: type, metavar: str | None = None) -> dict:
+    """argparse keyword arguments for a list flag: ``--sizes 4,8,3``, ``4 8 3`` or ``4,8 3``.
 
-    With ``nargs="+"`` both ``--sizes 4,8,3`` and ``--sizes 4 8 3`` work; `flatten`
-    joins the pieces.
+    The parsed value is one tuple of ``kind``.
     """
+    return {
+        "type": _comma_separated(kind),
+        "nargs": "+",
+        "action": _Joined,
+        "metavar": metavar or kind.__name__.upper(),
+    }
 
+
+def _comma_separated(kind: type) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
             return [kind(part) for part in text.split(",") if part.strip()]
@@ -37,13 +44,14 @@ def comma_list(kind: type) -> Callable[[str], list]:
                 "or spaces"
             ) from None
 
-    parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
 
 
-def flatten(pieces) -> tuple | None:
-    """The values of a ``nargs="+"`` flag of `comma_list` pieces, as one tuple."""
-    return None if pieces is None else tuple(value for piece in pieces for value in piece)
+class _Joined(argparse.Action):
+    """Join the comma-separated pieces of a ``nargs="+"`` flag into one tuple."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, tuple(value for piece in values for value in piece))
 
 
 def output_path(text: str) -> str:

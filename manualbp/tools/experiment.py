@@ -41,7 +41,7 @@ import numpy as np
 
 from manualbp.records import environment, to_json
 from manualbp.table import format_table
-from manualbp.tools.console import UserError, comma_list, flatten, guarded
+from manualbp.tools.console import UserError, guarded, list_argument
 
 # --- configs as command lines -----------------------------------------------------
 
@@ -91,7 +91,7 @@ def _argument(name: str, hint: Any, default: Any) -> dict[str, Any]:
     if origin is Literal:
         return {"type": type(args[0]), "choices": list(args), "metavar": None}
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return {"type": comma_list(args[0]), "nargs": "+", "metavar": args[0].__name__.upper()}
+        return list_argument(args[0])
     if hint in (int, float, str):
         return {"type": hint, "metavar": hint.__name__.upper()}
     raise TypeError(f"{name}: unsupported config field type {hint}")
@@ -152,12 +152,7 @@ def parse_config(
 
     ``-h`` prints the flags and exits 0; a wrong type or choice exits 2.
     """
-    namespace = build_parser(cls, description, prog).parse_args(argv)
-    values = {
-        name: flatten(value) if isinstance(value, list) else value
-        for name, value in vars(namespace).items()
-    }
-    return cls(**values)
+    return cls(**vars(build_parser(cls, description, prog).parse_args(argv)))
 
 
 def run_main(main, cls: type, description: str | None = None) -> int:
@@ -551,18 +546,11 @@ def train_command(argv: list[str] | None = None) -> int:
     if config.epochs < 1:
         raise UserError(f"--epochs: expected at least 1, got {config.epochs}")
     key_data, key_init, key_train = jax.random.split(jax.random.key(config.seed), 3)
-    try:
-        train, test, classes = load_dataset(config, key_data)
-    except (FileNotFoundError, ImportError) as error:
-        raise UserError(str(error)) from None
-    net, params = _train_net(config, train, test, classes, key_init)
-    if config.batch_size > len(train[0]):
-        raise UserError(
-            f"--batch-size: {config.dataset} has {len(train[0])} training examples, "
-            f"got {config.batch_size}"
-        )
     grads = ("manual", "autodiff") if config.grad == "both" else (config.grad,)
+    # The run folder first: a --runs-dir or --run-name problem shows before any work, and
+    # `run_folder` removes the folder again if the data or the net turn out not to fit.
     with run_folder("train", config) as run:
+        train, test, net, params = _train_setup(config, key_data, key_init)
         print(
             f"{net}, {config.dataset}: {len(train[0])} train / {len(test[0])} test examples, "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {' then '.join(grads)} "
@@ -595,9 +583,19 @@ def train_command(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train_net(config: TrainConfig, train, test, classes, key):
-    """The net the flags describe, checked against the data, and its initial parameters."""
+def _train_setup(config: TrainConfig, key_data: jax.Array, key_init: jax.Array):
+    """(train, test, net, params): the data and the net the flags describe, checked to fit."""
     import manualbp as mbp
+
+    try:
+        train, test, classes = load_dataset(config, key_data)
+    except (FileNotFoundError, ImportError) as error:
+        raise UserError(str(error)) from None
+    if config.batch_size > len(train[0]):
+        raise UserError(
+            f"--batch-size: {config.dataset} has {len(train[0])} training examples, "
+            f"got {config.batch_size}"
+        )
 
     N_1, N_L = train[0].shape[1], classes or 1
     sizes = config.sizes or (N_1, 32, N_L)
@@ -609,6 +607,6 @@ def _train_net(config: TrainConfig, train, test, classes, key):
         output=config.output or ("identity" if classes is None else "softmax"),
         loss=config.loss or ("mse" if classes is None else "cross_entropy"),
     )
-    params = net.init(key, scheme=config.init)
+    params = net.init(key_init, scheme=config.init)
     mbp.loss(net, params, test[0], test[1])  # shapes and labels fit the net
-    return net, params
+    return train, test, net, params
