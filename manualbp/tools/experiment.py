@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
+import functools
 import inspect
 import io
 import json
@@ -490,8 +491,13 @@ class TrainConfig(RunConfig):
     progress: bool = True  # print one line per epoch, saying manual or autodiff
 
 
+@functools.cache
 def make_optimizer(name: str, lr: float):
-    """The optax optimizer for a name of `OPTIMIZERS`."""
+    """The optax optimizer for a name of `OPTIMIZERS`.
+
+    One object per (name, lr) in a process: `mbp.train` caches its compiled epoch on
+    the optimizer object, so a second run with the same settings compiles nothing.
+    """
     import optax
 
     if name == "sgd":
