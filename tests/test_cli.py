@@ -73,6 +73,26 @@ def test_a_plugin_that_fails_to_import_is_one_line_and_status_2(
     assert_one_line_error(err, f"cannot import {name!r}", error)
 
 
+def test_each_kind_of_error_has_its_status(capsys):
+    def raises(error):
+        def command():
+            raise error
+
+        return command
+
+    cases = [
+        (console.UserError("--x: bad"), 2),
+        (ValueError("Y: bad shape"), 2),
+        (mbp.DivergenceError("diverged\nin epoch 3", 3, []), 1),
+        (OSError(28, "No space left on device"), 1),
+        (KeyboardInterrupt(), 130),
+    ]
+    for error, status in cases:
+        assert console.guarded("manualbp x", raises(error)) == status
+        err = capsys.readouterr().err
+        assert err.startswith("manualbp x: ") and err.count("\n") == 1, err
+
+
 # --- output paths are checked before any work ----------------------------------------------
 
 

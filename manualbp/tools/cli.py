@@ -166,7 +166,7 @@ def _catalogue(args, dtype, check) -> int:
             report = run()
             reports.append(report)
             summary.append(_summary_row(subject, report))
-            progress.step(f"{summary[-1]['']:<4} {subject}")
+            progress.step(f"{'ok' if report.passed else 'FAIL':<4} {subject}")
     failed = [r for r in reports if not r.passed]
     print(format_table(summary, ["", "subject", "checks", "worst rel_err/tol", "first failure"]))
     print()

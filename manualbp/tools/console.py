@@ -3,8 +3,8 @@ and the one place that turns an error into one line and an exit status.
 
 Exit statuses, for every command (`manualbp verify|train|bench` and the experiments):
 0 done; 1 a check failed or a run failed (it diverged, the disk filled); 2 a usage
-error (a flag, a path, a plug-in, inputs that do not fit the net). Never a traceback
-for any of these; a traceback means a bug in manualbp.
+error (a flag, a path, a plug-in, inputs that do not fit the net); 130 interrupted
+(Ctrl-C). Never a traceback for any of these; a traceback means a bug in manualbp.
 """
 
 from __future__ import annotations
@@ -130,6 +130,9 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
         return _say(prog, error, 2)
     except (DivergenceError, OSError) as error:
         return _say(prog, error, 1, "the run failed: ")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130  # the shell's status for a process ended by SIGINT
 
 
 def _say(prog: str, error: Exception, status: int, lead: str = "") -> int:
