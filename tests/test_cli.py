@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import manualbp as mbp
-from manualbp.tools import cli, console, experiment
+from manualbp.tools import cli, console, experiment, train_cli
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TINY_TRAIN = ["train", "--dataset", "xor", "--n", "16", "--batch-size", "4", "--epochs", "2"]
@@ -258,7 +258,7 @@ def test_sizes_take_commas_or_spaces_in_verify_and_train(sizes):
     verify = argparse.ArgumentParser()
     cli._verify_parser(verify)
     assert verify.parse_args(["--sizes", *sizes]).sizes == (3, 4, 2)
-    train = experiment.parse_config(experiment.TrainConfig, ["--sizes", *sizes])
+    train = experiment.parse_config(train_cli.TrainConfig, ["--sizes", *sizes])
     assert train.sizes == (3, 4, 2)
 
 
@@ -350,6 +350,7 @@ def _readme_softplus():
     return code.group(1), command.group(1).split()[1:], outputs
 
 
+@pytest.mark.slow  # two verifies of a new net; test_verify's plugged-in test covers the path
 def test_the_readme_softplus_example_fails_then_passes_as_shown(in_tmp, capsys):
     code, argv, (failed_shown, passed_shown) = _readme_softplus()
     (in_tmp / "my_softplus.py").write_text(code)

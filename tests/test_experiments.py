@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 from test_data import write_mnist
 
-from manualbp.tools import experiment
+from manualbp.tools import experiment, train_cli
 from manualbp.tools.console import UserError
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -162,6 +162,7 @@ def test_xor(tmp_path):
     assert json.loads((run / "summary.json").read_text())["max_loss_gap"] == summary["max_loss_gap"]
 
 
+@pytest.mark.slow  # compiles two training paths and draws two PNGs
 def test_sine_regression(tmp_path):
     sine = load("sine_regression")
     config = sine.Config(runs_dir=str(tmp_path), n=40, widths=(4,), epochs=2, batch_size=8)
@@ -173,6 +174,7 @@ def test_sine_regression(tmp_path):
     assert_png(run / "fit.png")
 
 
+@pytest.mark.slow  # loads scikit-learn and compiles two training paths
 def test_digits(tmp_path):
     pytest.importorskip("sklearn")
     digits = load("digits")
@@ -254,7 +256,7 @@ def test_train_command(tmp_path, capsys):
         "--grad",
         "manual",
     ]
-    assert experiment.train_command(argv + ["--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    assert train_cli.main(argv + ["--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = only_run(tmp_path, "train")
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert_png(run / "curves.png")

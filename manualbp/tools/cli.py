@@ -242,10 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if argv and argv[0] in ("train", "bench"):
         module = importlib.import_module(
-            "manualbp.tools.experiment" if argv[0] == "train" else "manualbp.tools.bench"
+            "manualbp.tools.train_cli" if argv[0] == "train" else "manualbp.tools.bench"
         )
-        entry = module.train_command if argv[0] == "train" else module.main
-        return guarded(f"manualbp {argv[0]}", lambda: entry(argv[1:]))
+        return guarded(f"manualbp {argv[0]}", lambda: module.main(argv[1:]))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
