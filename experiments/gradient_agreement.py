@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import manualbp as mbp
 from manualbp import data, tolerance
 from manualbp.tools import experiment
+from manualbp.tools.console import Progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +52,10 @@ def main(config: Config) -> dict:
     run = experiment.start_run("gradient_agreement", config)
     key = jax.random.key(config.seed)
     rows = []
-    settings = itertools.product(config.dtypes, config.depths, config.widths, config.activations)
+    settings = list(
+        itertools.product(config.dtypes, config.depths, config.widths, config.activations)
+    )
+    progress = Progress(len(settings), "gradient_agreement")
     for dtype_name, depth, width, activation in settings:
         with jax.enable_x64(dtype_name == "float64"):
             dtype = jnp.dtype(dtype_name)
@@ -70,6 +74,10 @@ def main(config: Config) -> dict:
         }
         run.log(**row)
         rows.append(row)
+        progress.step(
+            f"{dtype_name} depth {depth} width {width} {activation}: {row['error_eps']:.3g} eps"
+        )
+    progress.close()
 
     # One panel per dtype: the error (worst activation) against depth, one line per width.
     panels = {}

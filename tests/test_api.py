@@ -42,9 +42,19 @@ def test_net_is_hashable_and_a_static_jit_argument():
     with pytest.raises(dataclasses_frozen_error()):
         a.sizes = (1, 2)
     params, X, Y = numpy_case(a, 0, 5, jnp.float32)
-    step = jax.jit(mbp.manual_value_and_grad, static_argnums=0)
+    traces = []
+
+    def step(net, params, X, Y):
+        traces.append(net)
+        return mbp.manual_value_and_grad(net, params, X, Y)
+
+    step = jax.jit(step, static_argnums=0)
     E, grads = step(a, params, X, Y)
-    E_eager, grads_eager = mbp.manual_value_and_grad(a, params, X, Y)
+    step(b, params, X, Y)  # an equal net, built another way: the same compiled program
+    assert traces == [a]
+    with jax.disable_jit():  # op by op, without XLA's fusion: an independent evaluation
+        E_eager, grads_eager = mbp.manual_value_and_grad(a, params, X, Y)
+    assert_grads_close(E, E_eager, a.sizes, 5, jnp.float32)
     assert_grads_close(grads, grads_eager, a.sizes, 5, jnp.float32)
 
 

@@ -1,4 +1,9 @@
-"""The benchmark's FLOP count by hand, and a smoke run of its command line (no timing asserted)."""
+"""The benchmark's FLOP counts and ratios by hand, and a smoke run of its command line.
+
+The ratios are checked on planted times (`planted_times`): the harness's clock is
+replaced by a table of seconds written here, so every ratio and interval it reports
+can be worked out by hand, independently of what it records.
+"""
 
 import json
 
@@ -58,7 +63,8 @@ def test_paired_ratio_pairs_round_by_round():
 def test_fresh_memory_time_counts_the_bytes_of_its_shapes():
     result = timing.fresh_memory_time([(5, 4, 3), (5, 4), (5, 2, 4), (5, 2)], repeats=3)
     assert result["bytes"] == 4 * (60 + 20 + 40 + 10)
-    assert result["repeats"] == 3 and result["median_s"] > 0
+    assert len(result["times_s"]) == result["repeats"] == 3
+    assert result["gb_per_s"] == pytest.approx(result["bytes"] / result["median_s"] / 1e9)
 
 
 def test_a_single_layer_has_no_eq1_work():
@@ -79,7 +85,9 @@ def test_quick_run_writes_the_report(tmp_path):
     for variant in ("manual", "autodiff", "per_example"):
         assert {"median_s", "compile_s", "gflops", "repeats"} <= row[variant].keys()
     assert row["flops"] == bench.value_and_grad_flops((64, 32, 10), 128)
-    assert row["ratio_manual_over_autodiff"] > 0
+    assert row["ratio_manual_over_autodiff"] == pytest.approx(
+        row["manual"]["median_s"] / row["autodiff"]["median_s"]
+    )
     assert len(row["paired_manual_over_autodiff"]["ratios"]) == row["manual"]["repeats"]
     fresh = row["per_example"]["fresh_memory"]
     assert fresh["bytes"] == bench.per_example_bytes((64, 32, 10), 128)
@@ -101,41 +109,74 @@ def test_training_numpy_loop_matches_the_equations():
         np.testing.assert_allclose(b, b0 - g.b, rtol=1e-5, atol=1e-6)
 
 
-def test_paired_fraction_of_matmul_is_rated_round_by_round():
+@pytest.fixture
+def planted_times(monkeypatch):
+    """Replace the harness's clock: each function name times as the table given says.
+
+    Nothing is called or timed; ``first_calls`` reports 1 s, a single timing 1 ms.
+    """
+
+    def plant(table: dict[str, list[float]]) -> None:
+        monkeypatch.setattr(timing, "first_calls", lambda fns: dict.fromkeys(fns, 1.0))
+        monkeypatch.setattr(timing, "seconds", lambda fn: 1e-3)
+        monkeypatch.setattr(
+            timing, "interleaved", lambda fns, repeats: {name: list(table[name]) for name in fns}
+        )
+
+    return plant
+
+
+def test_ratios_and_fraction_of_matmul_on_planted_times(planted_times):
+    # An 8-16-4 net at B = 32: forward 2·32·16·8 + 2·32·4·16 = 8192 + 4096 = 12288 FLOPs,
+    # eq. (2) the same, eq. (1) layer 3 only: 4096. Total 28672.
     config = bench.Config("tiny", (8, 16, 4), "tanh", "identity", "mse", 32, paired_peak=True)
+    ms = 1e-3
+    # Six rounds. The 32 × 32 matmul (2·32³ = 65536 FLOPs) runs at 1 GFLOP/s every round;
+    # the 64 × 64 one (524288 FLOPs) at 2 GFLOP/s in the first four, 0.5 in the last two.
+    planted_times(
+        {
+            "manual": [1 * ms] * 4 + [2 * ms] * 2,
+            "autodiff": [2 * ms] * 6,
+            "matmul_32": [65536e-9] * 6,
+            "matmul_64": [262144e-9] * 4 + [1048576e-9] * 2,
+        }
+    )
     row = bench.bench_config(
         config, repeats=6, budget_s=0.1, per_example_limit=0, peak_sizes=(32, 64)
     )
-    manual = row["manual"]["times_s"]
-    flops = bench.value_and_grad_flops(config.sizes, config.batch)["total"]
-    peaks = [
-        max(2 * 32**3 / a, 2 * 64**3 / b)
-        for a, b in zip(row["matmul"][32]["times_s"], row["matmul"][64]["times_s"], strict=True)
-    ]
-    by_round = [flops / t / peak for t, peak in zip(manual, peaks, strict=True)]
-    paired = row["paired_fraction_of_matmul"]
-    np.testing.assert_allclose(paired["ratios"], by_round, rtol=1e-12)
-    assert paired["median"] == pytest.approx(float(np.median(by_round)))
-    assert paired["ci95"] == pytest.approx([min(by_round), max(by_round)])  # n = 6: (min, max)
-    assert paired["peak_gflops_median"] == pytest.approx(float(np.median(peaks)) / 1e9)
-    assert "paired" in bench._fraction(row, {"gflops_median": 1.0})
+    assert row["flops"]["total"] == 28672
+    # Medians 1 ms and 2 ms; round by round 0.5 four times, then 1 twice.
+    assert row["ratio_manual_over_autodiff"] == pytest.approx(0.5)
+    paired = row["paired_manual_over_autodiff"]
+    assert paired["ratios"] == pytest.approx([0.5] * 4 + [1.0] * 2)
+    assert paired["median"] == pytest.approx(0.5) and paired["ci95"] == pytest.approx([0.5, 1.0])
+    assert row["manual"]["gflops"] == pytest.approx(28672 / 1e-3 / 1e9)
+    # Round by round: 28672 FLOPs / manual time / that round's best matmul rate:
+    # 28672 / 1 ms / 2e9 = 0.014336 in the first four rounds, 28672 / 2 ms / 1e9 in the last two.
+    fraction = row["paired_fraction_of_matmul"]
+    assert fraction["ratios"] == pytest.approx([0.014336] * 6)
+    assert fraction["peak_gflops_median"] == pytest.approx(2.0)  # best of each round: 2 2 2 2 1 1
+    assert bench._fraction(row, {"gflops_median": 1.0}) == "1% [1%, 1%] of 2, paired"
 
 
-def test_training_rows_pair_the_three_loops_round_by_round():
+def test_training_ratios_on_planted_times(planted_times):
+    # n_train = 200: a timed call runs 3 epochs of 200 // B · B = 200 examples, 600 samples;
+    # the NumPy loop one epoch of its 100 examples.
+    planted_times({"manual": [0.1, 0.2] * 3, "autodiff": [0.2] * 6, "numpy": [1.0] * 6})
     result = bench.bench_training(n_train=200, n_numpy=100, repeats=6)
     assert [row["batch_size"] for row in result["batches"]] == list(bench.TRAINING_BATCHES)
     for row in result["batches"]:
-        B = row["batch_size"]
-        assert row["manual"]["samples"] == bench.TRAINING_EPOCHS * (200 // B * B)
-        assert row["numpy"]["samples"] == 100 // B * B
-        manual, numpy_ = row["manual"]["times_s"], row["numpy"]["times_s"]
-        by_round = [
-            (row["manual"]["samples"] / t) / (row["numpy"]["samples"] / u)
-            for t, u in zip(manual, numpy_, strict=True)
-        ]
-        np.testing.assert_allclose(row["paired_manual_over_numpy"]["ratios"], by_round)
-        assert row["paired_manual_over_autodiff"]["ci95"] is not None  # 6 rounds: (min, max)
-    assert "| 10 |" in bench.markdown(
+        assert (row["manual"]["samples"], row["numpy"]["samples"]) == (600, 100)
+        # Medians: manual 600 / 0.15 s = 4000/s, autodiff 600 / 0.2 s = 3000/s, NumPy 100/s.
+        assert row["manual"]["samples_per_s"] == pytest.approx(4000)
+        assert row["ratio_manual_over_autodiff"] == pytest.approx(4000 / 3000)
+        assert row["ratio_manual_over_numpy"] == pytest.approx(40)
+        # Round by round: 0.2 / t_manual = 2, 1, ...; (600 / t_manual) / (100 / 1 s) = 60, 30, ...
+        assert row["paired_manual_over_autodiff"]["ratios"] == pytest.approx([2.0, 1.0] * 3)
+        assert row["paired_manual_over_autodiff"]["ci95"] == pytest.approx([1.0, 2.0])
+        assert row["paired_manual_over_numpy"]["ratios"] == pytest.approx([60.0, 30.0] * 3)
+        assert row["paired_manual_over_numpy"]["median"] == pytest.approx(45.0)
+    table = bench.markdown(
         {
             "environment": bench.environment(machine=True),
             "matmul": {"sizes": [], "n": 0, "gflops_median": 1},
@@ -143,3 +184,4 @@ def test_training_rows_pair_the_three_loops_round_by_round():
             "training": result,
         }
     )
+    assert "| 10 |" in table and "| 100 |" in table

@@ -13,7 +13,8 @@ from typing import Literal
 import pytest
 from test_data import write_mnist
 
-from manualbp.tools import experiment
+from manualbp.tools import cli, experiment, train_cli
+from manualbp.tools.console import UserError
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -126,7 +127,7 @@ def test_run_folders_never_overwrite(tmp_path):
     assert first.path != second.path and first.path.parent == second.path.parent
     named = Toy(runs_dir=str(tmp_path), run_name="baseline")
     assert experiment.start_run("toy", named).path == tmp_path / "toy" / "baseline"
-    with pytest.raises(FileExistsError, match="--run-name"):
+    with pytest.raises(UserError, match="--run-name"):
         experiment.start_run("toy", named)
 
 
@@ -161,6 +162,7 @@ def test_xor(tmp_path):
     assert json.loads((run / "summary.json").read_text())["max_loss_gap"] == summary["max_loss_gap"]
 
 
+@pytest.mark.slow  # compiles two training paths and draws two PNGs
 def test_sine_regression(tmp_path):
     sine = load("sine_regression")
     config = sine.Config(runs_dir=str(tmp_path), n=40, widths=(4,), epochs=2, batch_size=8)
@@ -172,6 +174,7 @@ def test_sine_regression(tmp_path):
     assert_png(run / "fit.png")
 
 
+@pytest.mark.slow  # loads scikit-learn and compiles two training paths
 def test_digits(tmp_path):
     pytest.importorskip("sklearn")
     digits = load("digits")
@@ -325,11 +328,12 @@ def test_train_command(tmp_path, capsys):
         "--grad",
         "manual",
     ]
-    assert experiment.train_command(argv + ["--runs-dir", str(tmp_path)]) == 0
+    assert train_cli.main(argv + ["--runs-dir", str(tmp_path), "--no-progress"]) == 0
     run = only_run(tmp_path, "train")
     assert [r["epoch"] for r in metrics(run)] == [1, 2]
     assert_png(run / "curves.png")
     summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
     assert [row["grad"] for row in summary["final"]] == ["manual"]
     assert "manual" in capsys.readouterr().out
 
@@ -338,23 +342,8 @@ def test_train_command_on_fashion_mnist_files(tmp_path, capsys):
     write_mnist(tmp_path, n_train=20, n_test=10)
     argv = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path), "--epochs", "1"]
     argv += ["--batch-size", "10", "--grad", "manual", "--runs-dir", str(tmp_path / "runs")]
-    assert experiment.train_command(argv) == 0
+    assert train_cli.main(argv + ["--no-progress"]) == 0
     assert "fashion-mnist: 20 train / 10 test examples" in capsys.readouterr().out
     missing = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path / "absent")]
-    assert experiment.train_command(missing) == 1
+    assert cli.main(["train", *missing]) == 2  # unavailable data is a usage error
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
-
-
-def test_train_command_errors(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("MANUALBP_MNIST_DIR", raising=False)
-    runs = ["--runs-dir", str(tmp_path)]
-    assert experiment.train_command(["--dataset", "mnist", *runs]) == 1
-    assert "MNIST not found" in capsys.readouterr().err
-    assert (
-        experiment.train_command(["--dataset", "xor", "--n", "8", "--sizes", "3", "1", *runs]) == 1
-    )
-    assert "N_1 = 2" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_:
-        experiment.train_command(["--dataset", "cifar"])
-    assert exit_.value.code == 2
-    assert not (tmp_path / "train").exists()

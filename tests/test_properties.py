@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers import OUTPUT_LOSS_PAIRS, assert_grads_close, numpy_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -27,9 +28,7 @@ def cases(draw):
     return net, draw(st.integers(1, 6)), draw(st.integers(0, 2**31 - 1))
 
 
-@settings(max_examples=12, deadline=None)
-@given(cases())
-def test_manual_gradients_agree_every_way(case):
+def agree_every_way(case):
     net, B, seed = case
     params, X, Y = numpy_case(net, seed, B, jnp.float32)
     E, grads = mbp.manual_value_and_grad(net, params, X, Y)
@@ -50,3 +49,12 @@ def test_manual_gradients_agree_every_way(case):
         assert g.shape == (B, *p.shape)
     mean = jax.tree.map(lambda g: np.mean(np.asarray(g, np.float64), axis=0), per_example)
     assert_grads_close(mean, grads, net.sizes, B, jnp.float32, magnitude)
+
+
+# Each drawn net compiles its own programs: two in the default run, a sweep with -m slow.
+test_manual_gradients_agree_every_way = settings(max_examples=2, deadline=None)(
+    given(cases())(agree_every_way)
+)
+test_manual_gradients_agree_every_way_sweep = pytest.mark.slow(
+    settings(max_examples=25, deadline=None)(given(cases())(agree_every_way))
+)

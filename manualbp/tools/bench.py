@@ -6,7 +6,7 @@ matrix-multiply rate, and how fast does training with it run next to autodiff
 and next to the textbook NumPy loop.
 
     python scripts/bench.py                        # every configuration (~2 min on 2 CPU cores)
-    python scripts/bench.py --quick                # smoke test, seconds
+    python scripts/bench.py --quick                # smoke test: the small configs, ~40 s
     python scripts/bench.py --configs small,medium --json bench.json --markdown bench.md
 
 Method. Everything runs in one process. Each function is called once to compile
@@ -52,6 +52,7 @@ import manualbp as mbp
 from manualbp.data import random_batch
 from manualbp.records import environment
 from manualbp.tools import timing
+from manualbp.tools.console import output_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +81,8 @@ CONFIGS = (
     Config("large", (1024, 2048, 2048, 1024), "gelu", "identity", "mse", 1024, paired_peak=True),
 )
 CONFIGS_BY_NAME = {c.name: c for c in CONFIGS}
+QUICK_CONFIGS = ("small", "nielsen", "regression")
+"""What ``--quick`` times: the configurations whose calls take milliseconds."""
 
 TRAINING = Config("nielsen", (784, 30, 10), "sigmoid", "sigmoid", "mse", 10)
 """The training benchmark: Nielsen's chapter-1 network and SGD with η = 3."""
@@ -424,8 +427,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--configs",
-        default=",".join(CONFIGS_BY_NAME),
-        help=f"comma-separated subset of {', '.join(CONFIGS_BY_NAME)} (default: all)",
+        help=f"comma-separated subset of {', '.join(CONFIGS_BY_NAME)} "
+        f"(default: all; with --quick: {','.join(QUICK_CONFIGS)})",
     )
     parser.add_argument(
         "--repeats", type=int, default=None, help="timed repeats per variant (default: adaptive)"
@@ -437,7 +440,9 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds of timed calls per configuration when --repeats is not given",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="few repeats, small sizes: a smoke test"
+        "--quick",
+        action="store_true",
+        help="two repeats, the small configurations, small matmuls: a smoke test",
     )
     parser.add_argument("--no-training", action="store_true", help="skip the training rows")
     parser.add_argument(
@@ -446,8 +451,12 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="skip per-example gradients that would take more memory than this",
     )
-    parser.add_argument("--json", metavar="PATH", help="write the full report as JSON here")
-    parser.add_argument("--markdown", metavar="PATH", help="write the markdown tables here")
+    parser.add_argument(
+        "--json", metavar="PATH", type=output_path, help="write the full report as JSON here"
+    )
+    parser.add_argument(
+        "--markdown", metavar="PATH", type=output_path, help="write the markdown tables here"
+    )
     return parser
 
 
@@ -455,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the markdown tables; return 0 (2 for a bad argument)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.configs is None:
+        args.configs = ",".join(QUICK_CONFIGS if args.quick else CONFIGS_BY_NAME)
     names = [name.strip() for name in args.configs.split(",") if name.strip()]
     unknown = [name for name in names if name not in CONFIGS_BY_NAME]
     if unknown or not names:

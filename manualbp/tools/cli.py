@@ -6,12 +6,14 @@
     manualbp bench --quick
 
 `verify` exits 1 when any check fails; every command exits 2 with one line on
-standard error for a usage or input error.
+standard error for a usage or input error, and 1 for a run that fails
+(`manualbp.tools.console` maps each error to its status).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -20,13 +22,16 @@ import time
 
 from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, Activation
 from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS, Loss
+from manualbp.tools.console import (
+    Progress,
+    UserError,
+    guarded,
+    list_argument,
+    output_path,
+)
 
 CATALOGUE_SIZES = (5, 7, 6, 3)
 """Two hidden layers, so equation (1) is checked at a layer fed by another hidden layer."""
-
-
-class UserError(Exception):
-    """A mistake in the command line or the inputs: one line, exit status 2."""
 
 
 def _plugin(spec: str, kind: type, builtins: dict, what: str):
@@ -43,22 +48,14 @@ def _plugin(spec: str, kind: type, builtins: dict, what: str):
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise UserError(f"cannot import {module_name!r} for {what} {spec!r}: {error}") from None
+    except Exception as error:  # a plug-in may raise anything on import: SyntaxError, ...
+        raise UserError(
+            f"cannot import {module_name!r} for {what} {spec!r}: {type(error).__name__}: {error}"
+        ) from None
     obj = getattr(module, attribute, None)
     if not isinstance(obj, kind):
         raise UserError(f"{spec!r} is {type(obj).__name__}, expected an mbp.{kind.__name__} object")
     return obj
-
-
-def _sizes(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(n) for n in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated layer widths such as 4,8,3, got {text!r}"
-        ) from None
-    return sizes
 
 
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +63,9 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
         "Check manual backprop against autodiff, equation by equation and layer by layer. "
         "With no net flags, verify the whole built-in catalogue."
     )
-    parser.add_argument("--sizes", type=_sizes, help="layer widths N_1,...,N_L, e.g. 4,8,3")
+    parser.add_argument(
+        "--sizes", **list_argument(int, metavar="N"), help="layer widths: 4,8,3 or 4 8 3"
+    )
     parser.add_argument(
         "--hidden",
         help="hidden activation(s): a name, module:attribute, or a comma-separated list",
@@ -89,7 +88,10 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
         help="'all': every device JAX lists plus the CPU, compared against each other",
     )
     parser.add_argument(
-        "--json", metavar="PATH", help="also write the report as JSON ('-': stdout)"
+        "--json",
+        metavar="PATH",
+        type=output_path,
+        help="also write the report as JSON ('-': stdout); checked before verifying",
     )
     parser.add_argument(
         "--extensions",
@@ -153,24 +155,25 @@ def _run_verify(args) -> int:
 
 
 def _catalogue(args, dtype, check) -> int:
-    from manualbp.network import MLP
     from manualbp.table import format_table
-    from manualbp.verification import verify_activation, verify_loss
 
+    subjects = _catalogue_subjects(dtype, check)
+    n_nets = len(HIDDEN_ACTIVATIONS) * len(OUTPUT_LOSS_PAIRS)
+    print(
+        f"manualbp verify: {len(subjects)} subjects: {len(ACTIVATIONS)} activations and "
+        f"{len(LOSSES)} losses on their grids, then {n_nets} nets of sizes {CATALOGUE_SIZES} "
+        f"(each hidden activation × (output, loss) pair), batch {args.batch}, {dtype}",
+        file=sys.stderr,
+        flush=True,
+    )
     start = time.perf_counter()
     summary, reports = [], []
-    for name in ACTIVATIONS:
-        reports.append(verify_activation(name, dtype))
-    for name in LOSSES:
-        reports.append(verify_loss(name, dtype))
-    for report in reports:
-        summary.append(_summary_row(report.meta["subject"], report))
-    for hidden in HIDDEN_ACTIVATIONS:
-        for output, loss in OUTPUT_LOSS_PAIRS:
-            net = MLP(CATALOGUE_SIZES, hidden=hidden, output=output, loss=loss)
-            report = check(net)
+    with Progress(len(subjects), "verify") as progress:
+        for subject, run in subjects:
+            report = run()
             reports.append(report)
-            summary.append(_summary_row(f"{hidden} → {output} + {loss}", report))
+            summary.append(_summary_row(subject, report))
+            progress.step(f"{'ok' if report.passed else 'FAIL':<4} {subject}")
     failed = [r for r in reports if not r.passed]
     print(format_table(summary, ["", "subject", "checks", "worst rel_err/tol", "first failure"]))
     print()
@@ -188,6 +191,26 @@ def _catalogue(args, dtype, check) -> int:
         {"passed": not failed, "subjects": [r.to_dict() for r in reports]},
     )
     return 0 if not failed else 1
+
+
+def _catalogue_subjects(dtype, check) -> list[tuple[str, object]]:
+    """(subject, a call that verifies it): the blocks on their grids, then every pair's net."""
+    from manualbp.network import MLP
+    from manualbp.verification import verify_activation, verify_loss
+
+    blocks = [
+        (f"activation {name!r}", functools.partial(verify_activation, name, dtype))
+        for name in ACTIVATIONS
+    ] + [(f"loss {name!r}", functools.partial(verify_loss, name, dtype)) for name in LOSSES]
+    nets = [
+        (
+            f"{hidden} → {output} + {loss}",
+            functools.partial(check, MLP(CATALOGUE_SIZES, hidden=hidden, output=output, loss=loss)),
+        )
+        for hidden in HIDDEN_ACTIVATIONS
+        for output, loss in OUTPUT_LOSS_PAIRS
+    ]
+    return blocks + nets
 
 
 def _extensions(args) -> int:
@@ -243,24 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     if argv and argv[0] in ("train", "bench"):
         module = importlib.import_module(
-            "manualbp.tools.experiment" if argv[0] == "train" else "manualbp.tools.bench"
+            "manualbp.tools.train_cli" if argv[0] == "train" else "manualbp.tools.bench"
         )
-        entry = module.train_command if argv[0] == "train" else module.main
-        return _guarded(lambda: entry(argv[1:]))
+        return guarded(f"manualbp {argv[0]}", lambda: module.main(argv[1:]))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return _guarded(lambda: _run_verify(args))
-
-
-def _guarded(run) -> int:
-    """Run a command; user errors become one line on stderr and exit status 2."""
-    try:
-        return run()
-    except (UserError, ValueError, TypeError, FileNotFoundError) as error:
-        print(f"manualbp: error: {error}", file=sys.stderr)
-        return 2
+    return guarded("manualbp verify", lambda: _run_verify(args))
 
 
 if __name__ == "__main__":

@@ -3,14 +3,14 @@
 An experiment is a frozen dataclass of commented defaults (a subclass of
 `RunConfig`, which adds ``seed``, ``runs_dir`` and ``run_name``) and a
 ``main(config) -> dict``. `parse_config` turns the dataclass into argparse
-flags: ``batch_size: int = 32  # examples per step`` becomes
-``--batch-size INT`` with that comment as its help; bools become
-``--flag/--no-flag``, ``Literal`` fields choices, ``tuple[int, ...]`` fields
-lists. `start_run` makes ``<runs_dir>/<experiment>/<run_name or timestamp>/``
+flags: ``batch_size: int = 32  # examples per step`` becomes ``--batch-size INT``
+with that comment and the default as its help; bools become ``--flag/--no-flag``,
+``Literal`` fields choices, ``tuple[int, ...]`` fields lists written ``4,8,3`` or
+``4 8 3``. `start_run` makes ``<runs_dir>/<experiment>/<run_name or timestamp>/``
 and writes ``config.json`` (the config and the environment: versions, backend,
 devices, x64); `Run.log` appends to ``metrics.jsonl``; `Run.plot` writes PNGs
-with matplotlib's Agg canvas (imported only then). `train_command` is
-``manualbp train``.
+with matplotlib's Agg canvas (imported only then); `run_folder` marks a run that
+fails. `manualbp train` is built from these in `manualbp.tools.train_cli`.
 
 Orchestration only: the math lives in the other modules.
 """
@@ -18,18 +18,21 @@ Orchestration only: the math lives in the other modules.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import inspect
 import io
 import json
 import re
+import shutil
 import sys
 import time
 import tokenize
 import types
 import typing
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +41,7 @@ import numpy as np
 
 from manualbp.records import environment, to_json
 from manualbp.table import format_table
+from manualbp.tools.console import UserError, guarded, list_argument
 
 # --- configs as command lines -----------------------------------------------------
 
@@ -48,7 +52,7 @@ class RunConfig:
 
     seed: int = 0  # the one seed: data, initialization and shuffling all derive from it
     runs_dir: str = "runs"  # run folders go to <runs_dir>/<experiment>/<run name>/
-    run_name: str | None = None  # the run folder's name; None: a timestamp
+    run_name: str | None = None  # the run folder's name (default: a timestamp)
 
 
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:")
@@ -87,14 +91,23 @@ def _argument(name: str, hint: Any, default: Any) -> dict[str, Any]:
     if origin is Literal:
         return {"type": type(args[0]), "choices": list(args), "metavar": None}
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return {"type": args[0], "nargs": "+", "metavar": args[0].__name__.upper()}
+        return list_argument(args[0])
     if hint in (int, float, str):
         return {"type": hint, "metavar": hint.__name__.upper()}
     raise TypeError(f"{name}: unsupported config field type {hint}")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keep the docstring's layout and show every default."""
+def _help(comment: str, default: Any) -> str:
+    """The field's comment, and its default unless the comment already says it.
+
+    A None default means something only the comment can say ("a timestamp"),
+    so it is never shown as "None".
+    """
+    if "default" in comment or default is None:
+        return comment
+    if isinstance(default, tuple):
+        default = " ".join(map(str, default))
+    return f"{comment} (default: {default})".strip()
 
 
 def build_parser(
@@ -113,7 +126,7 @@ def build_parser(
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description and inspect.cleandoc(description),
-        formatter_class=_HelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     hints = typing.get_type_hints(cls)
     comments = field_comments(cls)
@@ -121,13 +134,14 @@ def build_parser(
         if field.default is dataclasses.MISSING:
             raise TypeError(f"{cls.__name__}.{field.name}: every config field needs a default")
         kwargs = _argument(field.name, hints[field.name], field.default)
-        parser.add_argument(
+        action = parser.add_argument(
             "--" + field.name.replace("_", "-"),
             dest=field.name,
             default=field.default,
-            help=comments.get(field.name, " "),
             **{k: v for k, v in kwargs.items() if v is not None},
         )
+        # Set after: BooleanOptionalAction appends a default of its own before Python 3.13.
+        action.help = _help(comments.get(field.name, ""), field.default)
     return parser
 
 
@@ -138,18 +152,21 @@ def parse_config(
 
     ``-h`` prints the flags and exits 0; a wrong type or choice exits 2.
     """
-    namespace = build_parser(cls, description, prog).parse_args(argv)
-    values = {
-        name: tuple(value) if isinstance(value, list) else value
-        for name, value in vars(namespace).items()
-    }
-    return cls(**values)
+    return cls(**vars(build_parser(cls, description, prog).parse_args(argv)))
 
 
 def run_main(main, cls: type, description: str | None = None) -> int:
-    """The ``__main__`` entry of an experiment: parse ``sys.argv``, run ``main``, return 0."""
-    main(parse_config(cls, description=description))
-    return 0
+    """The ``__main__`` entry of an experiment: parse ``sys.argv``, run ``main``.
+
+    Returns 0; an error is one line and status 2 or 1 (`console.guarded`).
+    """
+    config = parse_config(cls, description=description)
+
+    def run() -> int:
+        main(config)
+        return 0
+
+    return guarded(Path(sys.argv[0]).name, run)
 
 
 # --- run folders ----------------------------------------------------------------------
@@ -176,36 +193,73 @@ class Run:
         """`plot_curves` into ``<run>/<name>``."""
         return plot_curves(self.path / name, panels, **kwargs)
 
+    def fail(self, error: BaseException) -> None:
+        """Say in the folder that the run failed; remove it when it holds nothing but its config.
+
+        With logged epochs, ``summary.json`` gets ``status: failed`` and the
+        error, beside the metrics; without, no folder is left that looks like
+        a run.
+        """
+        if not (self.path / "metrics.jsonl").exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        message = " ".join(str(error).split())
+        self.write_json("summary.json", {"status": "failed", "error": message})
+
+
+@contextlib.contextmanager
+def run_folder(experiment: str, config: RunConfig) -> Iterator[Run]:
+    """`start_run`, and on any error or interrupt inside the block, `Run.fail`."""
+    run = start_run(experiment, config)
+    try:
+        yield run
+    except BaseException as error:
+        run.fail(error)
+        raise
+
 
 def start_run(experiment: str, config: RunConfig) -> Run:
     """Make ``<runs_dir>/<experiment>/<run_name or timestamp>/`` and write ``config.json``.
 
     A timestamped folder that already exists gets a ``-2``, ``-3``, ... suffix;
     a named one is an error, so a run never overwrites another.
+
+    Raises:
+        UserError: the folder exists (``--run-name``) or cannot be made or
+            written (``--runs-dir``).
     """
     parent = Path(config.runs_dir) / experiment
-    parent.mkdir(parents=True, exist_ok=True)
-    if config.run_name is not None:
-        path = parent / config.run_name
-        if path.exists():
-            raise FileExistsError(f"run folder {path} exists; choose another --run-name")
-        path.mkdir()
-    else:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path, suffix = parent / stamp, 1
-        while True:
-            try:
-                path.mkdir()
-                break
-            except FileExistsError:
-                suffix += 1
-                path = parent / f"{stamp}-{suffix}"
-    run = Run(path)
-    run.write_json(
-        "config.json",
-        {"experiment": experiment, "config": config, "environment": environment(machine=True)},
-    )
+    try:
+        path = _new_folder(parent, config.run_name)
+        run = Run(path)
+        run.write_json(
+            "config.json",
+            {"experiment": experiment, "config": config, "environment": environment(machine=True)},
+        )
+    except OSError as error:
+        raise UserError(
+            f"--runs-dir: cannot write a run folder in {parent}: {error.strerror or error}"
+        ) from None
     return run
+
+
+def _new_folder(parent: Path, name: str | None) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    if name is not None:
+        path = parent / name
+        if path.exists():
+            raise UserError(f"--run-name: the run folder {path} exists; choose another name")
+        path.mkdir()
+        return path
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, suffix = parent / stamp, 1
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            suffix += 1
+            path = parent / f"{stamp}-{suffix}"
 
 
 # --- plots and tables --------------------------------------------------------------------
@@ -290,12 +344,16 @@ def train_side_by_side(
     eval_data: tuple | None = None,
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
+    checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
     Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
     of ``metrics`` (those the history has) go to ``curves.png``, one axis per
-    metric with every path on it.
+    metric with every path on it. With ``checkpoint_dir``, each path saves to
+    and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
+    finished checkpoint is announced on stderr (only the epochs trained now
+    are logged).
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -304,6 +362,9 @@ def train_side_by_side(
 
     results, seconds = {}, {}
     for grad in grads:
+        directory = None if checkpoint_dir is None else str(Path(checkpoint_dir) / grad)
+        if directory is not None:
+            announce_checkpoint(directory, epochs, grad)
         started = time.perf_counter()
         results[grad] = mbp.train(
             net,
@@ -316,6 +377,7 @@ def train_side_by_side(
             grad=grad,
             eval_data=eval_data,
             progress=progress,
+            checkpoint_dir=directory,
             callback=lambda record, grad=grad: run.log(grad=grad, **record),
         )
         seconds[grad] = time.perf_counter() - started
@@ -326,6 +388,39 @@ def train_side_by_side(
     }
     run.plot("curves.png", panels, logy=[m for m in metrics if m.endswith("loss")])
     return {**results, "seconds": seconds}
+
+
+def announce_checkpoint(directory: str, epochs: int, grad: str) -> int:
+    """Say on stderr that ``mbp.train`` will resume the checkpoint in ``directory``, if any.
+
+    Returns the epochs it has completed (0 for none). An unreadable checkpoint
+    is not judged here: ``mbp.train`` refuses it with the reason.
+    """
+    done = completed_epochs(directory)
+    if done >= epochs:
+        print(
+            f"{grad}: the checkpoint in {directory} has completed {done} of {epochs} epochs; "
+            "nothing to train (move it away, or raise --epochs, to train more)",
+            file=sys.stderr,
+        )
+    elif done:
+        print(
+            f"{grad}: resuming the checkpoint in {directory} after epoch {done} of {epochs}",
+            file=sys.stderr,
+        )
+    return done
+
+
+def completed_epochs(directory: str | Path) -> int:
+    """The epoch count a manualbp checkpoint in ``directory`` records; 0 if none is readable."""
+    from manualbp import checkpoint
+
+    try:
+        with np.load(checkpoint.path_in(directory), allow_pickle=False) as stored:
+            epoch = json.loads(stored["meta"].tobytes().decode())["epoch"]
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return 0
+    return epoch if isinstance(epoch, int) and epoch > 0 else 0
 
 
 def curve_gap(histories: Mapping[str, list[dict]], metric: str = "loss") -> float:
@@ -358,143 +453,3 @@ def summary_rows(results: Mapping[str, Any], grads: Sequence[str]) -> list[dict[
         row["seconds"] = results["seconds"][grad]
         rows.append(row)
     return rows
-
-
-# --- manualbp train -----------------------------------------------------------------------
-
-Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist", "fashion-mnist"]
-DATASETS = typing.get_args(Dataset)
-OPTIMIZERS = ("sgd", "momentum", "adam")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(RunConfig):
-    """Train an MLP on a data set with manual or autodiff gradients, or both side by side.
-
-    Writes runs/train/<run>/: config.json, metrics.jsonl, curves.png, summary.json.
-    Example: manualbp train --dataset digits --sizes 64 64 10 --epochs 30
-    """
-
-    dataset: Dataset = "moons"  # digits needs scikit-learn, (fashion-)mnist the IDX files
-    n: int = 1000  # examples drawn for a synthetic set
-    noise: float = 0.1  # noise of a synthetic set
-    test_fraction: float = 0.2  # share held out for testing ((Fashion-)MNIST has its own)
-    standardize: bool = True  # scale inputs to zero mean and unit variance (training statistics)
-    sizes: tuple[int, ...] | None = None  # widths N_1 ... N_L (default: N_1 32 N_L from the data)
-    hidden: str = "tanh"  # σ of the hidden layers
-    output: str | None = None  # σ^L (default: softmax for classes, identity for sine)
-    loss: str | None = None  # E (default: cross_entropy for classes, mse for sine)
-    init: str = "lecun"  # weight initialization: lecun, glorot, he, nielsen, nielsen_scaled
-    optimizer: Literal["sgd", "momentum", "adam"] = "adam"  # momentum is SGD with momentum 0.9
-    lr: float = 0.01  # learning rate
-    epochs: int = 20  # passes over the training set
-    batch_size: int = 32  # examples per step
-    grad: Literal["manual", "autodiff", "both"] = "both"  # which gradients train the net
-    mnist_dir: str | None = None  # folder of the MNIST IDX files (default: $MANUALBP_MNIST_DIR)
-    fashion_mnist_dir: str | None = None  # default: $MANUALBP_FASHION_MNIST_DIR, then Debian's
-    progress: bool = False  # print one line per epoch
-
-
-def make_optimizer(name: str, lr: float):
-    """The optax optimizer for a name of `OPTIMIZERS`."""
-    import optax
-
-    if name == "sgd":
-        return optax.sgd(lr)
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    if name == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
-
-
-def load_dataset(config: TrainConfig, key: jax.Array):
-    """((X_train, Y_train), (X_test, Y_test), classes) for ``config.dataset``.
-
-    ``classes`` is None for regression (sine). Synthetic sets are drawn from
-    ``key``, then split with it; digits, MNIST and Fashion-MNIST are read from disk.
-    """
-    from manualbp import data
-
-    key_data, key_split = jax.random.split(key)
-    synthetic = {
-        "xor": lambda: data.xor(key_data, config.n, config.noise),
-        "moons": lambda: data.two_moons(key_data, config.n, config.noise),
-        "spirals": lambda: data.spirals(key_data, config.n, noise=config.noise),
-        "sine": lambda: data.sine(key_data, config.n, config.noise),
-        "blobs": lambda: data.blobs(key_data, config.n),
-        "digits": data.digits,
-    }
-    if config.dataset == "mnist":
-        train, test = data.mnist(config.mnist_dir)
-    elif config.dataset == "fashion-mnist":
-        train, test = data.fashion_mnist(config.fashion_mnist_dir)
-    else:
-        X, Y = synthetic[config.dataset]()
-        train, test = data.train_test_split(key_split, X, Y, config.test_fraction)
-    if config.standardize:
-        X_train, X_test = data.standardize(train[0], test[0])
-        train, test = (X_train, train[1]), (X_test, test[1])
-    classes = None if config.dataset == "sine" else int(np.max(np.asarray(train[1]))) + 1
-    return train, test, classes
-
-
-def train_command(argv: list[str] | None = None) -> int:
-    """``manualbp train``: parse ``argv``, train, write the run folder, print a summary.
-
-    Returns:
-        0 on success; 1 when the data are unavailable (MNIST files missing,
-        scikit-learn absent) or the net does not fit them, with the reason on
-        stderr. Bad flags exit 2 through argparse.
-    """
-    import manualbp as mbp
-
-    config = parse_config(TrainConfig, argv, TrainConfig.__doc__, prog="manualbp train")
-    key_data, key_init, key_train = jax.random.split(jax.random.key(config.seed), 3)
-    try:
-        train, test, classes = load_dataset(config, key_data)
-    except (FileNotFoundError, ImportError) as error:
-        print(f"manualbp train: {error}", file=sys.stderr)
-        return 1
-    N_1, N_L = train[0].shape[1], classes or 1
-    sizes = config.sizes or (N_1, 32, N_L)
-    try:
-        if sizes[0] != N_1:
-            raise ValueError(f"--sizes: {config.dataset} has N_1 = {N_1} inputs, got {sizes[0]}")
-        net = mbp.MLP(
-            sizes,
-            hidden=config.hidden,
-            output=config.output or ("identity" if classes is None else "softmax"),
-            loss=config.loss or ("mse" if classes is None else "cross_entropy"),
-        )
-        params = net.init(key_init, scheme=config.init)
-        mbp.loss(net, params, test[0], test[1])  # shapes and labels fit the net
-    except (ValueError, TypeError) as error:
-        print(f"manualbp train: {error}", file=sys.stderr)
-        return 1
-    run = start_run("train", config)
-    grads = ("manual", "autodiff") if config.grad == "both" else (config.grad,)
-    results = train_side_by_side(
-        run,
-        net,
-        params,
-        make_optimizer(config.optimizer, config.lr),
-        train,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        key=key_train,
-        grads=grads,
-        eval_data=test,
-        progress=config.progress,
-    )
-    rows = summary_rows(results, grads)
-    summary = {"net": repr(net), "final": rows, "run": str(run.path)}
-    if config.grad == "both":
-        summary["max_loss_gap"] = curve_gap({g: results[g].history for g in grads})
-    run.write_json("summary.json", summary)
-    print(f"{net}, {config.dataset}: {len(train[0])} train / {len(test[0])} test examples")
-    print_table(rows)
-    if "max_loss_gap" in summary:
-        print(f"max |manual - autodiff| training loss over epochs: {summary['max_loss_gap']:.3g}")
-    print(f"run folder: {run.path}")
-    return 0
