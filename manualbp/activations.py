@@ -24,6 +24,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from manualbp.names import resolve
+
 Array = jax.Array
 
 
@@ -175,13 +177,4 @@ def get_activation(spec: str | Activation, *, argument: str = "activation") -> A
         ValueError: for an unknown name, listing the valid ones.
         TypeError: for anything that is neither a name nor an `Activation`.
     """
-    if isinstance(spec, Activation):
-        return spec
-    if isinstance(spec, str):
-        if spec not in ACTIVATIONS:
-            valid = ", ".join(ACTIVATIONS)
-            raise ValueError(f"{argument}: unknown activation {spec!r}; expected one of {valid}")
-        return ACTIVATIONS[spec]
-    raise TypeError(
-        f"{argument}: expected an activation name or an mbp.Activation, got {type(spec).__name__}"
-    )
+    return resolve(spec, Activation, ACTIVATIONS, "activation", argument)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from manualbp import activations
+from manualbp.names import resolve
 
 Array = jax.Array
 
@@ -160,14 +161,7 @@ def get_loss(spec: str | Loss, *, argument: str = "loss") -> Loss:
         ValueError: for an unknown name, listing the valid ones.
         TypeError: for anything that is neither a name nor a `Loss`.
     """
-    if isinstance(spec, Loss):
-        return spec
-    if isinstance(spec, str):
-        if spec not in LOSSES:
-            valid = ", ".join(LOSSES)
-            raise ValueError(f"{argument}: unknown loss {spec!r}; expected one of {valid}")
-        return LOSSES[spec]
-    raise TypeError(f"{argument}: expected a loss name or an mbp.Loss, got {type(spec).__name__}")
+    return resolve(spec, Loss, LOSSES, "loss", argument)
 
 
 OUTPUT_LOSS_PAIRS = (

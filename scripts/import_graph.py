@@ -6,7 +6,7 @@ Every import counts, also one inside a function: an import that dodges a
 cycle by running late is still a cycle. The layers, lowest first:
 
 * math: the equations and what they are written with (activations, losses,
-  network, backprop, autodiff, tolerance) and the plain helpers (records, table);
+  network, backprop, autodiff, tolerance) and the plain helpers (names, records, table);
 * api: what a user calls (validation, gradients, verification, training,
   checkpoint, data, extensions, and the package itself);
 * tools: the command line, run folders, plots and the benchmark (manualbp.tools).
@@ -29,6 +29,7 @@ MATH = {
     "backprop",
     "autodiff",
     "tolerance",
+    "names",
     "records",
     "table",
 }

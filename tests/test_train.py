@@ -662,3 +662,13 @@ def test_a_second_process_on_a_locked_checkpoint_dir_fails_fast(tmp_path):
         child.communicate()
     resumed = run(epochs=KILLED_EPOCHS, checkpoint_dir=tmp_path)  # the first run's, kept
     assert results_equal(resumed, run(epochs=KILLED_EPOCHS))
+
+
+def test_a_rerun_says_that_it_resumes_or_has_nothing_to_train(tmp_path, capsys):
+    run(epochs=1, progress=False, checkpoint_dir=tmp_path)
+    run(epochs=1, progress=True, checkpoint_dir=tmp_path)
+    assert "already holds all 1 epochs: nothing to train" in capsys.readouterr().err
+    run(epochs=2, progress=True, checkpoint_dir=tmp_path)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"resuming from the checkpoint in {tmp_path} after epoch 1 of 2"
+    assert err[1].split()[:3] == ["manual", "epoch", "2/2"]

@@ -196,25 +196,14 @@ def train(
     shared file system (hosts that find different checkpoints raise
     `CheckpointError`). tests/test_multiprocess.py runs two processes.
     """
-    run, state = _setup(
-        net,
-        params,
-        optimizer,
-        X,
-        Y,
-        key,
-        epochs,
-        batch_size,
-        grad,
-        check_every,
-        mesh,
-        compute_dtype,
-        shuffle,
-        eval_data,
-        privacy,
+    settings = _Settings(
+        epochs, batch_size, grad, check_every, mesh, compute_dtype, shuffle, eval_data, privacy
     )
+    run, state = _setup(net, params, optimizer, X, Y, key, settings)
     with _holding(checkpoint_dir):
         _resume(run, state, checkpoint_dir, epochs)
+        if progress and state.start:
+            print(_resume_line(state.start, epochs, checkpoint_dir), file=sys.stderr, flush=True)
         for epoch in range(state.start + 1, epochs + 1):
             started = time.perf_counter()
             record = _run_epoch(run, state, epoch, checkpoint_dir)
@@ -258,39 +247,34 @@ class _State:
     fingerprint: dict | None = None
 
 
-def _setup(
-    net,
-    params,
-    optimizer,
-    X,
-    Y,
-    key,
-    epochs,
-    batch_size,
-    grad,
-    check_every,
-    mesh,
-    compute_dtype,
-    shuffle,
-    eval_data,
-    privacy=None,
-) -> tuple[_Run, _State]:
+class _Settings(NamedTuple):
+    """`train`'s keyword settings that shape the run, as passed."""
+
+    epochs: int
+    batch_size: int
+    grad: str
+    check_every: int | None
+    mesh: Mesh | None
+    compute_dtype: Any
+    shuffle: bool
+    eval_data: tuple | None
+    privacy: Any
+
+
+def _setup(net, params, optimizer, X, Y, key, settings: _Settings) -> tuple[_Run, _State]:
     """Check every argument and place the data; returns the run and its first state."""
-    X, Y = validation.check_batch(net, params, X, Y)
-    validation.check_key(key)
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(
-            "optimizer: expected an optax GradientTransformation such as optax.sgd(0.1), got "
-            f"{type(optimizer).__name__}"
-        )
-    grad, epochs, batch_size, check_every = _check_settings(
-        grad, epochs, batch_size, check_every, X.shape[0], mesh
+    X, Y, settings = _check_arguments(net, params, optimizer, X, Y, key, settings)
+    grad, batch_size, check_every, mesh, compute_dtype, shuffle, eval_data, privacy = (
+        settings.grad,
+        settings.batch_size,
+        settings.check_every,
+        settings.mesh,
+        settings.compute_dtype,
+        settings.shuffle,
+        settings.eval_data,
+        settings.privacy,
     )
-    dp.check(privacy, grad, shuffle)
     dtype = param_dtype(params)
-    compute_dtype = _check_compute_dtype(compute_dtype, dtype)
-    validation.check_blocks(net, compute_dtype)
-    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
     replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
     batch_sharding = (
         None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
@@ -335,6 +319,38 @@ def _setup(
         fingerprint_run,
     )
     return run, _State(params, opt_state, key, [])
+
+
+def _check_arguments(net, params, optimizer, X, Y, key, settings: _Settings):
+    """(X, Y) as the math will see them, and the settings checked and normalized."""
+    X, Y = validation.check_batch(net, params, X, Y)
+    validation.check_key(key)
+    if not isinstance(optimizer, optax.GradientTransformation):
+        raise TypeError(
+            "optimizer: expected an optax GradientTransformation such as optax.sgd(0.1), got "
+            f"{type(optimizer).__name__}"
+        )
+    grad, epochs, batch_size, check_every = _check_settings(
+        settings.grad,
+        settings.epochs,
+        settings.batch_size,
+        settings.check_every,
+        X.shape[0],
+        settings.mesh,
+    )
+    dp.check(settings.privacy, grad, settings.shuffle)
+    dtype = param_dtype(params)
+    compute_dtype = _check_compute_dtype(settings.compute_dtype, dtype)
+    validation.check_blocks(net, compute_dtype)
+    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
+    settings = settings._replace(
+        epochs=epochs,
+        batch_size=batch_size,
+        grad=grad,
+        check_every=check_every,
+        compute_dtype=compute_dtype,
+    )
+    return X, Y, settings
 
 
 def _holding(checkpoint_dir):
@@ -556,6 +572,12 @@ def _divergence_message(epoch, losses, checkpoint_dir) -> str:
         f"training diverged in epoch {epoch}: {where}{kept}. Try a smaller learning rate "
         "or check the data's scale"
     )
+
+
+def _resume_line(start: int, epochs: int, checkpoint_dir) -> str:
+    if start == epochs:
+        return f"checkpoint in {checkpoint_dir} already holds all {epochs} epochs: nothing to train"
+    return f"resuming from the checkpoint in {checkpoint_dir} after epoch {start} of {epochs}"
 
 
 def _progress_line(record: dict, epochs: int, grad: str, seconds: float) -> str:
