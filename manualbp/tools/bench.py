@@ -161,58 +161,71 @@ def bench_config(
         summary["gflops"] = flops["total"] / summary["median_s"] / 1e9
         result[name] = summary
     if peak_sizes:
-        result["matmul"] = {n: timing.summary(times[f"matmul_{n}"]) for n in peak_sizes}
-        peak_by_round = [
-            max(2 * n**3 / times[f"matmul_{n}"][r] for n in peak_sizes)
-            for r in range(len(times["manual"]))
-        ]
-        fractions = [
-            flops["total"] / t / peak
-            for t, peak in zip(times["manual"], peak_by_round, strict=True)
-        ]
-        result["paired_fraction_of_matmul"] = {
-            **timing.per_round(fractions),
-            "peak_gflops_median": float(np.median(peak_by_round)) / 1e9,
-        }
+        result.update(_paired_peak(times, peak_sizes, flops["total"]))
     result["ratio_manual_over_autodiff"] = (
         result["manual"]["median_s"] / result["autodiff"]["median_s"]
     )
     result["paired_manual_over_autodiff"] = timing.paired_ratio(times["manual"], times["autodiff"])
-
-    size = per_example_bytes(config.sizes, config.batch)
-    if size > per_example_limit:
-        result["per_example"] = {
-            "skipped": f"would materialize {size / 2**30:.1f} GiB of per-example gradients "
-            f"(limit {per_example_limit / 2**30:.1f} GiB)"
-        }
-    else:
-        # Its own A B pair against the batch gradient: the per-example run writes
-        # B copies of every gradient and would disturb the manual/autodiff pair.
-        pair = {
-            "batch": fns["manual"],
-            "per_example": lambda: mbp.per_example_grads(net, params, X, Y),
-        }
-        first_pe = timing.seconds(pair["per_example"])
-        jax.block_until_ready(pair["per_example"]())
-        round_s = result["manual"]["median_s"] + timing.seconds(pair["per_example"])
-        pe_times = timing.interleaved(pair, timing.repeats_for(round_s, budget_s / 2, repeats))
-        summary = timing.summary(pe_times["per_example"], first_pe)
-        summary["bytes"] = size
-        summary["flops"] = per_example_flops(config.sizes, config.batch)
-        summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
-        summary["batch_median_s"] = float(np.median(pe_times["batch"]))
-        summary["ratio_over_batch"] = summary["median_s"] / summary["batch_median_s"]
-        summary["fresh_memory"] = timing.fresh_memory_time(
-            per_example_shapes(config.sizes, config.batch),
-            repeats=min(20, max(3, summary["repeats"])),
-        )
-        summary["ratio_over_fresh_memory"] = (
-            summary["median_s"] / summary["fresh_memory"]["median_s"]
-        )
-        result["per_example"] = summary
+    per_example = lambda: mbp.per_example_grads(net, params, X, Y)  # noqa: E731
+    result["per_example"] = _bench_per_example(
+        config,
+        fns["manual"],
+        per_example,
+        result["manual"]["median_s"],
+        repeats,
+        budget_s,
+        per_example_limit,
+    )
     result["loadavg_before"] = load_before
     result["loadavg_after"] = os.getloadavg()
     return result
+
+
+def _paired_peak(times: dict, peak_sizes: Sequence[int], flops: int) -> dict:
+    """Each matmul's times, and the manual rate over the best matmul rate, round by round."""
+    peak_by_round = [
+        max(2 * n**3 / times[f"matmul_{n}"][r] for n in peak_sizes)
+        for r in range(len(times["manual"]))
+    ]
+    fractions = [flops / t / peak for t, peak in zip(times["manual"], peak_by_round, strict=True)]
+    return {
+        "matmul": {n: timing.summary(times[f"matmul_{n}"]) for n in peak_sizes},
+        "paired_fraction_of_matmul": {
+            **timing.per_round(fractions),
+            "peak_gflops_median": float(np.median(peak_by_round)) / 1e9,
+        },
+    }
+
+
+def _bench_per_example(
+    config, batch_fn, per_example_fn, batch_s, repeats, budget_s, per_example_limit
+) -> dict:
+    """Per-example gradients timed in their own pair against the batch gradient."""
+    size = per_example_bytes(config.sizes, config.batch)
+    if size > per_example_limit:
+        return {
+            "skipped": f"would materialize {size / 2**30:.1f} GiB of per-example gradients "
+            f"(limit {per_example_limit / 2**30:.1f} GiB)"
+        }
+    # Its own A B pair against the batch gradient: the per-example run writes
+    # B copies of every gradient and would disturb the manual/autodiff pair.
+    pair = {"batch": batch_fn, "per_example": per_example_fn}
+    first = timing.seconds(per_example_fn)
+    jax.block_until_ready(per_example_fn())
+    round_s = batch_s + timing.seconds(per_example_fn)
+    times = timing.interleaved(pair, timing.repeats_for(round_s, budget_s / 2, repeats))
+    summary = timing.summary(times["per_example"], first)
+    summary["bytes"] = size
+    summary["flops"] = per_example_flops(config.sizes, config.batch)
+    summary["gflops"] = summary["flops"] / summary["median_s"] / 1e9
+    summary["batch_median_s"] = float(np.median(times["batch"]))
+    summary["ratio_over_batch"] = summary["median_s"] / summary["batch_median_s"]
+    summary["fresh_memory"] = timing.fresh_memory_time(
+        per_example_shapes(config.sizes, config.batch),
+        repeats=min(20, max(3, summary["repeats"])),
+    )
+    summary["ratio_over_fresh_memory"] = summary["median_s"] / summary["fresh_memory"]["median_s"]
+    return summary
 
 
 # --- training ------------------------------------------------------------------------
