@@ -5,7 +5,7 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 `manualbp.backprop` (``mbp.backprop.backprop`` is the single-example backward pass).
 """
 
-from manualbp import backprop, data
+from manualbp import backprop, data, extensions
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
 from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
@@ -42,6 +42,7 @@ __all__ = [
     "backprop",
     "data",
     "data_parallel_mesh",
+    "extensions",
     "forward",
     "get_activation",
     "get_loss",
