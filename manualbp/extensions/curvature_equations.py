@@ -115,10 +115,10 @@ def sampled_factor(net: MLP, key: Array, z_L: Array, y_hat: Array, y: Array, sam
         columns = jnp.sqrt(jnp.sum(y)) * jax.vmap(net.fused_loss.delta, (None, 0))(z_L, y_tilde)
     elif logits_are_f(net):
         p = jax.nn.sigmoid(z_L)
-        y_tilde = jax.random.bernoulli(key, p, shape=(samples, n)).astype(z_L.dtype)
+        y_tilde = jax.random.bernoulli(key, p[None, :], (samples, n)).astype(z_L.dtype)
         columns = jax.vmap(net.fused_loss.delta, (None, 0))(z_L, y_tilde)
     elif net.loss is losses.mse:
-        y_tilde = y_hat + jax.random.normal(key, (samples, n), z_L.dtype)
+        y_tilde = y_hat[None, :] + jax.random.normal(key, (samples, n), z_L.dtype)
         columns = jax.vmap(net.loss.grad, (None, 0))(y_hat, y_tilde)
     else:
         epsilon = jax.random.normal(key, (samples, n), z_L.dtype)
