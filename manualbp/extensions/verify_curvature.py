@@ -60,6 +60,11 @@ def _agree(tol, check, equation, layer, actual, reference, magnitude=None) -> Ro
     return compare(check, equation, layer, actual, reference, tol, "", None, magnitude)
 
 
+def _pair(check, equation, layer, actual, reference, magnitude=None) -> tuple:
+    """What one row compares, still as arrays (inside the traced program)."""
+    return (check, equation, layer), (actual, reference, magnitude)
+
+
 def verify_curvature(
     net: MLP,
     params: Params,
@@ -99,23 +104,32 @@ def curvature_rows(
     *,
     key: Array,
     equations: CurvatureEquations = CURVATURE,
-) -> list[Row]:
+) -> list:
     """The rows of `verify_curvature`: building blocks, GGN, Hessian, R-operator."""
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
     validation.check_key(key)
     p, X, Y = in_compute_dtype(net, params, X, Y)
     tol = row_rtol(param_dtype(p), net.sizes, X.shape[0])
-    key_v, key_mc = jax.random.split(key)
-    v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
-    ref = _References(net, p, X, Y, v)
-    eqs = equations
-    return (
-        _block_rows(ref, eqs, tol)
-        + _ggn_rows(ref, eqs, tol, key_mc)
-        + _hessian_rows(ref, eqs, tol)
-        + _r_rows(ref, eqs, tol)
-    )
+    labels = []
+
+    def arrays(p, X, Y, key):
+        # One traced program for every reference and step: op by op, the many
+        # small autodiff transforms spend most of their time compiling.
+        key_v, key_mc = jax.random.split(key)
+        v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
+        ref = _References(net, p, X, Y, v)
+        pairs = (
+            _block_rows(ref, equations)
+            + _ggn_rows(ref, equations, key_mc)
+            + _hessian_rows(ref, equations)
+            + _r_rows(ref, equations)
+        )
+        labels[:] = [label for label, _ in pairs]
+        return [values for _, values in pairs]
+
+    values = jax.jit(arrays)(p, X, Y, key)
+    return [_agree(tol, *label, *value) for label, value in zip(labels, values, strict=True)]
 
 
 class _References:
@@ -201,20 +215,20 @@ class _References:
         return Layer(*out)
 
 
-def _layer_rows(tol, check, equation, k, actual: Layer, reference: Layer) -> list[Row]:
+def _layer_rows(check, equation, k, actual: Layer, reference: Layer) -> list:
     return [
-        _agree(tol, f"{check} W", equation, k + 2, actual.W, reference.W),
-        _agree(tol, f"{check} b", equation, k + 2, actual.b, reference.b),
+        _pair(f"{check} W", equation, k + 2, actual.W, reference.W),
+        _pair(f"{check} b", equation, k + 2, actual.b, reference.b),
     ]
 
 
-def _block_rows(ref, eqs, tol) -> list[Row]:
+def _block_rows(ref, eqs) -> list:
     net, L = ref.net, ref.net.L
     S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
     H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
     rows = [
-        _agree(tol, "H_f", 11, L, H_f, ref.H_f),
-        _agree(tol, "S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f),
+        _pair("H_f", 11, L, H_f, ref.H_f),
+        _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f),
     ]
     for k, sigma in enumerate(net.activations):
         needed = k < len(ref.p) - 1 or not logits_are_f(net)
@@ -224,40 +238,42 @@ def _block_rows(ref, eqs, tol) -> list[Row]:
         if sigma.elementwise:
             sp = autodiff.elementwise_derivative(sigma.fn, z)
             reference = autodiff.elementwise_derivative(sigma.deriv, z)
-            rows.append(_agree(tol, "σ''", None, k + 2, sigma.deriv2(z), reference, abs(sp)))
+            rows.append(_pair("σ''", None, k + 2, sigma.deriv2(z), reference, abs(sp)))
         else:
             actual = jax.vmap(sigma.deriv2)(z)
             reference = autodiff.jacobian(sigma.deriv, z)
-            rows.append(_agree(tol, "T_σ", None, k + 2, actual, reference))
+            rows.append(_pair("T_σ", None, k + 2, actual, reference))
     return rows
 
 
-def _ggn_rows(ref, eqs, tol, key) -> list[Row]:
+def _ggn_rows(ref, eqs, key) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
     S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
     S_ref = [ref.factor(k, S_f) for k in range(n)]
     S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.zs[-1], S_f)
-    rows = [_agree(tol, "S^L", 12, net.L, S_L, S_ref[-1])]
+    rows = [_pair("S^L", 12, net.L, S_L, S_ref[-1])]
     for k in range(n - 1):
         S = eqs.hidden_factor(S_ref[k + 1], p[k + 1].W, ref.sigma_prime[k])
-        rows.append(_agree(tol, "S^l", 13, k + 2, S, S_ref[k]))
-    diag_ref = [ref.ggn_diag(k) for k in range(n)]
+        rows.append(_pair("S^l", 13, k + 2, S, S_ref[k]))
+    # (14), (15) given S^l = J_lᵀ S_f: their references take H = S_f S_fᵀ, the same S_f.
+    SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
     for k in range(n):
-        rows += _layer_rows(tol, "diag G", 14, k, eqs.ggn_diag(S_ref[k], ref.as_[k]), diag_ref[k])
+        step = eqs.ggn_diag(S_ref[k], ref.as_[k])
+        rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS))
         A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
         A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
-        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], ref.H_f, ref.J[k]) / ref.B
-        rows += [_agree(tol, "A", 15, k + 2, A, A_ref), _agree(tol, "G", 15, k + 2, G, G_ref)]
-    # End to end: the composed quantities.
+        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
+        rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref)]
+    # End to end: the composed quantities, against autodiff's own H_f.
     diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
-        rows += _layer_rows(tol, "diag_ggn vs autodiff", None, k, diag[k], diag_ref[k])
-    rows += _kron_rows(ref, eqs, tol)
-    rows += _sampled_rows(ref, eqs, tol, key)
+        rows += _layer_rows("diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k))
+    rows += _kron_rows(ref, eqs)
+    rows += _sampled_rows(ref, eqs, key)
     return rows
 
 
-def _kron_rows(ref, eqs, tol) -> list[Row]:
+def _kron_rows(ref, eqs) -> list:
     """kflr per layer, and G ⊗ A against the GGN block of W^l for the first example."""
     net, p = ref.net, ref.p
     factors = C.kron_layers(net, p, ref.X, ref.Y, eqs)
@@ -269,14 +285,14 @@ def _kron_rows(ref, eqs, tol) -> list[Row]:
         J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
         block = J_W.T @ ref.H_f[0] @ J_W
         rows += [
-            _agree(tol, "kflr A vs autodiff", None, k + 2, A, A_ref),
-            _agree(tol, "kflr G vs autodiff", None, k + 2, G, G_ref),
-            _agree(tol, "G ⊗ A vs GGN block (B = 1)", 15, k + 2, jnp.kron(G1, A1), block),
+            _pair("kflr A vs autodiff", None, k + 2, A, A_ref),
+            _pair("kflr G vs autodiff", None, k + 2, G, G_ref),
+            _pair("G ⊗ A vs GGN block (B = 1)", None, k + 2, jnp.kron(G1, A1), block),
         ]
     return rows
 
 
-def _sampled_rows(ref, eqs, tol, key) -> list[Row]:
+def _sampled_rows(ref, eqs, key) -> list:
     """diag_ggn_mc and kfac against autodiff with the very same sampled targets."""
     net, p, n = ref.net, ref.p, len(ref.p)
     rows = []
@@ -289,43 +305,41 @@ def _sampled_rows(ref, eqs, tol, key) -> list[Row]:
         if samples == MC_SAMPLES:
             diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs, key=key, samples=samples)
             for k in range(n):
-                rows += _layer_rows(
-                    tol, "diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H)
-                )
+                rows += _layer_rows("diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H))
         else:
             factors = C.kron_layers(net, p, ref.X, ref.Y, eqs, key=key)
             for k, (_, G) in enumerate(factors):
                 G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], H, ref.J[k]) / ref.B
-                rows.append(_agree(tol, "kfac G vs autodiff", None, k + 2, G, G_ref))
+                rows.append(_pair("kfac G vs autodiff", None, k + 2, G, G_ref))
     return rows
 
 
-def _hessian_rows(ref, eqs, tol) -> list[Row]:
+def _hessian_rows(ref, eqs) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
     H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    rows = [_agree(tol, "H^L", 17, net.L, H_L, ref.Hz[-1])]
+    rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1])]
     for k in range(n - 1):
         H = eqs.hidden_hessian(
             ref.Hz[k + 1], ref.deltas[k + 1], p[k + 1].W, ref.sigma_prime[k], ref.sigma_second[k]
         )
-        rows.append(_agree(tol, "H^l", 17, k + 2, H, ref.Hz[k]))
+        rows.append(_pair("H^l", 17, k + 2, H, ref.Hz[k]))
     diag_ref = [ref.hessian_diag(k) for k in range(n)]
     diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
         step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
-        rows += _layer_rows(tol, "diag ∇²E", 17, k, step, diag_ref[k])
-        rows += _layer_rows(tol, "diag_hessian vs autodiff", None, k, diag[k], diag_ref[k])
+        rows += _layer_rows("diag ∇²E", 17, k, step, diag_ref[k])
+        rows += _layer_rows("diag_hessian vs autodiff", None, k, diag[k], diag_ref[k])
     return rows
 
 
-def _r_rows(ref, eqs, tol) -> list[Row]:
+def _r_rows(ref, eqs) -> list:
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
     for k in range(n):
         Rz = eqs.r_forward(ref.Ras[k], ref.as_[k], p[k].W, v[k])
-        rows.append(_agree(tol, "R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
+        rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
     Rdelta_L = eqs.r_output_delta(ref.Hz[-1], ref.Rzs[-1])
-    rows.append(_agree(tol, "R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
+    rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
     for k in range(n - 1):
         Rdelta = eqs.r_hidden_delta(
             ref.Rdeltas[k + 1],
@@ -336,17 +350,17 @@ def _r_rows(ref, eqs, tol) -> list[Row]:
             ref.sigma_second[k],
             ref.Rzs[k],
         )
-        rows.append(_agree(tol, "R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
+        rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
     for k in range(n):
         step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], ref.Ras[k])
         step = jax.tree.map(lambda t: t / ref.B, step)
-        rows += _layer_rows(tol, "R{∂E/∂θ}", 19, k, step, ref.hvp[k])
+        rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k])
     hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)
     Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
     _, pullback = jax.vjp(ref.batch_f, p)
     (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
     gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
     for k in range(n):
-        rows += _layer_rows(tol, "hvp vs autodiff", None, k, hv[k], ref.hvp[k])
-        rows += _layer_rows(tol, "ggn_vp vs autodiff", None, k, gv[k], gv_ref[k])
+        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k])
+        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k])
     return rows
