@@ -55,7 +55,7 @@ class Config:
 
 CONFIGS = (
     Config("digits", (64, 128, 128, 10), "tanh", "softmax", "cross_entropy", 128),
-    Config("eos", (64, 200, 200, 10), "tanh", "identity", "mse", 1024),
+    Config("eos", (64, 100, 100, 10), "tanh", "identity", "mse", 256),
 )
 
 
