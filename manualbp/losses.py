@@ -42,11 +42,17 @@ class Loss(NamedTuple):
         name: short name, used in reports.
         fn: ``fn(y_hat, y)``, the example's E, a scalar.
         grad: ``grad(y_hat, y)``, ∂E/∂ŷ, shape (N_L,).
+        hessian: optional ``hessian(y_hat, y)``, H = ∂²E/∂ŷ², shape (N_L, N_L),
+            for the curvature of docs/derivation.md (equation (11)).
+        hessian_factor: optional ``hessian_factor(y_hat, y)``, a square S with
+            H = S Sᵀ, shape (N_L, N_L) (equation (11)).
     """
 
     name: str
     fn: Callable[[Array, Array], Array]
     grad: Callable[[Array, Array], Array]
+    hessian: Callable[[Array, Array], Array] | None = None
+    hessian_factor: Callable[[Array, Array], Array] | None = None
 
 
 def _mse(y_hat, y):
@@ -59,6 +65,11 @@ def _mse_grad(y_hat, y):
     return y_hat - y
 
 
+def _mse_hessian(y_hat, y):
+    """∂²E/∂ŷ_i∂ŷ_j = [i = j]: H = I."""
+    return jnp.eye(y_hat.shape[-1], dtype=y_hat.dtype)
+
+
 def _cross_entropy(y_hat, y):
     """E = −Σ_j y_j log ŷ_j."""
     return -jnp.sum(y * jnp.log(y_hat), axis=-1)
@@ -67,6 +78,16 @@ def _cross_entropy(y_hat, y):
 def _cross_entropy_grad(y_hat, y):
     """∂E/∂ŷ_j = −y_j / ŷ_j."""
     return -y / y_hat
+
+
+def _cross_entropy_hessian(y_hat, y):
+    """∂(−y_i/ŷ_i)/∂ŷ_j = [i = j] y_i/ŷ_i²: H = diag(y/ŷ²)."""
+    return jnp.diag(y / (y_hat * y_hat))
+
+
+def _cross_entropy_hessian_factor(y_hat, y):
+    """S = diag(√y/ŷ), so S Sᵀ = diag(y/ŷ²) (targets y ≥ 0)."""
+    return jnp.diag(jnp.sqrt(y) / y_hat)
 
 
 def _binary_cross_entropy(y_hat, y):
@@ -79,10 +100,30 @@ def _binary_cross_entropy_grad(y_hat, y):
     return (y_hat - y) / (y_hat * (1 - y_hat))
 
 
-mse = Loss("mse", _mse, _mse_grad)
-cross_entropy = Loss("cross_entropy", _cross_entropy, _cross_entropy_grad)
+def _binary_cross_entropy_hessian(y_hat, y):
+    """∂/∂ŷ_j of −y_i/ŷ_i + (1 − y_i)/(1 − ŷ_i): H = diag(y/ŷ² + (1 − y)/(1 − ŷ)²)."""
+    return jnp.diag(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat)))
+
+
+def _binary_cross_entropy_hessian_factor(y_hat, y):
+    """S = diag(√(y/ŷ² + (1 − y)/(1 − ŷ)²)), so S Sᵀ = H (targets in [0, 1])."""
+    return jnp.diag(jnp.sqrt(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))))
+
+
+mse = Loss("mse", _mse, _mse_grad, _mse_hessian, _mse_hessian)
+cross_entropy = Loss(
+    "cross_entropy",
+    _cross_entropy,
+    _cross_entropy_grad,
+    _cross_entropy_hessian,
+    _cross_entropy_hessian_factor,
+)
 binary_cross_entropy = Loss(
-    "binary_cross_entropy", _binary_cross_entropy, _binary_cross_entropy_grad
+    "binary_cross_entropy",
+    _binary_cross_entropy,
+    _binary_cross_entropy_grad,
+    _binary_cross_entropy_hessian,
+    _binary_cross_entropy_hessian_factor,
 )
 
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (mse, cross_entropy, binary_cross_entropy)}
@@ -94,10 +135,15 @@ class FusedLoss(NamedTuple):
     Attributes:
         fn: ``fn(z, y)``, the example's E, equal to ``loss.fn(σ(z), y)``.
         delta: ``delta(z, y)``, δ^L, equal to equation (4) for that pair.
+        hessian: optional ``hessian(z, y)``, H = ∂²E/∂z², shape (N_L, N_L)
+            (equation (11)).
+        hessian_factor: optional ``hessian_factor(z, y)``, S with H = S Sᵀ.
     """
 
     fn: Callable[[Array, Array], Array]
     delta: Callable[[Array, Array], Array]
+    hessian: Callable[[Array, Array], Array] | None = None
+    hessian_factor: Callable[[Array, Array], Array] | None = None
 
 
 def _shifted_logits(z):
@@ -127,6 +173,24 @@ def _softmax_cross_entropy_delta(z, y):
     return jnp.exp(shifted - log_sum) * jnp.sum(y, axis=-1, keepdims=True) - y
 
 
+def _softmax_cross_entropy_hessian(z, y):
+    """∂δ^L/∂z = (Σ_j y_j)(diag(ŷ) − ŷŷᵀ), the softmax Jacobian times Σ_j y_j (= 1 for labels)."""
+    shifted, log_sum = _shifted_logits(z)
+    p = jnp.exp(shifted - log_sum)
+    return jnp.sum(y) * (jnp.diag(p) - jnp.outer(p, p))
+
+
+def _softmax_cross_entropy_hessian_factor(z, y):
+    """S = √(Σ_j y_j) (diag(√ŷ) − ŷ √ŷᵀ).
+
+    S Sᵀ = diag(ŷ) − 2ŷŷᵀ + ŷ (√ŷᵀ√ŷ) ŷᵀ = diag(ŷ) − ŷŷᵀ, since √ŷᵀ√ŷ = Σ_j ŷ_j = 1.
+    """
+    shifted, log_sum = _shifted_logits(z)
+    p = jnp.exp(shifted - log_sum)
+    root = jnp.sqrt(p)
+    return jnp.sqrt(jnp.sum(y)) * (jnp.diag(root) - jnp.outer(p, root))
+
+
 def _sigmoid_binary_cross_entropy(z, y):
     """E = Σ_j softplus(z_j) − y_j z_j."""
     return jnp.sum(jax.nn.softplus(z) - y * z, axis=-1)
@@ -137,14 +201,32 @@ def _sigmoid_binary_cross_entropy_delta(z, y):
     return jax.nn.sigmoid(z) - y
 
 
+def _sigmoid_binary_cross_entropy_hessian(z, y):
+    """∂(ŷ − y)/∂z = diag(ŷ(1 − ŷ)), whatever the target."""
+    p = jax.nn.sigmoid(z)
+    return jnp.diag(p * (1 - p))
+
+
+def _sigmoid_binary_cross_entropy_hessian_factor(z, y):
+    """S = diag(√(ŷ(1 − ŷ)))."""
+    p = jax.nn.sigmoid(z)
+    return jnp.diag(jnp.sqrt(p * (1 - p)))
+
+
 # Keyed by the objects themselves, not their names, so a user's own
 # Activation("softmax", ...) with its own derivative is never replaced by ours.
 _FUSED = {
     (activations.softmax, cross_entropy): FusedLoss(
-        _softmax_cross_entropy, _softmax_cross_entropy_delta
+        _softmax_cross_entropy,
+        _softmax_cross_entropy_delta,
+        _softmax_cross_entropy_hessian,
+        _softmax_cross_entropy_hessian_factor,
     ),
     (activations.sigmoid, binary_cross_entropy): FusedLoss(
-        _sigmoid_binary_cross_entropy, _sigmoid_binary_cross_entropy_delta
+        _sigmoid_binary_cross_entropy,
+        _sigmoid_binary_cross_entropy_delta,
+        _sigmoid_binary_cross_entropy_hessian,
+        _sigmoid_binary_cross_entropy_hessian_factor,
     ),
 }
 

@@ -14,6 +14,7 @@ import pytest
 
 import manualbp as mbp
 from manualbp.tools import bench, timing
+from manualbp.tools import bench_curvature as bc
 
 # A 3-4-2 net, batch B = 5: layer l = 2 is (n_out, n_in) = (4, 3), layer l = 3 is (2, 4).
 #   forward  = 2·5·4·3 + 2·5·2·4 = 120 + 80 = 200
@@ -185,3 +186,24 @@ def test_training_ratios_on_planted_times(planted_times):
         }
     )
     assert "| 10 |" in table and "| 100 |" in table
+
+
+def test_curvature_bench_smoke_and_its_programs_agree():
+    """Two rounds on a tiny net: every row present; each autodiff route equals the manual one."""
+    config = bc.Config("tiny", (3, 4, 2), "tanh", "softmax", "cross_entropy", 5)
+    result = bc.bench_curvature(2, configs=(config,))
+    (entry,) = result["configs"]
+    assert set(entry["rows"]) == {"hvp", "ggn_vp", "diag_ggn", "diag_ggn / value_and_grad"}
+    assert "| tiny" in bc.markdown(result)
+    net = config.net()
+    params = net.init(jax.random.key(0))
+    X, Y = mbp.data.random_batch(net, jax.random.key(1), 5)
+    Y = mbp.network.as_targets(net, Y, jnp.float32)
+    v = jax.tree.map(jnp.ones_like, params)
+    fns = bc.programs(net, X, Y)
+    for manual, autodiff, _ in bc.PAIRS.values():
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+            fns[manual](params, v),
+            fns[autodiff](params, v),
+        )

@@ -3,9 +3,21 @@
 `per_example` (equations (5)–(9) of docs/derivation.md): per-example gradient
 norms, the sum and variance of squared per-example gradients, and DP-SGD's
 clipped gradient, all from the batch's Δ^l and A^{l-1} without forming a
-per-example gradient. `verify` checks them against autodiff.
+per-example gradient. `curvature` (equations (10)–(19)): the GGN's diagonal
+and Kronecker factors, the Hessian's diagonal, and Hessian- and GGN-vector
+products, by backpropagating a factor of the loss's Hessian or by the
+R-operator. `verify` and `verify_curvature` check them against autodiff.
 """
 
+from manualbp.extensions.curvature import (
+    diag_ggn,
+    diag_ggn_mc,
+    diag_hessian,
+    ggn_vp,
+    hvp,
+    kfac,
+    kflr,
+)
 from manualbp.extensions.per_example import (
     batch_l2,
     clipped_value_and_grad,
@@ -13,12 +25,21 @@ from manualbp.extensions.per_example import (
     variance,
 )
 from manualbp.extensions.verify import catalogue_extensions, verify_extensions
+from manualbp.extensions.curvature_verify import verify_curvature
 
 __all__ = [
     "batch_l2",
     "catalogue_extensions",
     "clipped_value_and_grad",
+    "diag_ggn",
+    "diag_ggn_mc",
+    "diag_hessian",
+    "ggn_vp",
+    "hvp",
+    "kfac",
+    "kflr",
     "sum_grad_squared",
     "variance",
+    "verify_curvature",
     "verify_extensions",
 ]

@@ -22,13 +22,18 @@ SPECIAL_Z = {
 
 
 def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -> Report:
-    """Check a hand-derived σ' against autodiff of σ over a grid with the hard places.
+    """Check a hand-derived σ' (and σ'') against autodiff of σ over a grid with the hard places.
 
     The grid: 0 (kinks), ±1e-6 and ±1e-3 (either side of a kink), moderate
     values, large |z| up to 1e4 (saturation and overflow), and 64 random
     N(0, 2²) points. Componentwise σ compare σ'(z) (and σ'(a) where the
     activation has it); a softmax-like σ compares its Jacobian on vectors
-    drawn from the same grid.
+    drawn from the same grid. σ'' (`deriv2`) is compared with autodiff of the
+    hand-derived σ', which the row before checks against σ itself:
+    differentiating JAX's own σ' rule twice cancels where the hand forms do not
+    (tanh near 0, (1 + t)(1 − t)² − (1 + t)²(1 − t); the ELU's expm1(z) + 1).
+    Its scale is (T3) with m = |σ'|: the terms that product rule sums are of
+    the size of σ', not of σ'', and cancel near a zero of σ'' (an inflection).
     """
     act = get_activation(act)
     validation.check_activation(act, jnp.dtype(dtype))
@@ -51,6 +56,13 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
                         ref,
                         rtol,
                         "",
+                    )
+                )
+            if act.deriv2 is not None:
+                ref2 = autodiff.elementwise_derivative(act.deriv, z)
+                rows.append(
+                    compare(
+                        f"σ'' {group}", None, None, act.deriv2(z), ref2, rtol, "", None, abs(ref)
                     )
                 )
         else:
@@ -77,6 +89,22 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
                         autodiff.jacobian_t_dot(act.fn, vectors, g),
                         rtol,
                         "",
+                    )
+                )
+            if act.deriv2 is not None:
+                rows.append(
+                    compare(
+                        f"T_σ {group}",
+                        None,
+                        None,
+                        jax.vmap(act.deriv2)(vectors),
+                        autodiff.jacobian(act.deriv, vectors),
+                        rtol,
+                        "",
+                        None,
+                        jnp.broadcast_to(
+                            jnp.abs(autodiff.jacobian(act.fn, vectors))[..., None], (4, 3, 3, 3)
+                        ),
                     )
                 )
     return Report(

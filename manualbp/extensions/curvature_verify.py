@@ -1,0 +1,366 @@
+"""Verification of the curvature quantities: rows per equation and layer against autodiff.
+
+Every quantity of equations (10)–(19) is checked two ways, in the derivation's
+layer numbering (l = 2..L), as `verify` checks (1)–(4):
+
+* Teacher-forced steps. Each equation is given exactly the inputs the
+  reference computes (S^{l+1} = (∂f/∂z^{l+1})ᵀ S_f from `jax.jacrev`, the
+  Hessian H^{l+1} = ∂²E/∂z^{l+1}² from `jax.hessian`, R{δ^{l+1}} and R{z^l}
+  from `jax.jvp`, σ' and σ'' from forward mode), and its output is compared
+  with the reference's at that layer. A wrong step fails at its own equation
+  and layer, and not at every layer below it.
+* End to end. The composed quantities (`diag_ggn`, its Monte Carlo estimate
+  with the same sampled targets, `kflr`, `kfac`, `diag_hessian`, `hvp`,
+  `ggn_vp`) against autodiff routes: per-example Jacobians with the loss's
+  Hessian, `jax.hessian` of Ē per parameter array (small nets), `jax.jvp`
+  of `jax.grad`, and J v, H, Jᵀ composed. For B = 1 the KFLR factors are
+  also checked as G ⊗ A against the GGN block of W^l.
+
+The building blocks come first: H_f and S_f S_fᵀ against `jax.hessian` of E
+in f, and σ'' of every layer that needs it against autodiff of the
+hand-derived σ' (as `verify_activation`). Every row goes through `_agree`, the
+one place that decides the tolerance.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from manualbp import autodiff, validation
+from manualbp.extensions import curvature as C
+from manualbp.extensions.curvature_equations import CURVATURE, CurvatureEquations, logits_are_f
+from manualbp.gradients import in_compute_dtype
+from manualbp.network import (
+    MLP,
+    Layer,
+    Params,
+    example_loss,
+    forward_pass,
+    forward_pass_batch,
+    mean_loss,
+    param_dtype,
+)
+from manualbp.records import environment
+from manualbp.verification.compare import compare, row_rtol
+from manualbp.verification.report import Report, Row
+
+Array = jax.Array
+
+MC_SAMPLES = 2
+"""Targets drawn per example for the Monte Carlo rows (the reference uses the same ones)."""
+
+
+def _agree(tol, check, equation, layer, actual, reference, magnitude=None) -> Row:
+    """One row: ``actual`` against ``reference`` under the tolerance ``tol`` (`row_rtol`).
+
+    The one place the curvature rows meet the tolerance rule, so that a change
+    of rule is a change here.
+    """
+    return compare(check, equation, layer, actual, reference, tol, "", None, magnitude)
+
+
+def _pair(check, equation, layer, actual, reference, magnitude=None) -> tuple:
+    """What one row compares, still as arrays (inside the traced program)."""
+    return (check, equation, layer), (actual, reference, magnitude)
+
+
+def verify_curvature(
+    net: MLP,
+    params: Params,
+    X: Array,
+    Y: Array,
+    *,
+    key: Array | None = None,
+    equations: CurvatureEquations = CURVATURE,
+) -> Report:
+    """Check every curvature quantity equation by equation and layer by layer.
+
+    Args:
+        net, params, X, Y: the network, its parameters and a (small) batch.
+        key: a `jax.random` key for the direction v of the vector products and
+            the sampled targets (default ``jax.random.key(0)``).
+        equations: the `CurvatureEquations` under test (default: manualbp's).
+
+    Returns:
+        A `Report`.
+    """
+    key = jax.random.key(0) if key is None else key
+    rows = curvature_rows(net, params, X, Y, key=key, equations=equations)
+    meta = {
+        "subject": f"curvature of {net!r}",
+        "batch": int(X.shape[0]),
+        "dtype": str(jnp.dtype(param_dtype(params))),
+        **environment(),
+    }
+    return Report(tuple(rows), meta)
+
+
+def curvature_rows(
+    net: MLP,
+    params: Params,
+    X: Array,
+    Y: Array,
+    *,
+    key: Array,
+    equations: CurvatureEquations = CURVATURE,
+) -> list:
+    """The rows of `verify_curvature`: building blocks, GGN, Hessian, R-operator."""
+    validation.check_batch(net, params, X, Y)
+    validation.check_finite(X, Y)
+    validation.check_key(key)
+    p, X, Y = in_compute_dtype(net, params, X, Y)
+    tol = row_rtol(param_dtype(p), net.sizes, X.shape[0])
+    labels = []
+
+    def arrays(p, X, Y, key):
+        # One traced program for every reference and step: op by op, the many
+        # small autodiff transforms spend most of their time compiling.
+        key_v, key_mc = jax.random.split(key)
+        v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
+        ref = _References(net, p, X, Y, v)
+        pairs = (
+            _block_rows(ref, equations)
+            + _ggn_rows(ref, equations, key_mc)
+            + _hessian_rows(ref, equations)
+            + _r_rows(ref, equations)
+        )
+        labels[:] = [label for label, _ in pairs]
+        return [values for _, values in pairs]
+
+    values = jax.jit(arrays)(p, X, Y, key)
+    return [_agree(tol, *label, *value) for label, value in zip(labels, values, strict=True)]
+
+
+class _References:
+    """Every autodiff reference the rows need, for one batch and direction v."""
+
+    def __init__(self, net, p, X, Y, v):
+        self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
+        self.B = X.shape[0]
+        self.zs, self.as_ = forward_pass_batch(net, p, X)
+        self.deltas = autodiff.deltas(net, p, X, Y)
+        n = len(p)
+        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.zs[k], Y) for k in range(n)]
+        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.zs[k], Y) for k in range(n)]
+        f_L = self.zs[-1] if logits_are_f(net) else self.as_[-1]
+        loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
+        self.H_f = jax.vmap(jax.hessian(loss_fn))(f_L, Y)
+        self.sigma_prime = [autodiff.elementwise_derivative(s.fn, z) for s, z in self._hidden()]
+        self.sigma_second = [
+            autodiff.elementwise_derivative(
+                lambda t, s=s: autodiff.elementwise_derivative(s.fn, t), z
+            )
+            for s, z in self._hidden()
+        ]
+        # Per-example Jacobians of f in the parameters: leaves (B, N_L, *shape).
+        self.J_theta = jax.vmap(jax.jacrev(self._f_of_params), (None, 0))(p, X)
+        (self.Rzs, self.Ras) = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
+        self.Rdeltas = jax.jvp(lambda q: autodiff.deltas(net, q, X, Y), (p,), (v,))[1]
+        grad = jax.grad(lambda q: mean_loss(net, q, X, Y))
+        self.hvp = jax.jvp(grad, (p,), (v,))[1]
+
+    def _hidden(self):
+        return zip(self.net.hidden, self.zs[:-1], strict=True)
+
+    def _tail(self, k, z, y):
+        """(f, E) of one example as functions of z^{k+2}."""
+        net, p = self.net, self.p
+        a = net.activations[k].fn(z)
+        for j in range(k + 1, len(p)):
+            z = p[j].W @ a + p[j].b
+            a = net.activations[j].fn(z)
+        return (z if logits_are_f(net) else a), example_loss(net, z, a, y)
+
+    def _tail_f(self, k):
+        return lambda z, y: self._tail(k, z, y)[0]
+
+    def _tail_E(self, k):
+        return lambda z, y: self._tail(k, z, y)[1]
+
+    def _f_of_params(self, q, x):
+        zs, as_ = forward_pass(self.net, q, x)
+        return zs[-1] if logits_are_f(self.net) else as_[-1]
+
+    def batch_f(self, q):
+        zs, as_ = forward_pass_batch(self.net, q, self.X)
+        return zs[-1] if logits_are_f(self.net) else as_[-1]
+
+    def factor(self, k, S_f):
+        """S^l = (∂f/∂z^l)ᵀ S_f for layer l = k + 2, (B, N_l, C)."""
+        return jnp.einsum("bik,bic->bkc", self.J[k], S_f)
+
+    def ggn_diag(self, k, H=None):
+        """diag of (1/B) Σ_b J_bᵀ H_b J_b for layer l = k + 2, by per-example Jacobians."""
+        H = self.H_f if H is None else H
+        out = []
+        for J in self.J_theta[k]:
+            HJ = jnp.einsum("bij,bj...->bi...", H, J)
+            out.append(jnp.sum(J * HJ, axis=(0, 1)) / self.B)
+        return Layer(*out)
+
+    def hessian_diag(self, k):
+        """diag of ∇²Ē for layer l = k + 2, by `jax.hessian` of Ē in each array."""
+        out = []
+        for field in ("W", "b"):
+            leaf = getattr(self.p[k], field)
+
+            def loss(t, field=field):
+                q = list(self.p)
+                q[k] = q[k]._replace(**{field: t})
+                return mean_loss(self.net, tuple(q), self.X, self.Y)
+
+            H = jax.hessian(loss)(leaf).reshape(leaf.size, leaf.size)
+            out.append(jnp.diagonal(H).reshape(leaf.shape))
+        return Layer(*out)
+
+
+def _layer_rows(check, equation, k, actual: Layer, reference: Layer) -> list:
+    return [
+        _pair(f"{check} W", equation, k + 2, actual.W, reference.W),
+        _pair(f"{check} b", equation, k + 2, actual.b, reference.b),
+    ]
+
+
+def _block_rows(ref, eqs) -> list:
+    net, L = ref.net, ref.net.L
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    rows = [
+        _pair("H_f", 11, L, H_f, ref.H_f),
+        _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f),
+    ]
+    for k, sigma in enumerate(net.activations):
+        needed = k < len(ref.p) - 1 or not logits_are_f(net)
+        if not needed or sigma.deriv2 is None:
+            continue
+        z = ref.zs[k]
+        if sigma.elementwise:
+            sp = autodiff.elementwise_derivative(sigma.fn, z)
+            reference = autodiff.elementwise_derivative(sigma.deriv, z)
+            rows.append(_pair("σ''", None, k + 2, sigma.deriv2(z), reference, abs(sp)))
+        else:
+            actual = jax.vmap(sigma.deriv2)(z)
+            reference = autodiff.jacobian(sigma.deriv, z)
+            rows.append(_pair("T_σ", None, k + 2, actual, reference))
+    return rows
+
+
+def _ggn_rows(ref, eqs, key) -> list:
+    net, p, n = ref.net, ref.p, len(ref.p)
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    S_ref = [ref.factor(k, S_f) for k in range(n)]
+    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.zs[-1], S_f)
+    rows = [_pair("S^L", 12, net.L, S_L, S_ref[-1])]
+    for k in range(n - 1):
+        S = eqs.hidden_factor(S_ref[k + 1], p[k + 1].W, ref.sigma_prime[k])
+        rows.append(_pair("S^l", 13, k + 2, S, S_ref[k]))
+    # (14), (15) given S^l = J_lᵀ S_f: their references take H = S_f S_fᵀ, the same S_f.
+    SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
+    for k in range(n):
+        step = eqs.ggn_diag(S_ref[k], ref.as_[k])
+        rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS))
+        A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
+        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
+        rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref)]
+    # End to end: the composed quantities, against autodiff's own H_f.
+    diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs)
+    for k in range(n):
+        rows += _layer_rows("diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k))
+    rows += _kron_rows(ref, eqs)
+    rows += _sampled_rows(ref, eqs, key)
+    return rows
+
+
+def _kron_rows(ref, eqs) -> list:
+    """kflr per layer, and G ⊗ A against the GGN block of W^l for the first example."""
+    net, p = ref.net, ref.p
+    factors = C.kron_layers(net, p, ref.X, ref.Y, eqs)
+    single = C.kron_layers(net, p, ref.X[:1], ref.Y[:1], eqs)
+    rows = []
+    for k, ((A, G), (A1, G1)) in enumerate(zip(factors, single, strict=True)):
+        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], ref.H_f, ref.J[k]) / ref.B
+        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
+        block = J_W.T @ ref.H_f[0] @ J_W
+        rows += [
+            _pair("kflr A vs autodiff", None, k + 2, A, A_ref),
+            _pair("kflr G vs autodiff", None, k + 2, G, G_ref),
+            _pair("G ⊗ A vs GGN block (B = 1)", None, k + 2, jnp.kron(G1, A1), block),
+        ]
+    return rows
+
+
+def _sampled_rows(ref, eqs, key) -> list:
+    """diag_ggn_mc and kfac against autodiff with the very same sampled targets."""
+    net, p, n = ref.net, ref.p, len(ref.p)
+    rows = []
+    keys = jax.random.split(key, ref.B)
+    for samples in (MC_SAMPLES, 1):
+        S_f = jax.vmap(lambda k_, z, a, y, s=samples: eqs.sampled_factor(net, k_, z, a, y, s))(
+            keys, ref.zs[-1], ref.as_[-1], ref.Y
+        )
+        H = jnp.einsum("bic,bjc->bij", S_f, S_f)  # its own s̃ s̃ᵀ, for the same J
+        if samples == MC_SAMPLES:
+            diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs, key=key, samples=samples)
+            for k in range(n):
+                rows += _layer_rows("diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H))
+        else:
+            factors = C.kron_layers(net, p, ref.X, ref.Y, eqs, key=key)
+            for k, (_, G) in enumerate(factors):
+                G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], H, ref.J[k]) / ref.B
+                rows.append(_pair("kfac G vs autodiff", None, k + 2, G, G_ref))
+    return rows
+
+
+def _hessian_rows(ref, eqs) -> list:
+    net, p, n = ref.net, ref.p, len(ref.p)
+    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1])]
+    for k in range(n - 1):
+        H = eqs.hidden_hessian(
+            ref.Hz[k + 1], ref.deltas[k + 1], p[k + 1].W, ref.sigma_prime[k], ref.sigma_second[k]
+        )
+        rows.append(_pair("H^l", 17, k + 2, H, ref.Hz[k]))
+    diag_ref = [ref.hessian_diag(k) for k in range(n)]
+    diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
+    for k in range(n):
+        step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
+        rows += _layer_rows("diag ∇²E", 17, k, step, diag_ref[k])
+        rows += _layer_rows("diag_hessian vs autodiff", None, k, diag[k], diag_ref[k])
+    return rows
+
+
+def _r_rows(ref, eqs) -> list:
+    net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
+    rows = []
+    for k in range(n):
+        Rz = eqs.r_forward(ref.Ras[k], ref.as_[k], p[k].W, v[k])
+        rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
+    Rdelta_L = eqs.r_output_delta(ref.Hz[-1], ref.Rzs[-1])
+    rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
+    for k in range(n - 1):
+        Rdelta = eqs.r_hidden_delta(
+            ref.Rdeltas[k + 1],
+            ref.deltas[k + 1],
+            p[k + 1].W,
+            v[k + 1].W,
+            ref.sigma_prime[k],
+            ref.sigma_second[k],
+            ref.Rzs[k],
+        )
+        rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
+    for k in range(n):
+        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], ref.Ras[k])
+        step = jax.tree.map(lambda t: t / ref.B, step)
+        rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k])
+    hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)
+    Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
+    _, pullback = jax.vjp(ref.batch_f, p)
+    (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
+    gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
+    for k in range(n):
+        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k])
+        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k])
+    return rows

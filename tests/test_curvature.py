@@ -1,0 +1,298 @@
+"""Curvature by hand, equations (10)–(19): agreement with autodiff, no autodiff, caught when broken.
+
+* Across the output/loss catalogue, in float32 and float64, every row of
+  `verify_curvature` passes (teacher-forced steps and end-to-end quantities).
+* The public functions equal the composed quantities and never call autodiff.
+* The Monte Carlo estimates converge to `diag_ggn` (unbiased), and a biased
+  sampler is seen doing otherwise.
+* Each equation, broken on purpose, fails at its own equation and layer only
+  (and in the end-to-end rows that use it).
+* A one-weight net with the arithmetic visible; input checks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import manualbp as mbp
+from manualbp import activations, losses
+from manualbp.data import random_batch
+from manualbp.extensions import curvature as C
+from manualbp.extensions.curvature_equations import CURVATURE
+from manualbp.extensions.curvature_verify import verify_curvature
+from manualbp.losses import OUTPUT_LOSS_PAIRS
+
+CATALOGUE = [(out, loss, True) for out, loss in OUTPUT_LOSS_PAIRS] + [
+    ("softmax", "cross_entropy", False),
+    ("sigmoid", "binary_cross_entropy", False),
+]
+HIDDEN = list(activations.HIDDEN_ACTIVATIONS)
+
+
+def small(output="softmax", loss="cross_entropy", fused=True, hidden="tanh", dtype=jnp.float32):
+    net = mbp.MLP((4, 5, 6, 3), hidden=hidden, output=output, loss=loss, fused=fused)
+    params = net.init(jax.random.key(1), dtype)
+    X, Y = random_batch(net, jax.random.key(2), 6, dtype)
+    return net, params, X, Y
+
+
+def direction(params, seed=3):
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    return jax.tree.unflatten(
+        tree, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves, strict=True)]
+    )
+
+
+FAST = {
+    ("softmax", "cross_entropy", True),
+    ("sigmoid", "mse", True),
+    ("sigmoid", "cross_entropy", True),
+}
+"""Catalogue entries run by default (fused logits, σ^L with σ'', a non-natural loss on ŷ);
+each verification is one compiled program of a few seconds, so the rest run with -m slow."""
+
+
+def marked(params, fast):
+    """The params, those not ``fast`` marked slow."""
+    slow = pytest.mark.slow
+    return [
+        p if fast(p) else pytest.param(*(p if isinstance(p, tuple) else (p,)), marks=slow)
+        for p in params
+    ]
+
+
+@pytest.mark.parametrize(
+    "output,loss,fused,hidden",
+    marked(
+        [(*pair, HIDDEN[i % len(HIDDEN)]) for i, pair in enumerate(CATALOGUE)],
+        lambda p: tuple(p[:3]) in FAST,
+    ),
+    ids=lambda x: str(x),
+)
+def test_every_row_agrees_across_the_catalogue(output, loss, fused, hidden, dtype):
+    net, params, X, Y = small(output, loss, fused, hidden, dtype)
+    report = verify_curvature(net, params, X, Y, key=jax.random.key(4))
+    assert report.passed, str(report)
+    equations = {row.equation for row in report.rows}
+    assert set(range(11, 20)) - {16} <= equations
+
+
+def test_public_functions_equal_the_composed_quantities_without_autodiff(autodiff_forbidden):
+    """The public functions are the verified compositions, jitted, and never call autodiff."""
+    net, params, X, Y = small("softmax", "mse", hidden="gelu")
+    Yt = mbp.network.as_targets(net, Y, jnp.float32)
+    v, key = direction(params), jax.random.key(5)
+    public = [
+        mbp.extensions.diag_ggn(net, params, X, Y),
+        mbp.extensions.diag_ggn_mc(net, params, X, Y, key=key, samples=3),
+        mbp.extensions.kflr(net, params, X, Y),
+        mbp.extensions.kfac(net, params, X, Y, key=key),
+        mbp.extensions.diag_hessian(net, params, X, Y),
+        mbp.extensions.hvp(net, params, X, Y, v),
+        mbp.extensions.ggn_vp(net, params, X, Y, v),
+    ]
+
+    @jax.jit
+    def composed(params, v):
+        return [
+            C.diag_ggn_layers(net, params, X, Yt),
+            C.diag_ggn_layers(net, params, X, Yt, key=key, samples=3),
+            C.kron_layers(net, params, X, Yt),
+            C.kron_layers(net, params, X, Yt, key=key),
+            C.diag_hessian_layers(net, params, X, Yt),
+            C.hvp_layers(net, params, X, Yt, v),
+            C.ggn_vp_layers(net, params, X, Yt, v),
+        ]
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+        public,
+        composed(params, v),
+    )
+    with pytest.raises(autodiff_forbidden):
+        jax.grad(lambda w: jnp.sum(w**2))(jnp.ones(2))
+
+
+def test_kflr_is_the_ggn_block_for_one_example():
+    """G ⊗ A equals Jᵀ H J for W^l of a single example, from the dense GGN."""
+    net, params, X, Y = small("softmax", "cross_entropy")
+    X, Y = X[:1], Y[:1]
+    Yt = mbp.network.as_targets(net, Y, jnp.float32)
+
+    def logits(W, k):
+        q = list(params)
+        q[k] = q[k]._replace(W=W)
+        zs, _ = mbp.network.forward_pass_batch(net, tuple(q), X)
+        return zs[-1][0]
+
+    z_L = mbp.network.forward_pass_batch(net, params, X)[0][-1][0]
+    H = net.fused_loss.hessian(z_L, Yt[0])
+    for k, (A, G) in enumerate(mbp.extensions.kflr(net, params, X, Y)):
+        J = jax.jacrev(logits)(params[k].W, k).reshape(3, -1)
+        np.testing.assert_allclose(jnp.kron(G, A), J.T @ H @ J, rtol=1e-4, atol=1e-6)
+
+
+# --- Monte Carlo: unbiased, converging to diag_ggn ------------------------------------
+
+
+def mc_error(net, params, X, Y, samples, eqs=CURVATURE, seed=0):
+    Yt = mbp.network.as_targets(net, Y, jnp.float64)
+    exact = C.diag_ggn_layers(net, params, X, Yt, eqs)
+    estimate = C.diag_ggn_layers(net, params, X, Yt, eqs, key=jax.random.key(seed), samples=samples)
+    flat = lambda t: jnp.concatenate([x.ravel() for x in jax.tree.leaves(t)])  # noqa: E731
+    e, x = flat(estimate), flat(exact)
+    return float(jnp.max(jnp.abs(e - x)) / jnp.max(jnp.abs(x)))
+
+
+@pytest.mark.parametrize(
+    "output,loss,fused",
+    [
+        ("softmax", "cross_entropy", True),  # categorical targets
+        ("sigmoid", "binary_cross_entropy", True),  # Bernoulli targets
+        ("tanh", "mse", True),  # Gaussian targets N(ŷ, I)
+        ("sigmoid", "cross_entropy", True),  # no natural parameter: S_f ε
+    ],
+)
+def test_monte_carlo_converges_to_diag_ggn(output, loss, fused):
+    with jax.enable_x64():
+        net, params, X, Y = small(output, loss, fused, dtype=jnp.float64)
+        few, many = mc_error(net, params, X, Y, 100), mc_error(net, params, X, Y, 10_000)
+    # Unbiased: the error falls like 1/√samples (×10 here); biased, it would level off.
+    assert many < 0.06, many
+    assert many < 0.35 * few, (few, many)
+
+
+def test_a_biased_sampler_does_not_converge():
+    def biased(net, key, z, a, y, samples):
+        return 1.2 * CURVATURE.sampled_factor(net, key, z, a, y, samples)
+
+    with jax.enable_x64():
+        net, params, X, Y = small(dtype=jnp.float64)
+        error = mc_error(net, params, X, Y, 10_000, CURVATURE._replace(sampled_factor=biased))
+    assert error > 0.3  # 1.2² − 1 = 0.44, far outside the sampling error
+
+
+# --- broken on purpose: caught, and at its own equation and layer --------------------
+
+
+def _drop_sigma(net, z_L, M):
+    return M  # σ^L' forgotten in (12)
+
+
+MUTATIONS = {
+    "loss_hessian": (
+        lambda net, z, a, y: 2 * CURVATURE.loss_hessian(net, z, a, y),
+        {(11, 4)},
+    ),
+    "loss_factor": (
+        lambda net, z, a, y: 1.1 * CURVATURE.loss_factor(net, z, a, y),
+        {(11, 4)},
+    ),
+    "output_factor": (_drop_sigma, {(12, 4)}),
+    "hidden_factor": (lambda S, W, sp: jnp.einsum("bmc,mk->bkc", S, W), {(13, 2), (13, 3)}),
+    "ggn_diag": (
+        lambda S, a: CURVATURE.ggn_diag(S, jnp.sqrt(jnp.abs(a))),
+        {(14, 2), (14, 3), (14, 4)},
+    ),
+    "kron_factors": (
+        lambda S, a: (
+            CURVATURE.kron_factors(S, a)[0],
+            S.shape[0] * CURVATURE.kron_factors(S, a)[1],
+        ),
+        {(15, 2), (15, 3), (15, 4)},
+    ),
+    "output_hessian": (
+        lambda net, z, a, y: CURVATURE.loss_hessian(net, z, a, y),  # J_σᵀ H J_σ + σ'' dropped
+        {(17, 4)},
+    ),
+    "hidden_hessian": (
+        lambda H, d, W, sp, spp: CURVATURE.hidden_hessian(H, d, W, sp, 0 * spp),
+        {(17, 2), (17, 3)},
+    ),
+    "hessian_diag": (
+        lambda H, a: CURVATURE.hessian_diag(H, jnp.sqrt(jnp.abs(a))),
+        {(17, 2), (17, 3), (17, 4)},
+    ),
+    "r_forward": (lambda Ra, a, W, V: Ra @ W.T + a @ V.W.T, {(18, 2), (18, 3), (18, 4)}),
+    "r_output_delta": (lambda H, Rz: -CURVATURE.r_output_delta(H, Rz), {(19, 4)}),
+    "r_hidden_delta": (
+        lambda Rd, d, W, V, sp, spp, Rz: CURVATURE.r_hidden_delta(Rd, d, W, V, sp, 0 * spp, Rz),
+        {(19, 2), (19, 3)},
+    ),
+    # R{a^1} = 0: the forgotten δ R{a^{l-1}}ᵀ term shows from layer 3 on.
+    "r_grad": (lambda Rd, d, a, Ra: CURVATURE.r_grad(Rd, d, a, 0 * Ra), {(19, 3), (19, 4)}),
+}
+
+
+FAST_MUTATIONS = {"hidden_factor", "hidden_hessian", "r_hidden_delta"}
+"""One per backward recursion, (13), (17), (19), by default; the rest run with -m slow."""
+
+
+@pytest.mark.parametrize("name", marked(list(MUTATIONS), lambda name: name in FAST_MUTATIONS))
+def test_a_broken_equation_is_caught_at_its_equation_and_layer(name):
+    wrong, expected = MUTATIONS[name]
+    net, params, X, Y = small("sigmoid", "mse", hidden="tanh")
+    report = verify_curvature(
+        net, params, X, Y, key=jax.random.key(4), equations=CURVATURE._replace(**{name: wrong})
+    )
+    assert not report.passed
+    located = {(row.equation, row.layer) for row in report.failures if row.equation is not None}
+    assert located == expected, str(report)
+
+
+def test_a_wrong_sigma_second_is_caught_at_its_layer_and_nowhere_upstream():
+    tanh = activations.tanh
+    wrong = tanh._replace(name="tanh_wrong", deriv2=lambda z: -tanh.deriv2(z))
+    net = mbp.MLP((4, 5, 6, 3), hidden=(tanh, wrong), output="identity", loss="mse")
+    params = net.init(jax.random.key(1))
+    X, Y = random_batch(net, jax.random.key(2), 6)
+    report = verify_curvature(net, params, X, Y)
+    failing = {(row.check, row.layer) for row in report.failures}
+    assert ("σ''", 3) in failing and ("σ''", 2) not in failing
+    assert all(row.equation is None for row in report.failures)  # steps get the true σ''
+    assert {check for check, _ in failing} >= {"diag_hessian vs autodiff W", "hvp vs autodiff W"}
+    assert not mbp.verify_activation(wrong).passed
+
+
+# --- by hand, and at the boundary -------------------------------------------------------
+
+
+def test_one_weight_by_hand():
+    """E = ½(w x + b − y)²: ∇²E = [[x², x], [x, 1]], the GGN equals it (linear net, mse)."""
+    net = mbp.MLP((1, 1), output="identity", loss="mse")
+    params = (mbp.Layer(jnp.array([[2.0]]), jnp.array([0.5])),)
+    X, Y = jnp.array([[3.0]]), jnp.array([[1.0]])
+    v = (mbp.Layer(jnp.array([[1.0]]), jnp.array([-2.0])),)
+    (h,) = mbp.extensions.diag_hessian(net, params, X, Y)
+    assert (float(h.W[0, 0]), float(h.b[0])) == (9.0, 1.0)  # x² = 9, 1
+    (g,) = mbp.extensions.diag_ggn(net, params, X, Y)
+    assert (float(g.W[0, 0]), float(g.b[0])) == (9.0, 1.0)
+    (hv,) = mbp.extensions.hvp(net, params, X, Y, v)
+    assert (float(hv.W[0, 0]), float(hv.b[0])) == (9.0 - 6.0, 3.0 - 2.0)  # [[9, 3], [3, 1]] (1, −2)
+    ((A, G),) = mbp.extensions.kflr(net, params, X, Y)
+    assert (float(A[0, 0]), float(G[0, 0])) == (9.0, 1.0)
+
+
+def test_inputs_are_checked():
+    net, params, X, Y = small()
+    v = direction(params)
+    with pytest.raises(ValueError, match="v\\[0\\].W"):
+        mbp.extensions.hvp(net, params, X, Y, (v[0]._replace(W=v[0].W.T), *v[1:]))
+    with pytest.raises(ValueError, match="tuple of 3"):
+        mbp.extensions.ggn_vp(net, params, X, Y, v[:2])
+    with pytest.raises(ValueError, match="samples"):
+        mbp.extensions.diag_ggn_mc(net, params, X, Y, key=jax.random.key(0), samples=0)
+    with pytest.raises(TypeError, match="key"):
+        mbp.extensions.kfac(net, params, X, Y, key=0)
+    no_second = activations.tanh._replace(name="tanh2", deriv2=None)
+    net2 = mbp.MLP((4, 5, 3), hidden=no_second, output="softmax", loss="cross_entropy")
+    with pytest.raises(ValueError, match="σ''"):
+        mbp.extensions.diag_hessian(net2, net2.init(jax.random.key(0)), X, Y)
+    no_hessian = losses.mse._replace(name="mse2", hessian=None)
+    net3 = mbp.MLP((4, 5, 3), loss=no_hessian)
+    with pytest.raises(ValueError, match="Hessian"):
+        mbp.extensions.diag_ggn(net3, net3.init(jax.random.key(0)), X, jnp.zeros((6, 3)))
