@@ -130,27 +130,16 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
     groups = dict(SPECIAL_Z, random=list(2 * rng.standard_normal(64)))
     scale = witnesses.sigma_scale(act)
     where = dict(dtype=dtype, device="")
+    if act.elementwise:
+        return Report(
+            _grid_rows(act, groups, scale, where), _meta(f"activation {act.name!r}", dtype)
+        )
     rows = []
     for group, values in groups.items():
-        if act.elementwise:
-            z = jnp.asarray(values, dtype)
-            reference, witness = _both(autodiff.elementwise_derivative, act.fn, z, dtype)
-            rows.append(
-                _sigma_row(f"σ' {group}", None, act.deriv(z), reference, witness, scale, where)
-            )
-            if act.deriv_from_output is not None:
-                manual = act.deriv_from_output(act.fn(z))
-                rows.append(
-                    _sigma_row(f"σ'(a) {group}", None, manual, reference, witness, scale, where)
-                )
-            continue
         z = jnp.asarray(rng.choice(values, size=(4, 3)), dtype)
         reference, witness = _both(autodiff.jacobian, act.fn, z, dtype)
-        rows.append(
-            _sigma_row(
-                f"J_σ {group}", None, jax.vmap(act.deriv)(z), reference, witness, scale, where
-            )
-        )
+        manual = jax.vmap(act.deriv)(z)
+        rows.append(_sigma_row(f"J_σ {group}", None, manual, reference, witness, scale, where))
         if act.jac_t_dot is not None:
             g = jnp.asarray(rng.standard_normal((4, 3)), dtype)
             rows.append(_jac_t_dot_row(act, None, z, g, reference, witness is not None, where))
@@ -197,6 +186,27 @@ def verify_loss(loss: str | Loss, dtype=jnp.float32, seed: int = 0, width: int =
                 )
             )
     return Report(tuple(rows), _meta(f"loss {loss.name!r}", dtype))
+
+
+def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
+    """σ' (and σ'(a)) row by group; computed once on the whole grid, then split by group."""
+    z = jnp.asarray(
+        np.concatenate([np.asarray(v, np.float64) for v in groups.values()]), where["dtype"]
+    )
+    reference, witness = _both(autodiff.elementwise_derivative, act.fn, z, where["dtype"])
+    forms = {"σ'": act.deriv(z)}
+    if act.deriv_from_output is not None:
+        forms["σ'(a)"] = act.deriv_from_output(act.fn(z))
+    rows, start = [], 0
+    for group, values in groups.items():
+        part = slice(start, start + len(values))
+        start += len(values)
+        for name, manual in forms.items():
+            w = None if witness is None else witness[part]
+            rows.append(
+                _sigma_row(f"{name} {group}", None, manual[part], reference[part], w, scale, where)
+            )
+    return tuple(rows)
 
 
 def _both(derivative, fn, points, dtype):

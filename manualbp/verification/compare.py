@@ -40,8 +40,8 @@ def compare(
             dtype, or None where the reference has no higher precision.
         dtype: the net's dtype.
         depth: the layers the value passes through (`tolerance.floor`).
-        candidates: named wrong forms, ``{name: array}``; a miss that matches
-            one within the allowance is diagnosed by its name.
+        candidates: named wrong forms, ``{name: array or function returning
+            one}``; a miss that matches one within the allowance is diagnosed by its name.
         magnitude: the size of the terms each entry sums (the cancellation refinement).
         inputs: ``{name: array}`` the manual result was computed from, to say
             where a NaN or inf came from.
@@ -148,6 +148,8 @@ def _count(mask) -> str:
 def _explain(actual, candidates, allowed) -> str:
     """The first named wrong form that ``actual`` matches within the allowance, or ""."""
     for name, candidate in (candidates or {}).items():
+        if callable(candidate):  # formed only now, for a miss
+            candidate = candidate()
         if candidate is None:
             continue
         candidate = np.asarray(candidate, np.float64)

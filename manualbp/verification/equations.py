@@ -12,8 +12,11 @@ row names the wrong forms a reader is likely to have written (see
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from manualbp import autodiff
 from manualbp.backprop import bias_grad_batch, hidden_delta_batch, weight_grad_batch
 from manualbp.verification.compare import compare
 from manualbp.verification.witnesses import sigma_terms
@@ -48,7 +51,8 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, dtype, dev
     for k in reversed(range(len(params64))):
         l, delta = k + 2, np.asarray(deltas[k], np.float64)
         if k < len(params64) - 1 and net.activations[k].elementwise:
-            rows.append(_hidden_row(k, deltas, params, params64, ref, wit, scales[k], where))
+            sigma = net.activations[k]
+            rows.append(_hidden_row(k, deltas, params, params64, ref, wit, sigma, scales[k], where))
         A = np.asarray(given.as_[k], np.float64)
         rows.append(
             compare(
@@ -81,14 +85,14 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, dtype, dev
     return rows
 
 
-def _hidden_row(k, deltas, params, params64, ref, wit, scale, where):
+def _hidden_row(k, deltas, params, params64, ref, wit, sigma, scale, where):
     """Eq. (1) at layer l = k + 2, fed the manual Δ^{l+1}."""
     delta_next, W_next = np.asarray(deltas[k + 1], np.float64), params64[k + 1].W
     back = delta_next @ W_next
     sigma_prime = ref.sigma_primes[k]
     forms = {
         "σ' missing": back,
-        "σ' taken at a^l, not z^l": back * ref.sigma_at_a[k],
+        "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.as_[k + 1], sigma),
         "W^{l+1} not transposed": (delta_next @ W_next.T) * sigma_prime
         if W_next.shape[0] == W_next.shape[1]
         else None,
@@ -135,3 +139,9 @@ def _weight_forms(delta, A, A_next):
     if delta.shape[1] == A.shape[1]:
         forms["transposed: a^{l-1} (δ^l)ᵀ in place of δ^l (a^{l-1})ᵀ"] = (delta.T @ A / len(A)).T
     return forms
+
+
+def _sigma_prime_at(a, sigma):
+    """σ' taken at a^l, by autodiff in float64: a wrong form, formed only for a miss."""
+    with jax.enable_x64():
+        return np.asarray(autodiff.elementwise_derivative(sigma.fn, jnp.asarray(a)))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import autodiff
-from manualbp.network import MLP, Params, example_loss, forward_pass_batch
+from manualbp.network import MLP, Params, example_loss
 
 REFERENCE_DTYPE = np.float64
 
@@ -28,8 +28,7 @@ class Side(NamedTuple):
 
     ``zs[k]`` = Z^{k+2}, ``as_[k]`` = A^{k+1}, ``deltas[k]`` = the true Δ^{k+2};
     ``sigma_primes[k]`` = σ^{k+2}'(Z^{k+2}) for a componentwise σ, its
-    Jacobian per example (B, N, N) otherwise; ``sigma_at_a[k]`` = σ^{k+2}'
-    taken at A^{k+2} (a wrong form the diagnosis names); ``dE_dyhat`` =
+    Jacobian per example (B, N, N) otherwise; ``dE_dyhat`` =
     ∂E/∂ŷ of each example; ``delta_L`` = ∂E_b/∂z^L at the given z^L.
     The blocks (σ', ∂E/∂ŷ, δ^L) are taken at the points `compute` names.
     """
@@ -40,7 +39,6 @@ class Side(NamedTuple):
     E: object
     grads: Params
     sigma_primes: list
-    sigma_at_a: list
     dE_dyhat: object
     delta_L: object
 
@@ -78,25 +76,23 @@ def _to_numpy(side: Side) -> Side:
 
 
 def _compute(net, params, X, Y, points) -> Side:
-    zs, as_ = forward_pass_batch(net, params, X)
-    E, grads = autodiff.value_and_grad(net, params, X, Y)
+    # Op by op, not jitted: the catalogue's nets share shapes, so each operation
+    # compiles once for all of them, where a jitted whole would compile per net.
+    E, grads, deltas, (zs, as_) = autodiff.value_grad_and_deltas(net, params, X, Y)
     z_at, a_at = (zs, as_) if points is None else points
-    sigma_primes, sigma_at_a = [], []
-    for k, sigma in enumerate(net.activations):
-        if sigma.elementwise:
-            sigma_primes.append(autodiff.elementwise_derivative(sigma.fn, z_at[k]))
-            sigma_at_a.append(autodiff.elementwise_derivative(sigma.fn, a_at[k + 1]))
-        else:
-            sigma_primes.append(autodiff.jacobian(sigma.fn, z_at[k]))
-            sigma_at_a.append(None)
+    sigma_primes = [
+        autodiff.elementwise_derivative(sigma.fn, z_at[k])
+        if sigma.elementwise
+        else autodiff.jacobian(sigma.fn, z_at[k])
+        for k, sigma in enumerate(net.activations)
+    ]
     return Side(
         zs=zs,
         as_=as_,
-        deltas=autodiff.deltas(net, params, X, Y),
+        deltas=deltas,
         E=E,
         grads=grads,
         sigma_primes=sigma_primes,
-        sigma_at_a=sigma_at_a,
         dE_dyhat=autodiff.loss_grad(net.loss.fn, a_at[-1], Y),
         delta_L=jax.vmap(jax.grad(lambda z, y: example_loss(net, z, net.output.fn(z), y)))(
             z_at[-1], Y
