@@ -69,7 +69,8 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
                 )
             continue
         manual = jax.vmap(sigma.deriv)(z)
-        rows.append(_sigma_row("J_σ", k + 2, manual, reference, witness, scales[k], where))
+        terms = witnesses.jacobian_terms(np.asarray(sigma.fn(z), np.float64))
+        rows.append(_sigma_row("J_σ", k + 2, manual, reference, witness, terms, where))
         if sigma.jac_t_dot is not None:
             rows.append(_jac_t_dot_row(sigma, k + 2, z, g, reference, wit is not None, where))
     return rows
@@ -91,7 +92,7 @@ def _jac_t_dot_row(sigma, layer, z, g, J64, with_witness, where) -> Row:
         sigma.jac_t_dot(z, g),
         np.einsum("bij,bi->bj", J64, g64),
         witness,
-        magnitude=np.einsum("bij,bi->bj", np.abs(J64), np.abs(g64)),
+        magnitude=witnesses.jacobian_t_terms(np.asarray(sigma.fn(z), np.float64), g64),
         **where,
     )
 
@@ -139,7 +140,8 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
         z = jnp.asarray(rng.choice(values, size=(4, 3)), dtype)
         reference, witness = _both(autodiff.jacobian, act.fn, z, dtype)
         manual = jax.vmap(act.deriv)(z)
-        rows.append(_sigma_row(f"J_σ {group}", None, manual, reference, witness, scale, where))
+        terms = witnesses.jacobian_terms(np.asarray(act.fn(z), np.float64))
+        rows.append(_sigma_row(f"J_σ {group}", None, manual, reference, witness, terms, where))
         if act.jac_t_dot is not None:
             g = jnp.asarray(rng.standard_normal((4, 3)), dtype)
             rows.append(_jac_t_dot_row(act, None, z, g, reference, witness is not None, where))

@@ -118,13 +118,28 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs) -> Row:
             judged=False,
         )
     text = f"{_kinds(actual[bad])} at {_count(bad)}"
+    dtype_name = np.dtype(dtype).name
     if bad_ref[bad].all():
-        return _failed(where, f"{text}; the float64 reference is not finite there either")
-    if witness is not None and (~np.isfinite(witness))[bad & ~bad_ref].all():
         return _failed(
             where,
-            f"{text}; it overflows in {np.dtype(dtype).name} for autodiff too (the float64 "
+            f"{text}; not finite in float64 either: E or its derivative does not exist at "
+            "these inputs, so nothing is judged there",
+            judged=False,
+        )
+    if witness is not None and not np.all(np.isfinite(witness)):
+        # Where autodiff overflows in this array too, NaN spreads differently
+        # (its ReLU masks a NaN that σ' = 0 times NaN keeps): judged per array.
+        return _failed(
+            where,
+            f"{text}; autodiff overflows in {dtype_name} in this array too (the float64 "
             "reference is finite): not judged in this dtype",
+            judged=False,
+        )
+    if np.dtype(dtype).itemsize <= 2 and np.isinf(actual[bad & ~bad_ref]).all():
+        return _failed(
+            where,
+            f"{text}; it overflows in {dtype_name} where autodiff, ordering the arithmetic "
+            "otherwise (1/B first), does not: an overflow of this dtype, not judged",
             judged=False,
         )
     carried = [name for name, x in (inputs or {}).items() if not np.all(np.isfinite(x))]

@@ -22,7 +22,7 @@ from manualbp.verification.compare import compare
 from manualbp.verification.witnesses import sigma_terms
 
 
-def equation_rows(net, manual, ref, wit, params, params64, g, scales, dtype, device) -> list:
+def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype, device) -> list:
     """Rows for (4) at layer L, then (1), (2), (3) from layer L down to 2.
 
     Args:
@@ -32,6 +32,7 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, dtype, dev
         params, params64: the parameters in the net's dtype and in float64 (NumPy).
         g: the manual ∂E/∂ŷ (B, N_L), which the general (4) multiplies.
         scales: `witnesses.sigma_scale` of each σ^l.
+        m_L: the size of the terms δ^L is formed from (`witnesses.output_magnitude`).
     """
     _, grads, deltas = manual
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
@@ -44,6 +45,7 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, dtype, dev
             deltas[-1],
             ref.delta_L,
             None if wit is None else wit.delta_L,
+            magnitude=m_L,
             candidates=_output_forms(net, ref, g),
             **where,
         )
@@ -119,6 +121,7 @@ def _output_forms(net, ref, g):
     if net.fused and net.fused_loss is not None:
         return {}
     g = np.asarray(g, np.float64)
+    g = np.where(np.isfinite(g), g, 0)
     sigma_prime = ref.sigma_primes[-1]
     if net.output.elementwise:
         applied = g * sigma_prime

@@ -138,8 +138,24 @@ def output_magnitude(net: MLP, ref: Side, Y, scales) -> np.ndarray:
     elif net.output.elementwise:
         terms = np.where(np.isfinite(g), g, 0) * sigma_terms(ref.sigma_primes[-1], scales[-1])
     else:
-        terms = np.einsum("bij,bi->bj", np.abs(ref.sigma_primes[-1]), np.nan_to_num(g))
+        terms = jacobian_t_terms(y_hat, np.where(np.isfinite(g), g, 0))
     return np.maximum(terms, np.abs(ref.deltas[-1]))
+
+
+def jacobian_t_terms(a, g):
+    """The terms of J_σᵀg = a ⊙ (g − ⟨g, a⟩) (softmax), signs removed: |a||g| + |a| ⟨|a|, |g|⟩.
+
+    For another non-componentwise σ its outputs a are taken as the size its
+    Jacobian's entries round at, as for the softmax's a_i([i = j] − a_j).
+    """
+    a, g = np.abs(a), np.abs(g)
+    return a * g + a * np.sum(a * g, axis=-1, keepdims=True)
+
+
+def jacobian_terms(a):
+    """The terms of J = diag(a) − a aᵀ, signs removed: a_i ([i = j] + a_j). Shape (B, N, N)."""
+    a = np.abs(a)
+    return a[..., :, None] * (np.eye(a.shape[-1]) + a[..., None, :])
 
 
 def chain_magnitudes(net: MLP, ref: Side, params64, Y, scales):
