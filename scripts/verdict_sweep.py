@@ -149,7 +149,8 @@ def caught(net, dtype, batch, equation, layer, wrong, name):
     ok = failing == {(equation, layer)}
     if not ok:
         print(
-            f"  MISSED {name} eq ({equation}) l={layer} {jnp.dtype(dtype).name}: failing {sorted(failing)}"
+            f"  MISSED {name} eq ({equation}) l={layer} {jnp.dtype(dtype).name}: "
+            f"failing {sorted(failing)}"
         )
     return ok
 
