@@ -29,6 +29,7 @@ def compare(
     candidates=None,
     magnitude=None,
     inputs=None,
+    upstream=None,
 ) -> Row:
     """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
 
@@ -45,6 +46,8 @@ def compare(
         magnitude: the size of the terms each entry sums (the cancellation refinement).
         inputs: ``{name: array}`` the manual result was computed from, to say
             where a NaN or inf came from.
+        upstream: ``{name: float64 reference array}`` the value depends on; a
+            NaN or inf that one of them has too is not judged here.
     """
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
@@ -53,7 +56,15 @@ def compare(
         return _failed(where, _shape_diagnosis(actual.shape, reference.shape))
     witness = None if witness is None else np.asarray(witness, np.float64)
     if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(reference)):
-        return _nonfinite_row(where, actual, reference, witness, dtype, inputs)
+        return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
+    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    if before:
+        return _failed(
+            where,
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: "
+            "not judged",
+            judged=False,
+        )
     if witness is not None and not np.all(np.isfinite(witness)):
         witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
     verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
@@ -106,7 +117,7 @@ def _shape_diagnosis(shape, expected) -> str:
     return f"shape {shape}, expected {tuple(expected)}"
 
 
-def _nonfinite_row(where, actual, reference, witness, dtype, inputs) -> Row:
+def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -> Row:
     """A NaN or inf: where it is, and where it came from. Never a pass."""
     bad_ref = ~np.isfinite(reference)
     bad = ~np.isfinite(actual)
@@ -124,6 +135,14 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs) -> Row:
             where,
             f"{text}; not finite in float64 either: E or its derivative does not exist at "
             "these inputs, so nothing is judged there",
+            judged=False,
+        )
+    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    if before:
+        return _failed(
+            where,
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: "
+            "not judged",
             judged=False,
         )
     if witness is not None and not np.all(np.isfinite(witness)):
@@ -188,7 +207,7 @@ def diagnose(actual, reference, allowed: float = 0.0) -> str:
         return "non-finite values"
     if not np.any(r):
         return "should be zero"
-    if not np.any(m):
+    if not np.any(m) or np.max(np.abs(m)) <= allowed:
         return "zero"
     error = np.abs(m - r)
     largest = float(np.max(np.abs(r)))
@@ -202,7 +221,7 @@ def diagnose(actual, reference, allowed: float = 0.0) -> str:
         shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
         return f"off by ×{shown}"
     wrong = error > max(allowed, 0.0)
-    if 0 < wrong.sum() <= max(3, wrong.size // 100):
+    if 0 < wrong.sum() < wrong.size and wrong.sum() <= max(3, wrong.size // 100):
         where = np.unravel_index(np.flatnonzero(wrong)[0], np.shape(actual))
         first = tuple(int(i) for i in where)
         return f"wrong at {int(wrong.sum())} of {wrong.size} entries (first at {first})"

@@ -54,7 +54,7 @@ def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Ro
     ``magnitudes[k]`` = (m_δ, m_W, m_b) of layer l = k + 2 (`witnesses.chain_magnitudes`).
     """
     E, grads, deltas = manual
-    where = dict(dtype=dtype, depth=net.L - 1, device=device)
+    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
     rows = [compare("E vs autodiff", None, None, E, ref.E, _get(wit, "E"), **where)]
     for k in reversed(range(len(grads))):
         m_delta, m_W, m_b = magnitudes[k]
@@ -85,7 +85,7 @@ def fast_form_rows(net, params, X, Y, ref, wit, magnitudes, dtype, device) -> li
     rows even where the plain equations above pass.
     """
     E, grads = backprop.fast_backprop(net, params, X, Y)
-    where = dict(dtype=dtype, depth=net.L - 1, device=device)
+    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
     rows = [compare("E fast form vs autodiff", None, None, E, ref.E, _get(wit, "E"), **where)]
     for k in reversed(range(len(params))):
         _, m_W, m_b = magnitudes[k]
@@ -124,3 +124,8 @@ def _get(side, name, k=None):
         return None
     value = getattr(side, name)
     return value if k is None else value[k]
+
+
+def _upstream(ref) -> dict:
+    """What every end-to-end value depends on: E and δ^L, in float64."""
+    return {"E": ref.E, "δ^L": ref.deltas[-1]}
