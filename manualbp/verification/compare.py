@@ -57,14 +57,6 @@ def compare(
     witness = None if witness is None else np.asarray(witness, np.float64)
     if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(reference)):
         return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
-    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
-    if before:
-        return _failed(
-            where,
-            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: "
-            "not judged",
-            judged=False,
-        )
     if witness is not None and not np.all(np.isfinite(witness)):
         witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
     verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
@@ -141,8 +133,14 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -
     if before:
         return _failed(
             where,
-            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: "
-            "not judged",
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: not judged",
+            judged=False,
+        )
+    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    if before:
+        return _failed(
+            where,
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: not judged",
             judged=False,
         )
     if witness is not None and not np.all(np.isfinite(witness)):
