@@ -10,7 +10,7 @@ import pytest
 from helpers import numpy_case
 
 import manualbp as mbp
-from manualbp import backprop, losses
+from manualbp import backprop, losses, tolerance
 from manualbp.network import Layer
 from manualbp.tools.cli import main as cli_main
 from manualbp.verification.blocks import NULL_DIRECTION
@@ -224,3 +224,16 @@ def test_finite_differences_state_their_noise_and_a_kink_inside_the_step():
     assert any("kink inside the step" in r.diagnosis for r in fd)
     report = run(mbp.MLP((3, 4, 2), "tanh", "identity", "mse"), finite_differences=True)
     assert all("noise floor" in r.diagnosis for r in report.rows if "finite" in r.check)
+
+
+@pytest.mark.slow
+def test_the_quick_sweep_has_no_false_alarm_and_misses_nothing():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    import verdict_sweep
+
+    counts, worst = verdict_sweep.false_alarms(quick=True)
+    assert counts["false alarms"] == 0 and worst <= tolerance.K
+    assert all(all(hits) for hits in verdict_sweep.catches(quick=True).values())
