@@ -38,6 +38,33 @@ def deltas(net: MLP, params: Params, X: Array, Y: Array) -> tuple[Array, ...]:
     return jax.grad(total_E)(offsets)
 
 
+def value_grad_and_deltas(net: MLP, params: Params, X: Array, Y: Array):
+    """`value_and_grad` and `deltas` from one reverse pass, with the forward pass it ran.
+
+    The mean E with a zero offset added to every z^l, differentiated with
+    respect to the parameters and the offsets at once: the offsets' gradient
+    is δ^l / B (the mean's 1/B), so it is scaled back by B.
+
+    Returns:
+        (E, grads, deltas, (zs, as_)), the last as `network.forward_pass_batch` returns them.
+    """
+    B = X.shape[0]
+    offsets = tuple(jnp.zeros((B, n), X.dtype) for n in net.sizes[1:])
+
+    def mean_E(params, offsets):
+        zs, as_ = [], [X]
+        for (W, b), sigma, offset in zip(params, net.activations, offsets, strict=True):
+            zs.append(as_[-1] @ W.T + b[None, :] + offset)
+            as_.append(sigma.fn(zs[-1]))
+        E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+        return E, (zs, as_)
+
+    (E, forward), (grads, scaled) = jax.value_and_grad(mean_E, argnums=(0, 1), has_aux=True)(
+        params, offsets
+    )
+    return E, grads, tuple(d * B for d in scaled), forward
+
+
 def elementwise_derivative(fn, z: Array) -> Array:
     """σ'(z) for a componentwise σ, by forward-mode autodiff with a tangent of ones."""
     return jax.jvp(fn, (z,), (jnp.ones_like(z),))[1]

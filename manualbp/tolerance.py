@@ -1,35 +1,64 @@
-"""The one rule for "these two gradients agree", used by the tests and the verifier.
+"""The rules for "this gradient is right": one judged against a witness, one without.
 
-Per array, compare the largest absolute difference with the largest reference
-entry:
+**The verdict** (`judge`, used by `manualbp.verification`). Three results of
+one array are at hand: the manual one g, the reference g⁶⁴ computed in float64
+from the same inputs cast up, and the witness g_w, the same quantity by
+autodiff (or by the equation as the derivation writes it) in the net's own
+dtype. With the errors measured per array against the reference,
 
-    max|g − g_ref| ≤ rtol · max|g_ref|,   rtol = C · eps · (L − 1) · √n.
+    e = max|g − g⁶⁴|,   e_w = max|g_w − g⁶⁴|,
 
-Refinement for cancelling sums: rounding scales with the size of the terms a
-gradient entry sums, not with the sum. A batch mean of per-example gradients
-of both signs can be far smaller than its terms, so, where the magnitude of
-the terms is known (`autodiff.gradient_magnitudes`), the scale is
-max(max|g_ref|, max magnitude). Without cancellation the two coincide.
+g is right when it rounds like the witness does:
 
-Why this shape:
-* Elementwise relative error is unsound: entries near zero (a dead ReLU, a
-  cancelling batch sum) have relative errors of any size with no bug present.
-  Scaling by the array's largest entry measures the error against the size of
-  the gradient the entry belongs to.
-* eps is the dtype's machine epsilon: both sides round at that scale.
-* Each of the L − 1 parameter layers adds a matrix product to the chain the
-  error travels through, so the bound grows linearly with depth.
-* A product over a contraction of length n accumulates rounding like a random
-  walk, ~√n · eps. The contractions are the layer widths N_l (equation (1),
-  the forward pass) and the batch size B (equation (2) sums over the batch),
-  so n is the largest of those.
-* C = 64 is calibrated on random networks of every built-in activation and
-  output/loss pair. Measured in units of eps · (L − 1) · √n: at most 0.32 over
-  378 random jitted nets (widths and batches up to 99, 1–5 layers, float32
-  and float64, fused and general δ^L), and at most 25 (0.39 of the bound) in
-  `manualbp verify`'s catalogue, which runs op by op. C = 64 keeps float32
-  tight enough to catch a 1e-3 relative error for widths and batches up to a
-  few hundred (the agreement tests check it).
+    e ≤ K · max(e_w, floor),   floor = F · d · eps · s,   K = 4, F = 2,
+
+* eps: the machine epsilon of the net's dtype;
+* s = max(max|g⁶⁴|, max m): the array's scale. m is the magnitude of the
+  terms each entry sums where that is known (for (2), (1/B) Σ_b |δ_b| |a_b|ᵀ;
+  see `autodiff.gradient_magnitudes`): rounding scales with the terms, not
+  with their sum, so a cancelling batch mean is judged on the size of its
+  terms (the cancellation refinement);
+* d: the number of layers the compared value passes through (1 for one
+  equation or building block, L − 1 end to end).
+
+Why this shape. A correct derivation and autodiff run the same arithmetic in
+the same precision, differently ordered: their distances to a float64
+reference are of one size. On 831 correct nets (`scripts/verdict_sweep.py`)
+e / max(e_w, floor) is at most 2.5; a wrong derivation is off by its own
+error, which does not shrink with eps. The old worst-case bound,
+C · eps · (L − 1) · √n (below), sat 2–3 orders of magnitude above the error a
+correct pass makes (0.2–0.7 eps of s measured at 10 layers of 256, B = 4096)
+and so missed factors of 1.001 in float32 and 2 in bfloat16.
+
+* K = 4 is the calibration: 1.6 times the largest ratio e / max(e_w, floor)
+  measured over the whole catalogue (every hidden activation × output/loss
+  pair, float32 and float64, input scales 1e-3 to 1e3, widths 1 to 1024,
+  depths to 10, B to 4096, every init, bfloat16 and float16), never fitted to
+  one case; a 1e-4 relative error in float32 at B = 4096 is 50-130 eps · s.
+* The floor covers a witness that happens to round less than a correct
+  derivation can: a single number, a width-1 layer, an exact identity σ'.
+  Each layer the value passes through adds a rounding of its own scale, so
+  it grows with d. It also carries the rule where the reference is not of
+  higher precision: a float64 net has a float64 reference, the witness is the
+  reference, e_w = 0, and the allowance is K · F · d · eps · s.
+* Non-finite values never pass: `judge` is for finite arrays; the verifier
+  fails a NaN or inf before it gets here.
+
+In units of eps · s (what a report shows): e / (eps · s) is the manual
+error, e_w / (eps · s) the witness's, K · max(e_w, floor) / (eps · s) the
+allowance.
+
+**The bound without a witness** (`rtol`, `net_rtol`, `array_error`,
+`tree_errors`): where no float64 reference is at hand (training's
+``check_every``, tests comparing two same-precision results), two gradients
+agree when per array
+
+    max|g − g_ref| ≤ rtol · s,   rtol = C · eps · (L − 1) · √n,   C = 64,
+
+n the longest contraction (the widths and B), s as above. It is a worst case:
+loose, but it needs nothing but the two arrays. C = 64 was calibrated on
+random jitted nets of every built-in activation and pair (at most 0.32 of it
+over 378 nets with widths and batches up to 99).
 """
 
 from __future__ import annotations
@@ -41,6 +70,13 @@ import jax.numpy as jnp
 import numpy as np
 
 C = 64
+"""The constant of the bound without a witness (`rtol`)."""
+
+K = 4.0
+"""The verdict's allowance is K times the witness's error (or the floor)."""
+
+F = 2.0
+"""The floor is F · d · eps · s: F roundings of the scale per layer passed through."""
 
 
 def eps(dtype) -> float:
@@ -96,3 +132,52 @@ def tree_errors(actual, reference, magnitude=None) -> list[tuple[str, float, flo
         (jax.tree_util.keystr(path), *array_error(a, r, m))
         for (path, r), a, m in zip(flat_ref, flat_act, flat_mag, strict=True)
     ]
+
+
+def floor(dtype, depth: int, scale: float) -> float:
+    """F · d · eps · s: the least error a correct result of ``depth`` layers may make."""
+    return F * max(depth, 1) * eps(dtype) * scale
+
+
+def allowance(witness_error: float, floor_: float) -> float:
+    """K · max(e_w, floor): how far from the reference a correct result may be."""
+    return K * max(witness_error, floor_)
+
+
+def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> dict:
+    """The verdict for one finite array: errors, scale, allowance, in absolute terms.
+
+    Args:
+        actual: the manual result g.
+        reference: g⁶⁴, the same quantity in float64 from the same inputs.
+        witness: the same quantity by autodiff in the net's dtype, or None
+            where the reference is of the same precision (then e_w = 0).
+        dtype: the net's dtype (its eps).
+        depth: d, the layers the value passes through.
+        magnitude: the size of the summed terms, if known (see above).
+
+    Returns:
+        {"error", "witness_error", "scale", "allowance", "passed"}.
+    """
+    actual = np.asarray(actual, np.float64)
+    reference = np.asarray(reference, np.float64)
+    error = float(np.max(np.abs(actual - reference), initial=0.0))
+    witness_error = 0.0
+    if witness is not None:
+        witness_error = float(
+            np.max(np.abs(np.asarray(witness, np.float64) - reference), initial=0.0)
+        )
+    scale = float(np.max(np.abs(reference), initial=0.0))
+    if magnitude is not None:
+        scale = max(scale, float(np.max(np.abs(np.asarray(magnitude, np.float64)), initial=0.0)))
+    # Without a witness the reference is of the net's own precision and rounds
+    # too: e ≤ e_manual + e_reference, so the floor counts both.
+    floor_ = floor(dtype, depth, scale) * (1 if witness is not None else 2)
+    allowed = allowance(witness_error, floor_)
+    return {
+        "error": error,
+        "witness_error": witness_error,
+        "scale": scale,
+        "allowance": allowed,
+        "passed": error <= allowed,
+    }

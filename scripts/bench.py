@@ -8,7 +8,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from manualbp.tools.bench import main  # noqa: E402
+from manualbp.tools.bench_cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

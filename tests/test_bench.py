@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import manualbp as mbp
-from manualbp.tools import bench, timing
+from manualbp import records
+from manualbp.tools import bench, bench_cli, timing
 from manualbp.tools import bench_curvature as bc
 
 # A 3-4-2 net, batch B = 5: layer l = 2 is (n_out, n_in) = (4, 3), layer l = 3 is (2, 4).
@@ -76,7 +77,7 @@ def test_quick_run_writes_the_report(tmp_path):
     path = tmp_path / "bench.json"
     markdown = tmp_path / "bench.md"
     argv = ["--quick", "--configs", "small", "--no-training", "--json", str(path)]
-    assert bench.main([*argv, "--markdown", str(markdown)]) == 0
+    assert bench_cli.main([*argv, "--markdown", str(markdown)]) == 0
     report = json.loads(path.read_text())
     assert {"environment", "matmul", "configs", "flop_count", "loadavg_end"} <= report.keys()
     assert {"device", "versions", "cpu_count", "env", "loadavg"} <= report["environment"].keys()
@@ -179,7 +180,7 @@ def test_training_ratios_on_planted_times(planted_times):
         assert row["paired_manual_over_numpy"]["median"] == pytest.approx(45.0)
     table = bench.markdown(
         {
-            "environment": bench.environment(machine=True),
+            "environment": records.environment(machine=True),
             "matmul": {"sizes": [], "n": 0, "gflops_median": 1},
             "configs": [],
             "training": result,
@@ -207,3 +208,14 @@ def test_curvature_bench_smoke_and_its_programs_agree():
             fns[manual](params, v),
             fns[autodiff](params, v),
         )
+
+
+def test_sections_default_to_all_quick_to_none_and_unknown_is_a_usage_error():
+    parser = bench_cli._parser()
+    assert bench_cli._sections(parser, parser.parse_args([])) == list(bench_cli.SECTIONS)
+    assert bench_cli._sections(parser, parser.parse_args(["--quick"])) == []
+    chosen = parser.parse_args(["--sections", "curvature, fashion-mnist"])
+    assert bench_cli._sections(parser, chosen) == ["curvature", "fashion-mnist"]
+    with pytest.raises(SystemExit) as exit_:
+        bench_cli._sections(parser, parser.parse_args(["--sections", "gpu"]))
+    assert exit_.value.code == 2

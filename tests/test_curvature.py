@@ -1,7 +1,8 @@
 """Curvature by hand, equations (10)–(19): agreement with autodiff, no autodiff, caught when broken.
 
 * Across the output/loss catalogue, in float32 and float64, every row of
-  `verify_curvature` passes (teacher-forced steps and end-to-end quantities).
+  `verify_curvature` passes (teacher-forced steps and end-to-end quantities),
+  judged against a float64 reference by the same-dtype witness (float64: none).
 * The public functions equal the composed quantities and never call autodiff.
 * The Monte Carlo estimates converge to `diag_ggn` (unbiased), and a biased
   sampler is seen doing otherwise.
@@ -24,6 +25,7 @@ from manualbp.extensions import curvature as C
 from manualbp.extensions.curvature_equations import CURVATURE
 from manualbp.extensions.curvature_verify import verify_curvature
 from manualbp.losses import OUTPUT_LOSS_PAIRS
+from manualbp.verification import witnesses
 
 CATALOGUE = [(out, loss, True) for out, loss in OUTPUT_LOSS_PAIRS] + [
     ("softmax", "cross_entropy", False),
@@ -79,6 +81,26 @@ def test_every_row_agrees_across_the_catalogue(output, loss, fused, hidden, dtyp
     assert report.passed, str(report)
     equations = {row.equation for row in report.rows}
     assert set(range(11, 20)) - {16} <= equations
+    assert report.meta["reference"] == witnesses.reference_note(dtype)
+    if dtype == jnp.float64:  # no higher precision: the reference is the witness
+        assert all(row.witness_eps == 0 for row in report.rows)
+    else:
+        assert any(row.witness_eps > 0 for row in report.rows)
+
+
+@pytest.mark.slow
+def test_a_bfloat16_net_is_judged_by_its_own_witness():
+    """In bfloat16 the same rule holds: a correct net passes, a broken (13) is still caught."""
+    net, params, X, Y = small("sigmoid", "mse", hidden="tanh", dtype=jnp.bfloat16)
+    report = verify_curvature(net, params, X, Y, key=jax.random.key(4))
+    assert report.passed, str(report)
+    assert "bfloat16" in report.meta["reference"]
+    wrong, expected = MUTATIONS["hidden_factor"]
+    broken = verify_curvature(
+        net, params, X, Y, key=jax.random.key(4), equations=CURVATURE._replace(hidden_factor=wrong)
+    )
+    located = {(row.equation, row.layer) for row in broken.failures if row.equation is not None}
+    assert located == expected, str(broken)
 
 
 def test_public_functions_equal_the_composed_quantities_without_autodiff(autodiff_forbidden):

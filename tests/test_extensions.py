@@ -240,7 +240,9 @@ def test_clipped_sum_for_the_mean_is_off_by_B(mutate):
     mutate("clipped_weight_grad", lambda c, delta, a_prev: (c[:, None] * delta).T @ a_prev)
     found = failures(mbp.verify_extensions(NET, *case()))
     assert set(found) == {("clipped W", l) for l in (2, 3, 4)}
-    assert all("off by ×B" in d for d in found.values())
+    # Named as the sum, or by its factor: B = 8 (where the 8× result rounds beyond the
+    # allowance of the right one, the named form no longer matches within it).
+    assert all("off by ×B" in d or "off by ×8" in d for d in found.values())
 
 
 def test_clipping_per_layer_is_caught(mutate):

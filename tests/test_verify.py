@@ -208,6 +208,10 @@ def test_report_to_dict_is_json_with_versions():
         "passed",
         "diagnosis",
         "device",
+        "error_eps",
+        "witness_eps",
+        "allowance_eps",
+        "judged",
     }
 
 

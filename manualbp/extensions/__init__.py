@@ -18,6 +18,7 @@ from manualbp.extensions.curvature import (
     kfac,
     kflr,
 )
+from manualbp.extensions.curvature_verify import verify_curvature
 from manualbp.extensions.per_example import (
     batch_l2,
     clipped_value_and_grad,
@@ -25,7 +26,6 @@ from manualbp.extensions.per_example import (
     variance,
 )
 from manualbp.extensions.verify import catalogue_extensions, verify_extensions
-from manualbp.extensions.curvature_verify import verify_curvature
 
 __all__ = [
     "batch_l2",

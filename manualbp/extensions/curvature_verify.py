@@ -20,12 +20,24 @@ The building blocks come first: H_f and S_f S_fᵀ against `jax.hessian` of E
 in f, and σ'' of every layer that needs it against autodiff of the
 hand-derived σ' (as `verify_activation`). Every row goes through `_agree`, the
 one place that decides the tolerance.
+
+The verdict is `tolerance.judge`'s: the program that forms every row runs
+twice, in the net's dtype (the manual results, and the references as the
+witness) and in float64 from the same parameters and batch cast up (the
+reference, and the magnitudes). What is drawn at random, the direction v and
+the sampled factors s̃ of (16), is drawn once in the net's dtype and cast up,
+so that both runs see the same v and the same samples. A float64 net has no
+higher precision: its one run is the reference, and there is no witness.
+A 2-byte net (bfloat16, float16) is judged the same way, by its own witness.
+A teacher-forced step or a building block passes through one layer (d = 1);
+an end-to-end quantity through L − 1.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from manualbp import autodiff, validation
 from manualbp.extensions import curvature as C
@@ -42,7 +54,8 @@ from manualbp.network import (
     param_dtype,
 )
 from manualbp.records import environment
-from manualbp.verification.compare import compare, row_rtol
+from manualbp.verification import witnesses
+from manualbp.verification.compare import compare
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
@@ -51,18 +64,34 @@ MC_SAMPLES = 2
 """Targets drawn per example for the Monte Carlo rows (the reference uses the same ones)."""
 
 
-def _agree(tol, check, equation, layer, actual, reference, magnitude=None) -> Row:
-    """One row: ``actual`` against ``reference`` under the tolerance ``tol`` (`row_rtol`).
+def _agree(label, actual, reference, witness, magnitude, dtype) -> Row:
+    """One row: ``actual`` against the float64 ``reference``, judged by ``witness``.
 
-    The one place the curvature rows meet the tolerance rule, so that a change
-    of rule is a change here.
+    ``label`` = (check, equation, layer, depth). The one place the curvature
+    rows meet the tolerance rule (`tolerance.judge`), so that a change of rule
+    is a change here.
     """
-    return compare(check, equation, layer, actual, reference, tol, "", None, magnitude)
+    check, equation, layer, depth = label
+    return compare(
+        check,
+        equation,
+        layer,
+        actual,
+        reference,
+        witness,
+        dtype=dtype,
+        depth=depth,
+        magnitude=magnitude,
+    )
 
 
-def _pair(check, equation, layer, actual, reference, magnitude=None) -> tuple:
-    """What one row compares, still as arrays (inside the traced program)."""
-    return (check, equation, layer), (actual, reference, magnitude)
+def _pair(check, equation, layer, actual, reference, magnitude=None, depth=1) -> tuple:
+    """What one row compares, still as arrays (inside the traced program).
+
+    ``depth``: the layers the value passes through, 1 for a teacher-forced
+    step or a building block, L − 1 for an end-to-end quantity.
+    """
+    return (check, equation, layer, depth), (actual, reference, magnitude)
 
 
 def verify_curvature(
@@ -87,10 +116,12 @@ def verify_curvature(
     """
     key = jax.random.key(0) if key is None else key
     rows = curvature_rows(net, params, X, Y, key=key, equations=equations)
+    dtype = param_dtype(params)
     meta = {
         "subject": f"curvature of {net!r}",
         "batch": int(X.shape[0]),
-        "dtype": str(jnp.dtype(param_dtype(params))),
+        "dtype": str(jnp.dtype(dtype)),
+        "reference": witnesses.reference_note(dtype),
         **environment(),
     }
     return Report(tuple(rows), meta)
@@ -104,21 +135,24 @@ def curvature_rows(
     *,
     key: Array,
     equations: CurvatureEquations = CURVATURE,
-) -> list:
+) -> list[Row]:
     """The rows of `verify_curvature`: building blocks, GGN, Hessian, R-operator."""
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
     validation.check_key(key)
     p, X, Y = in_compute_dtype(net, params, X, Y)
-    tol = row_rtol(param_dtype(p), net.sizes, X.shape[0])
+    dtype = jnp.dtype(param_dtype(p))
     labels = []
 
-    def arrays(p, X, Y, key):
+    def arrays(p, X, Y, key, v=None, drawn=None):
         # One traced program for every reference and step: op by op, the many
-        # small autodiff transforms spend most of their time compiling.
+        # small autodiff transforms spend most of their time compiling. Run
+        # first in the net's dtype (v and the samples drawn here), then in
+        # float64 with that v and those samples cast up.
         key_v, key_mc = jax.random.split(key)
-        v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
-        ref = _References(net, p, X, Y, v)
+        if v is None:
+            v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
+        ref = _References(net, p, X, Y, v, equations, key_mc, drawn)
         pairs = (
             _block_rows(ref, equations)
             + _ggn_rows(ref, equations, key_mc)
@@ -126,16 +160,37 @@ def curvature_rows(
             + _r_rows(ref, equations)
         )
         labels[:] = [label for label, _ in pairs]
-        return [values for _, values in pairs]
+        return [values for _, values in pairs], v, ref.drawn
 
-    values = jax.jit(arrays)(p, X, Y, key)
-    return [_agree(tol, *label, *value) for label, value in zip(labels, values, strict=True)]
+    values, v, drawn = jax.jit(arrays)(p, X, Y, key)
+    if dtype == witnesses.REFERENCE_DTYPE:
+        # No higher precision: this run is the reference, and there is no witness.
+        judged = [(actual, None, reference, magnitude) for actual, reference, magnitude in values]
+    else:
+
+        def reference_arrays(p, X, Y, key, v, drawn):
+            values, _, _ = arrays(p, X, Y, key, v, drawn)
+            return [(reference, magnitude) for _, reference, magnitude in values]
+
+        with jax.enable_x64(True):
+            up = jax.tree.map(lambda t: jnp.asarray(np.asarray(t, np.float64)), (p, X, Y, v, drawn))
+            references = jax.device_get(jax.jit(reference_arrays)(*up[:3], key, *up[3:]))
+        judged = [
+            (actual, witness, reference64, magnitude64)
+            for (actual, witness, _), (reference64, magnitude64) in zip(
+                values, references, strict=True
+            )
+        ]
+    return [
+        _agree(label, actual, reference, witness, magnitude, dtype)
+        for label, (actual, witness, reference, magnitude) in zip(labels, judged, strict=True)
+    ]
 
 
 class _References:
     """Every autodiff reference the rows need, for one batch and direction v."""
 
-    def __init__(self, net, p, X, Y, v):
+    def __init__(self, net, p, X, Y, v, eqs, key, drawn=None):
         self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
         self.B = X.shape[0]
         self.zs, self.as_ = forward_pass_batch(net, p, X)
@@ -159,6 +214,17 @@ class _References:
         self.Rdeltas = jax.jvp(lambda q: autodiff.deltas(net, q, X, Y), (p,), (v,))[1]
         grad = jax.grad(lambda q: mean_loss(net, q, X, Y))
         self.hvp = jax.jvp(grad, (p,), (v,))[1]
+        # The sampled factors s̃ of (16), {samples: (B, N_L, samples)}, with the keys
+        # the composed quantities use: drawn in the net's dtype, cast up for float64.
+        if drawn is None:
+            keys = jax.random.split(key, self.B)
+            drawn = {
+                s: jax.vmap(lambda k_, z, a, y, s=s: eqs.sampled_factor(net, k_, z, a, y, s))(
+                    keys, self.zs[-1], self.as_[-1], Y
+                )
+                for s in (MC_SAMPLES, 1)
+            }
+        self.drawn = drawn
 
     def _hidden(self):
         return zip(self.net.hidden, self.zs[:-1], strict=True)
@@ -215,10 +281,10 @@ class _References:
         return Layer(*out)
 
 
-def _layer_rows(check, equation, k, actual: Layer, reference: Layer) -> list:
+def _layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1) -> list:
     return [
-        _pair(f"{check} W", equation, k + 2, actual.W, reference.W),
-        _pair(f"{check} b", equation, k + 2, actual.b, reference.b),
+        _pair(f"{check} W", equation, k + 2, actual.W, reference.W, depth=depth),
+        _pair(f"{check} b", equation, k + 2, actual.b, reference.b, depth=depth),
     ]
 
 
@@ -267,7 +333,7 @@ def _ggn_rows(ref, eqs, key) -> list:
     # End to end: the composed quantities, against autodiff's own H_f.
     diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
-        rows += _layer_rows("diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k))
+        rows += _layer_rows("diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k), net.L - 1)
     rows += _kron_rows(ref, eqs)
     rows += _sampled_rows(ref, eqs, key)
     return rows
@@ -275,7 +341,7 @@ def _ggn_rows(ref, eqs, key) -> list:
 
 def _kron_rows(ref, eqs) -> list:
     """kflr per layer, and G ⊗ A against the GGN block of W^l for the first example."""
-    net, p = ref.net, ref.p
+    net, p, depth = ref.net, ref.p, ref.net.L - 1
     factors = C.kron_layers(net, p, ref.X, ref.Y, eqs)
     single = C.kron_layers(net, p, ref.X[:1], ref.Y[:1], eqs)
     rows = []
@@ -285,51 +351,83 @@ def _kron_rows(ref, eqs) -> list:
         J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
         block = J_W.T @ ref.H_f[0] @ J_W
         rows += [
-            _pair("kflr A vs autodiff", None, k + 2, A, A_ref),
-            _pair("kflr G vs autodiff", None, k + 2, G, G_ref),
-            _pair("G ⊗ A vs GGN block (B = 1)", None, k + 2, jnp.kron(G1, A1), block),
+            _pair("kflr A vs autodiff", None, k + 2, A, A_ref, depth=depth),
+            _pair("kflr G vs autodiff", None, k + 2, G, G_ref, depth=depth),
+            _pair("G ⊗ A vs GGN block (B = 1)", None, k + 2, jnp.kron(G1, A1), block, depth=depth),
         ]
     return rows
 
 
 def _sampled_rows(ref, eqs, key) -> list:
     """diag_ggn_mc and kfac against autodiff with the very same sampled targets."""
-    net, p, n = ref.net, ref.p, len(ref.p)
+    net, p, n, depth = ref.net, ref.p, len(ref.p), ref.net.L - 1
     rows = []
-    keys = jax.random.split(key, ref.B)
     for samples in (MC_SAMPLES, 1):
-        S_f = jax.vmap(lambda k_, z, a, y, s=samples: eqs.sampled_factor(net, k_, z, a, y, s))(
-            keys, ref.zs[-1], ref.as_[-1], ref.Y
-        )
+        S_f = ref.drawn[samples]
         H = jnp.einsum("bic,bjc->bij", S_f, S_f)  # its own s̃ s̃ᵀ, for the same J
         if samples == MC_SAMPLES:
             diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs, key=key, samples=samples)
             for k in range(n):
-                rows += _layer_rows("diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H))
+                rows += _layer_rows(
+                    "diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H), depth
+                )
         else:
             factors = C.kron_layers(net, p, ref.X, ref.Y, eqs, key=key)
             for k, (_, G) in enumerate(factors):
                 G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], H, ref.J[k]) / ref.B
-                rows.append(_pair("kfac G vs autodiff", None, k + 2, G, G_ref))
+                rows.append(_pair("kfac G vs autodiff", None, k + 2, G, G_ref, depth=depth))
     return rows
 
 
 def _hessian_rows(ref, eqs) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
+    M = _hessian_magnitudes(ref)
     H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
     rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1])]
     for k in range(n - 1):
         H = eqs.hidden_hessian(
             ref.Hz[k + 1], ref.deltas[k + 1], p[k + 1].W, ref.sigma_prime[k], ref.sigma_second[k]
         )
-        rows.append(_pair("H^l", 17, k + 2, H, ref.Hz[k]))
+        rows.append(_pair("H^l", 17, k + 2, H, ref.Hz[k], M[k]))
     diag_ref = [ref.hessian_diag(k) for k in range(n)]
     diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
         step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
-        rows += _layer_rows("diag ∇²E", 17, k, step, diag_ref[k])
-        rows += _layer_rows("diag_hessian vs autodiff", None, k, diag[k], diag_ref[k])
+        d = jnp.diagonal(M[k], axis1=1, axis2=2)
+        m = Layer(jnp.einsum("bk,bj->kj", d, ref.as_[k] ** 2) / ref.B, jnp.mean(d, axis=0))
+        for field in ("W", "b"):
+            actual, reference, size = (getattr(t, field) for t in (step, diag_ref[k], m))
+            rows += [
+                _pair(f"diag ∇²E {field}", 17, k + 2, actual, reference, size),
+                _pair(
+                    f"diag_hessian vs autodiff {field}",
+                    None,
+                    k + 2,
+                    getattr(diag[k], field),
+                    reference,
+                    size,
+                    net.L - 1,
+                ),
+            ]
     return rows
+
+
+def _hessian_magnitudes(ref) -> list:
+    """The size of the terms each H^l of (17) sums, signs removed, chained down from |H^L|.
+
+    M^l = |D| |W^{l+1}|ᵀ M^{l+1} |W^{l+1}| |D| + diag(|σ^l''| ⊙ |W^{l+1}|ᵀ |δ^{l+1}|):
+    where the terms cancel, H^l (and every route to it) rounds at their size,
+    not at its own (the cancellation refinement).
+    """
+    n = len(ref.p)
+    M = [None] * n
+    M[-1] = jnp.abs(ref.Hz[-1])
+    for k in reversed(range(n - 1)):
+        W, sp = jnp.abs(ref.p[k + 1].W), jnp.abs(ref.sigma_prime[k])
+        inner = jnp.einsum("mk,bmn,nj->bkj", W, M[k + 1], W) * sp[:, :, None] * sp[:, None, :]
+        second = jnp.abs(ref.sigma_second[k]) * (jnp.abs(ref.deltas[k + 1]) @ W)
+        M[k] = inner + jax.vmap(jnp.diag)(second)
+    return M
 
 
 def _r_rows(ref, eqs) -> list:
@@ -361,6 +459,6 @@ def _r_rows(ref, eqs) -> list:
     (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
     gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
     for k in range(n):
-        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k])
-        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k])
+        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k], net.L - 1)
+        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k], net.L - 1)
     return rows

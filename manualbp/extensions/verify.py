@@ -5,16 +5,18 @@ The reference is what a JAX user would write: every example's gradient g_b by
 summed or clipped as the definitions say (autodiff is allowed here only, in
 the witness). The manual side is the public functions of `per_example`.
 
-Tolerance for squared quantities. Every row passes by (T1) with rtol twice the
-gradient's (T2), and where a row is a difference or a sum that may cancel
-(variance, the clipped gradient) with the scale (T3) of the terms it sums:
+The verdict is `verify`'s (`tolerance.judge`, docs/derivation.md): each
+quantity is formed from the float64 g_b of the same inputs cast up (the
+reference) and from the g_b of autodiff in the net's own dtype (the witness);
+the manual result passes when its distance to the reference is within K times
+the larger of the witness's distance and the floor. Squared quantities:
 
-* a square x² of a value with relative error r has relative error 2r; a sum
-  of B non-negative squares adds no cancellation, and the √B of its rounding
-  is already in (T2)'s n; so (5), (6) and the first term of (7) get 2 · rtol;
+* a square x² of a value with relative error r has relative error 2r, so the
+  floor of (5), (6) and (7) counts twice the gradient's depth
+  (`SQUARED_FACTOR`);
 * (7) is a difference whose terms are (1/B) Σ_b g_b²: its scale is that;
 * (8)–(9): the clip factor c_b = C / ‖g_b‖ has half the relative error of
-  ‖g_b‖², at most rtol, and g_b its own rtol: the clipped mean gets 2 · rtol,
+  ‖g_b‖², and g_b its own: the clipped mean's floor counts twice the depth too,
   at the scale (1/B) |c ⊙ Δ^l|ᵀ |A^{l-1}| of its terms.
 
 Every comparison goes through `_check`, so a new tolerance rule is a change
@@ -48,13 +50,15 @@ from manualbp.network import (
     param_dtype,
 )
 from manualbp.records import environment
-from manualbp.verification.compare import compare, row_rtol
+from manualbp.verification import witnesses
+from manualbp.verification.compare import compare
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
 
 SQUARED_FACTOR = 2
-"""rtol of a squared, normed or clipped quantity, in units of the gradient's (module docstring)."""
+"""The floor's depth of a squared, normed or clipped quantity, in units of the gradient's: a
+square doubles the relative rounding of what it squares (module docstring)."""
 
 CATALOGUE_SIZES = (5, 7, 6, 3)
 """As `manualbp verify`'s catalogue: two hidden layers, all widths distinct."""
@@ -94,18 +98,24 @@ def _squared_norms(G: Params) -> Params:
 # --- the check ------------------------------------------------------------------------------
 
 
-def _check(quantity, equation, l, part, actual, reference, rtol, candidates=None, magnitude=None):
-    """One row: every extension comparison goes through here (the one place of the rule)."""
+def _check(where, quantity, equation, l, part, actual, formula, candidates=None, magnitude=None):
+    """One row: every extension comparison goes through here (the one place of the rule).
+
+    ``formula`` maps per-example gradients to the quantity; applied to the
+    float64 autodiff g_b it gives the reference, applied to the g_b of
+    autodiff in the net's dtype the witness (none for a float64 net).
+    """
     return compare(
         f"{quantity} {part}",
         equation,
         l,
         actual,
-        reference,
-        SQUARED_FACTOR * rtol,
-        "",
-        candidates,
-        magnitude,
+        formula(where.g64),
+        None if where.gw is None else formula(where.gw),
+        dtype=where.dtype,
+        depth=where.depth,
+        candidates=candidates,
+        magnitude=magnitude,
     )
 
 
@@ -114,13 +124,16 @@ def verify_extensions(
 ) -> Report:
     """Check `batch_l2`, `sum_grad_squared`, `variance` and `clipped_value_and_grad`.
 
-    One row per quantity, per layer and per W/b, against `jax.vmap` of
-    `jax.grad` of each example's E_b; the clipped gradient at l2_clip = the
-    median ‖g_b‖, so that some examples are clipped and some not.
+    One row per quantity, per layer and per W/b, judged as `verify` judges
+    (`tolerance.judge`): against `jax.vmap` of `jax.grad` of each example's
+    E_b in float64 from the same inputs cast up, by the error of the same
+    autodiff route in the net's dtype. The clipped gradient is taken at
+    l2_clip = the median ‖g_b‖, so that some examples are clipped and some not.
 
     Args:
         net, params, X, Y: the network, its parameters and a batch (finite).
-        float64: run both sides in float64 (inside `jax.enable_x64`).
+        float64: run the extensions themselves in float64 too (then there is
+            no higher precision for the reference, and the report says so).
 
     Returns:
         A `Report`.
@@ -128,23 +141,43 @@ def verify_extensions(
     X, Y = validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y, dtypes=(jnp.float64 if float64 else param_dtype(params),))
     with jax.enable_x64(float64 or bool(jax.config.jax_enable_x64)):
-        dtype = jnp.float64 if float64 else param_dtype(params)
+        dtype = jnp.dtype(jnp.float64 if float64 else param_dtype(params))
         params = jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
         X = jnp.asarray(X, dtype)
         Y = as_targets(net, jnp.asarray(Y), dtype)
-        rows = _rows(net, params, X, Y, row_rtol(dtype, net.sizes, X.shape[0]))
+        rows = _rows(net, params, X, Y, dtype)
     meta = {
         "subject": f"extensions of {net!r}",
         "batch": int(X.shape[0]),
-        "dtype": str(jnp.dtype(dtype)),
+        "dtype": str(dtype),
+        "reference": witnesses.reference_note(dtype),
         **environment(),
     }
     return Report(tuple(rows), meta)
 
 
-def _rows(net, params, X, Y, rtol) -> list[Row]:
-    G, E_ref = jax.tree.map(np.asarray, _reference(net, params, X, Y))
-    norms = np.sqrt(sum(np.asarray(n.W + n.b) for n in _squared_norms(G)))
+class _Where(NamedTuple):
+    """The per-example gradients of one layer's W or b: float64 and the witness's."""
+
+    g64: np.ndarray
+    gw: np.ndarray | None
+    dtype: np.dtype
+    depth: int
+
+
+def _references(net, params, X, Y, dtype):
+    """(g_b and Ē in float64 from the inputs cast up, the same in ``dtype`` or None)."""
+    with jax.enable_x64(True):
+        up = jax.tree.map(lambda a: jnp.asarray(np.asarray(a, np.float64)), (params, X, Y))
+        G64, E64 = jax.tree.map(np.asarray, _reference(net, *up))
+    if dtype == witnesses.REFERENCE_DTYPE:
+        return (G64, E64), (None, None)
+    return (G64, E64), jax.tree.map(np.asarray, _reference(net, params, X, Y))
+
+
+def _rows(net, params, X, Y, dtype) -> list[Row]:
+    (G64, E64), (Gw, Ew) = _references(net, params, X, Y, dtype)
+    norms = np.sqrt(sum(np.asarray(n.W + n.b) for n in _squared_norms(G64)))
     l2_clip = float(np.median(norms)) or 1.0
     manual = _Manual(
         per_example.batch_l2(net, params, X, Y),
@@ -152,24 +185,21 @@ def _rows(net, params, X, Y, rtol) -> list[Row]:
         per_example.variance(net, params, X, Y),
         *per_example.clipped_value_and_grad(net, params, X, Y, l2_clip=l2_clip),
     )
-    clip = _ClipFactors(
-        overall=_clip_factor(l2_clip, norms),
-        from_square=_clip_factor(l2_clip, norms**2),
-    )
+    depth = SQUARED_FACTOR * (net.L - 1)
     rows = []
-    for k, g in enumerate(G):
+    for k, g in enumerate(G64):
         layer_norm = np.sqrt(np.sum(g.W * g.W, axis=(1, 2)) + np.sum(g.b * g.b, axis=1))
-        per_layer = _clip_factor(l2_clip, layer_norm)
         for part in ("W", "b"):
-            where = (k, part, rtol)
-            g_ = getattr(g, part)
+            gw = None if Gw is None else getattr(Gw[k], part)
+            where = _Where(getattr(g, part), gw, dtype, depth)
             rows += [
-                _l2_row(where, manual.l2[k], g_),
-                _sum_grad_squared_row(where, manual.sum_grad_squared[k], g_),
-                _variance_row(where, manual.variance[k], g_),
-                _clipped_row(where, manual.clipped[k], g_, clip, per_layer),
+                _l2_row(where, k, part, manual.l2[k]),
+                _sum_grad_squared_row(where, k, part, manual.sum_grad_squared[k]),
+                _variance_row(where, k, part, manual.variance[k]),
+                _clipped_row(where, k, part, manual.clipped[k], l2_clip, norms, layer_norm),
             ]
-    rows.append(_check("clipped", None, None, "Ē", manual.E, E_ref, rtol))
+    E_where = _Where(E64, Ew, dtype, net.L - 1)
+    rows.append(_check(E_where, "clipped", None, None, "Ē", manual.E, lambda E: E))
     return rows
 
 
@@ -183,11 +213,6 @@ class _Manual(NamedTuple):
     clipped: tuple
 
 
-class _ClipFactors(NamedTuple):
-    overall: np.ndarray  # min(1, C/‖g_b‖), the right one
-    from_square: np.ndarray  # min(1, C/‖g_b‖²), a wrong one
-
-
 def _clip_factor(l2_clip: float, norms: np.ndarray) -> np.ndarray:
     return np.minimum(1.0, l2_clip / np.where(norms > 0, norms, 1.0))
 
@@ -197,73 +222,84 @@ def _per_b(g_: np.ndarray) -> tuple[int, ...]:
     return (-1,) + (1,) * (g_.ndim - 1)
 
 
-def _l2_row(where, manual, g_) -> Row:
-    k, part, rtol = where
-    B = g_.shape[0]
-    norm2 = np.sum(g_ * g_, axis=tuple(range(1, g_.ndim)))
+def _squares_per_example(g_):
+    return np.sum(g_ * g_, axis=tuple(range(1, g_.ndim)))
+
+
+def _l2_row(where, k, part, manual) -> Row:
+    norm2 = _squares_per_example(where.g64)
+    B = where.g64.shape[0]
     wrong = {
         "not squared: ‖δ^l_b‖ ‖a^{l-1}_b‖, not its square": np.sqrt(norm2),
         "Δ^l scaled by 1/B (the fast form's), off by ×1/B²": norm2 / B**2,
     }
-    return _check("batch_l2", 5, k + 2, part, getattr(manual, part), norm2, rtol, wrong)
+    actual = getattr(manual, part)
+    return _check(where, "batch_l2", 5, k + 2, part, actual, _squares_per_example, wrong)
 
 
-def _sum_grad_squared_row(where, manual, g_) -> Row:
-    k, part, rtol = where
+def _sum_grad_squared_row(where, k, part, manual) -> Row:
+    g_ = where.g64
     squares, total = g_ * g_, g_.sum(axis=0)
     wrong = {
         "not squared: Σ_b g_b": total,
         "squared after the sum: (Σ_b g_b)²": total**2,
         "averaged, not summed: off by ×1/B": squares.mean(axis=0),
     }
-    expected = squares.sum(axis=0)
-    return _check("sum_grad_squared", 6, k + 2, part, getattr(manual, part), expected, rtol, wrong)
+    actual = getattr(manual, part)
+    return _check(
+        where, "sum_grad_squared", 6, k + 2, part, actual, lambda g: (g * g).sum(axis=0), wrong
+    )
 
 
-def _variance_row(where, manual, g_) -> Row:
-    k, part, rtol = where
+def _variance_row(where, k, part, manual) -> Row:
+    g_ = where.g64
     B = g_.shape[0]
     squares, mean = g_ * g_, g_.mean(axis=0)
     wrong = {
         "mean not subtracted: (1/B) Σ_b g_b²": squares.mean(axis=0),
         "summed, not averaged: Σ_b g_b² − (Σ_b g_b)²": squares.sum(0) - (B * mean) ** 2,
     }
-    expected = squares.mean(axis=0) - mean**2
     return _check(
+        where,
         "variance",
         7,
         k + 2,
         part,
         getattr(manual, part),
-        expected,
-        rtol,
+        lambda g: (g * g).mean(axis=0) - g.mean(axis=0) ** 2,
         wrong,
         magnitude=squares.mean(axis=0),
     )
 
 
-def _clipped_row(where, manual, g_, clip: _ClipFactors, per_layer: np.ndarray) -> Row:
-    k, part, rtol = where
+def _clipped_row(where, k, part, manual, l2_clip, norms, layer_norm) -> Row:
+    g_ = where.g64
     B, shape = g_.shape[0], _per_b(g_)
-    expected = np.mean(clip.overall.reshape(shape) * g_, axis=0)
+    c = _clip_factor(l2_clip, norms).reshape(shape)
+
+    def clipped(g):
+        return np.mean(c * g, axis=0)
+
     wrong = {
         "not clipped: the mean gradient": g_.mean(axis=0),
-        "summed over the batch, not averaged: off by ×B": B * expected,
+        "summed over the batch, not averaged: off by ×B": B * clipped(g_),
         "clipped per layer, not over all layers together": np.mean(
-            per_layer.reshape(shape) * g_, axis=0
+            _clip_factor(l2_clip, layer_norm).reshape(shape) * g_, axis=0
         ),
-        "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(clip.from_square.reshape(shape) * g_, axis=0),
+        "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(
+            _clip_factor(l2_clip, norms**2).reshape(shape) * g_, axis=0
+        ),
     }
     return _check(
+        where,
         "clipped",
         9,
         k + 2,
         part,
         getattr(manual, part),
-        expected,
-        rtol,
+        clipped,
         wrong,
-        magnitude=np.mean(np.abs(clip.overall.reshape(shape) * g_), axis=0),
+        magnitude=np.mean(np.abs(c * g_), axis=0),
     )
 
 

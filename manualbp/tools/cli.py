@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if argv and argv[0] in ("train", "bench"):
         module = importlib.import_module(
-            "manualbp.tools.train_cli" if argv[0] == "train" else "manualbp.tools.bench"
+            "manualbp.tools.train_cli" if argv[0] == "train" else "manualbp.tools.bench_cli"
         )
         return guarded(f"manualbp {argv[0]}", lambda: module.main(argv[1:]))
     args = parser.parse_args(argv)

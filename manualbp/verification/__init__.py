@@ -1,13 +1,17 @@
 """Verification: localize a wrong derivation to its equation, its layer and its building block.
 
-`verify` (backward.py) checks a whole backward pass, `verify_activation` and
-`verify_loss` (blocks.py) one σ' or ∂E/∂ŷ; compare.py holds the comparison of
-two arrays and the tolerance, report.py the `Row` and `Report` they produce.
+`verify` (backward.py) checks a whole backward pass: building blocks
+(blocks.py), equations one at a time (equations.py), end to end and the fast
+form that trains (end_to_end.py), optionally finite differences
+(finite_differences.py). `verify_activation` and `verify_loss` (blocks.py)
+check one σ' or ∂E/∂ŷ. Every row is judged by one rule (compare.py,
+`manualbp.tolerance.judge`) against a float64 reference (witnesses.py);
+report.py holds the `Row` and `Report` they produce.
 """
 
 from manualbp.verification.backward import verify
 from manualbp.verification.blocks import verify_activation, verify_loss
-from manualbp.verification.compare import diagnose, row_rtol
+from manualbp.verification.compare import diagnose
 from manualbp.verification.report import Report, Row
 
-__all__ = ["Report", "Row", "diagnose", "row_rtol", "verify", "verify_activation", "verify_loss"]
+__all__ = ["Report", "Row", "diagnose", "verify", "verify_activation", "verify_loss"]

@@ -1,96 +1,226 @@
-"""Comparing two arrays: the row for one check, its tolerance, and the diagnosis of a miss."""
+"""One check: the manual array against a float64 reference, judged by the witness's own error.
+
+`compare` makes the `Row`: non-finite values first (they never pass), then
+`tolerance.judge`, then, for a miss, a diagnosis that names the error's form
+only where that form explains it.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 
 from manualbp import tolerance
 from manualbp.verification.report import Row
 
-LOW_PRECISION_C = 16
-"""16-bit bands: rtol = 16 · eps · (L − 1), against a float32 reference (see `row_rtol`)."""
 
-FD_RTOL = 1e-6
-"""Finite differences: |fd − manual| ≤ 1e-6 · max|manual| of that array (see `_fd_rows`)."""
+def compare(
+    check,
+    equation,
+    layer,
+    actual,
+    reference,
+    witness,
+    *,
+    dtype,
+    depth: int = 1,
+    device: str = "",
+    candidates=None,
+    magnitude=None,
+    inputs=None,
+    upstream=None,
+) -> Row:
+    """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
+
+    Args:
+        check, equation, layer, device: where, for the row.
+        actual: the manual result, in the net's dtype.
+        reference: the same quantity in float64 from the same inputs.
+        witness: the same quantity computed the trusted way in the net's
+            dtype, or None where the reference has no higher precision.
+        dtype: the net's dtype.
+        depth: the layers the value passes through (`tolerance.floor`).
+        candidates: named wrong forms, ``{name: array or function returning
+            one}``; a miss that matches one within the allowance is diagnosed by its name.
+        magnitude: the size of the terms each entry sums (the cancellation refinement).
+        inputs: ``{name: array}`` the manual result was computed from, to say
+            where a NaN or inf came from.
+        upstream: ``{name: float64 reference array}`` the value depends on; a
+            NaN or inf that one of them has too is not judged here.
+    """
+    actual = np.asarray(actual, np.float64)
+    reference = np.asarray(reference, np.float64)
+    where = dict(check=check, equation=equation, layer=layer, device=device)
+    if actual.shape != reference.shape:
+        return _failed(where, _shape_diagnosis(actual.shape, reference.shape))
+    witness = None if witness is None else np.asarray(witness, np.float64)
+    if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(reference)):
+        return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
+    if witness is not None and not np.all(np.isfinite(witness)):
+        witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
+    verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
+    diagnosis = ""
+    if not verdict["passed"]:
+        diagnosis = _explain(actual, candidates, verdict["allowance"]) or diagnose(
+            actual, reference, verdict["allowance"]
+        )
+    return _row(where, verdict, dtype, diagnosis)
 
 
-def diagnose(actual, reference) -> str:
-    """Name a simple form of disagreement: a sign flip, a constant factor, or none."""
-    m = np.asarray(actual, np.float64).ravel()
-    r = np.asarray(reference, np.float64).ravel()
-    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(r))):
-        return "non-finite values"
-    r2 = float(r @ r)
-    if r2 == 0.0:
-        return "should be zero"
-    k = float(m @ r) / r2
-    error = float(np.max(np.abs(m - r)))
-    residual = float(np.max(np.abs(m - k * r)))
-    # A factor must explain the error, not merely fit m: at most 1% of it left over.
-    if k == 0.0 or residual > 0.01 * error:
-        return "zero" if not np.any(m) else ""
-    if abs(k + 1) < 1e-3:
-        return "sign flipped"
-    nearest = round(k)
-    shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
-    return f"off by ×{shown}"
+def _row(where, verdict, dtype, diagnosis) -> Row:
+    s = verdict["scale"]
+    unit = tolerance.eps(dtype) * s
+    error, allowed = verdict["error"], verdict["allowance"]
+
+    def ratio(x, by):
+        if by > 0:
+            return x / by
+        return 0.0 if x == 0 else math.inf
+
+    return Row(
+        max_abs_err=error,
+        rel_err=ratio(error, s),
+        tol=ratio(allowed, s),
+        passed=verdict["passed"],
+        diagnosis=diagnosis,
+        error_eps=ratio(error, unit),
+        witness_eps=ratio(verdict["witness_error"], unit),
+        allowance_eps=ratio(allowed, unit),
+        **where,
+    )
 
 
-def _explain(actual, candidates, rtol) -> str:
-    """The first named wrong form that ``actual`` matches, or ""."""
+def _failed(where, diagnosis, judged=True) -> Row:
+    return Row(
+        max_abs_err=math.inf,
+        rel_err=math.inf,
+        tol=0.0,
+        passed=False,
+        diagnosis=diagnosis,
+        judged=judged,
+        **where,
+    )
+
+
+def _shape_diagnosis(shape, expected) -> str:
+    if len(shape) == 2 and tuple(reversed(shape)) == tuple(expected):
+        return f"transposed: shape {shape}, expected {tuple(expected)}"
+    return f"shape {shape}, expected {tuple(expected)}"
+
+
+def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -> Row:
+    """A NaN or inf: where it is, and where it came from. Never a pass."""
+    bad_ref = ~np.isfinite(reference)
+    bad = ~np.isfinite(actual)
+    if not bad.any():  # the manual result is finite, the float64 reference is not
+        return _failed(
+            where,
+            f"the float64 reference is {_kinds(reference[bad_ref])} at {_count(bad_ref)}: "
+            "not judged there",
+            judged=False,
+        )
+    text = f"{_kinds(actual[bad])} at {_count(bad)}"
+    dtype_name = np.dtype(dtype).name
+    if bad_ref[bad].all():
+        return _failed(
+            where,
+            f"{text}; not finite in float64 either: E or its derivative does not exist at "
+            "these inputs, so nothing is judged there",
+            judged=False,
+        )
+    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    if before:
+        return _failed(
+            where,
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: not judged",
+            judged=False,
+        )
+    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    if before:
+        return _failed(
+            where,
+            f"{text}; it comes from {', '.join(before)}, not finite in float64 either: not judged",
+            judged=False,
+        )
+    if witness is not None and not np.all(np.isfinite(witness)):
+        # Where autodiff overflows in this array too, NaN spreads differently
+        # (its ReLU masks a NaN that σ' = 0 times NaN keeps): judged per array.
+        return _failed(
+            where,
+            f"{text}; autodiff overflows in {dtype_name} in this array too (the float64 "
+            "reference is finite): not judged in this dtype",
+            judged=False,
+        )
+    if np.dtype(dtype).itemsize <= 2 and np.isinf(actual[bad & ~bad_ref]).all():
+        return _failed(
+            where,
+            f"{text}; it overflows in {dtype_name} where autodiff, ordering the arithmetic "
+            "otherwise (1/B first), does not: an overflow of this dtype, not judged",
+            judged=False,
+        )
+    carried = [name for name, x in (inputs or {}).items() if not np.all(np.isfinite(x))]
+    if carried:
+        return _failed(where, f"{text}; it came in with {', '.join(carried)}")
+    return _failed(where, f"{text}; it arises here: the inputs and the reference are finite")
+
+
+def _kinds(values) -> str:
+    found = (("NaN", np.isnan(values).any()), ("inf", np.isinf(values).any()))
+    return " and ".join(name for name, hit in found if hit)
+
+
+def _count(mask) -> str:
+    if mask.ndim == 0:
+        return "its one value"
+    first = tuple(int(i) for i in np.argwhere(mask)[0])
+    return f"{int(mask.sum())} of {mask.size} entries (first at {first})"
+
+
+def _explain(actual, candidates, allowed) -> str:
+    """The first named wrong form that ``actual`` matches within the allowance, or ""."""
     for name, candidate in (candidates or {}).items():
+        if callable(candidate):  # formed only now, for a miss
+            candidate = candidate()
         if candidate is None:
             continue
         candidate = np.asarray(candidate, np.float64)
         if candidate.shape == actual.shape and np.all(np.isfinite(candidate)):
-            if tolerance.array_error(actual, candidate)[1] <= rtol:
+            if np.max(np.abs(actual - candidate), initial=0.0) <= allowed:
                 return name
     return ""
 
 
-def compare(
-    check, equation, layer, actual, reference, rtol, device, candidates=None, magnitude=None
-) -> Row:
-    actual = np.asarray(actual, np.float64)
-    reference = np.asarray(reference, np.float64)
-    both_nonfinite = ~np.isfinite(actual) & ~np.isfinite(reference)
-    same_nonfinite = both_nonfinite & (
-        (actual == reference) | (np.isnan(actual) & np.isnan(reference))
-    )
-    mismatch_nonfinite = (~np.isfinite(actual) | ~np.isfinite(reference)) & ~same_nonfinite
-    if mismatch_nonfinite.any():
-        return Row(
-            check, equation, layer, math.inf, math.inf, rtol, False, "non-finite values", device
-        )
-    keep = ~same_nonfinite
-    if magnitude is not None:
-        magnitude = np.asarray(magnitude, np.float64)[keep]
-    max_abs, rel = tolerance.array_error(actual[keep], reference[keep], magnitude)
-    passed = rel <= rtol
-    diagnosis = ""
-    if not passed:
-        diagnosis = _explain(actual, candidates, rtol) or diagnose(actual[keep], reference[keep])
-    return Row(check, equation, layer, max_abs, rel, rtol, passed, diagnosis, device)
+def diagnose(actual, reference, allowed: float = 0.0) -> str:
+    """Name the form of a miss where it has one: zero, a sign flip, a factor, a few entries.
 
-
-def row_rtol(dtype, sizes: Sequence[int], batch: int) -> float:
-    """The tolerance for a net's rows in ``dtype``.
-
-    float32 and float64: `tolerance.net_rtol`. float16 and bfloat16: the manual
-    path runs in the 16-bit dtype while the reference runs in float32 on the
-    same values, so the error is the 16-bit rounding of every stored z^l, a^l
-    and δ^l, compounding once per layer: rtol = 16 · eps · (L − 1). That is
-    loose (0.25 for a 3-layer bfloat16 net) but still sees a flipped sign, a
-    dropped σ' or a factor of 2.
+    A factor is named only when it explains the error (at most 1% of it left
+    over, over at least two non-zero entries: one number fits any factor) and
+    is neither ≈ 1 nor ≈ 0 (its effect on the largest entry exceeds the
+    allowance ``allowed``).
     """
-    if low_precision(dtype):
-        return LOW_PRECISION_C * tolerance.eps(dtype) * (len(sizes) - 1)
-    return tolerance.net_rtol(dtype, sizes, batch)
-
-
-def low_precision(dtype) -> bool:
-    return jnp.dtype(dtype).itemsize <= 2
+    m = np.asarray(actual, np.float64).ravel()
+    r = np.asarray(reference, np.float64).ravel()
+    if not (np.all(np.isfinite(m)) and np.all(np.isfinite(r))):
+        return "non-finite values"
+    if not np.any(r):
+        return "should be zero"
+    if not np.any(m) or np.max(np.abs(m)) <= allowed:
+        return "zero"
+    error = np.abs(m - r)
+    largest = float(np.max(np.abs(r)))
+    k = float(m @ r) / float(r @ r)
+    residual = float(np.max(np.abs(m - k * r)))
+    explains = residual <= 0.01 * float(np.max(error)) and np.count_nonzero(r) >= 2
+    if explains and abs(k - 1) * largest > allowed and abs(k) * largest > allowed:
+        if abs(k + 1) < 1e-3:
+            return "sign flipped"
+        nearest = round(k)
+        shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
+        return f"off by ×{shown}"
+    wrong = error > max(allowed, 0.0)
+    if 0 < wrong.sum() < wrong.size and wrong.sum() <= max(3, wrong.size // 100):
+        where = np.unravel_index(np.flatnonzero(wrong)[0], np.shape(actual))
+        first = tuple(int(i) for i in where)
+        return f"wrong at {int(wrong.sum())} of {wrong.size} entries (first at {first})"
+    return ""
