@@ -186,7 +186,7 @@ def _random_draws(count: int) -> None:
 
 
 def test_no_false_alarms_over_a_few_random_draws():
-    _random_draws(4)
+    _random_draws(3)  # one per architecture
 
 
 @pytest.mark.slow
