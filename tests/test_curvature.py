@@ -317,3 +317,12 @@ def test_inputs_are_checked():
     net3 = mbp.MLP((4, 5, 3), loss=no_hessian)
     with pytest.raises(ValueError, match="Hessian"):
         mbp.extensions.diag_ggn(net3, net3.init(jax.random.key(0)), X, jnp.zeros((6, 3)))
+
+
+def test_a_net_too_large_for_the_dense_references_is_refused_clearly():
+    net = mbp.MLP((784, 30, 10), hidden="sigmoid", output="softmax", loss="cross_entropy")
+    params = net.init(jax.random.key(0))
+    X = jnp.zeros((4, 784))
+    Y = jnp.zeros((4,), jnp.int32)
+    with pytest.raises(ValueError, match=r"at most 2048 entries.*got 23520 entries"):
+        verify_curvature(net, params, X, Y)

@@ -127,6 +127,24 @@ def verify_curvature(
     return Report(tuple(rows), meta)
 
 
+MAX_ARRAY_SIZE = 2048
+"""Most entries of one W^l or b^l: the reference forms its dense Hessian (size² entries)."""
+MAX_BATCH = 256
+"""Most examples: the reference forms every example's Jacobian with respect to θ."""
+
+
+def _check_small(net: MLP, batch: int) -> None:
+    """Refuse, with a clear error, a net whose dense autodiff references would not fit."""
+    largest = max(n_out * n_in for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:], strict=True))
+    if largest > MAX_ARRAY_SIZE or batch > MAX_BATCH:
+        raise ValueError(
+            f"verify_curvature: its autodiff references are dense Hessians and Jacobians, so it "
+            f"takes nets whose largest W^l has at most {MAX_ARRAY_SIZE} entries and batches of at "
+            f"most {MAX_BATCH}; got {largest} entries (sizes={net.sizes}) and B = {batch}. "
+            "Check the derivation on a small net of the same activations and loss"
+        )
+
+
 def curvature_rows(
     net: MLP,
     params: Params,
@@ -140,6 +158,7 @@ def curvature_rows(
     validation.check_batch(net, params, X, Y)
     validation.check_finite(X, Y)
     validation.check_key(key)
+    _check_small(net, X.shape[0])
     p, X, Y = in_compute_dtype(net, params, X, Y)
     dtype = jnp.dtype(param_dtype(p))
     labels = []
