@@ -36,22 +36,7 @@ from manualbp.extensions.curvature_equations import CURVATURE, logits_are_f
 from manualbp.network import as_targets, forward_pass, mean_loss
 from manualbp.records import environment
 from manualbp.tools import timing
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    """One benchmark network and batch (float32)."""
-
-    name: str
-    sizes: tuple[int, ...]
-    hidden: str
-    output: str
-    loss: str
-    batch: int
-
-    def net(self) -> mbp.MLP:
-        return mbp.MLP(self.sizes, hidden=self.hidden, output=self.output, loss=self.loss)
-
+from manualbp.tools.bench import Config
 
 CONFIGS = (
     Config("digits", (64, 128, 128, 10), "tanh", "softmax", "cross_entropy", 128),
