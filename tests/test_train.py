@@ -396,7 +396,8 @@ def child_main(checkpoint_dir: str) -> None:
     run(epochs=KILLED_EPOCHS, checkpoint_dir=checkpoint_dir, callback=lambda _: time.sleep(0.4))
 
 
-def test_sigkill_mid_training_resumes_bit_identical(tmp_path):
+def _start_child(tmp_path):
+    """A second process running `child_main` on ``tmp_path``, and the checkpoint it writes."""
     tests = Path(__file__).parent
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
     child = subprocess.Popen(
@@ -405,7 +406,11 @@ def test_sigkill_mid_training_resumes_bit_identical(tmp_path):
         env=env,
         stderr=subprocess.PIPE,
     )
-    path = checkpoint.path_in(tmp_path)
+    return child, checkpoint.path_in(tmp_path)
+
+
+def test_sigkill_mid_training_resumes_bit_identical(tmp_path):
+    child, path = _start_child(tmp_path)
     deadline = time.monotonic() + 120
     while not path.exists() and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -639,15 +644,7 @@ def test_a_second_run_on_a_locked_checkpoint_dir_fails_fast_in_process(tmp_path)
 
 
 def test_a_second_process_on_a_locked_checkpoint_dir_fails_fast(tmp_path):
-    tests = Path(__file__).parent
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]))
-    child = subprocess.Popen(
-        [sys.executable, "-c", f"import test_train; test_train.child_main({str(tmp_path)!r})"],
-        cwd=tests,
-        env=env,
-        stderr=subprocess.PIPE,
-    )
-    path = checkpoint.path_in(tmp_path)
+    child, path = _start_child(tmp_path)
     try:
         deadline = time.monotonic() + 120
         while not path.exists() and child.poll() is None and time.monotonic() < deadline:
