@@ -46,6 +46,9 @@ class Loss(NamedTuple):
             for the curvature of docs/derivation.md (equation (11)).
         hessian_factor: optional ``hessian_factor(y_hat, y)``, a square S with
             H = S Sᵀ, shape (N_L, N_L) (equation (11)).
+        hessian_dot: optional ``hessian_dot(y_hat, y, r)``, H r in closed form
+            without forming H, shape (N_L,); the curvature products use
+            ``hessian(y_hat, y) @ r`` where it is absent.
     """
 
     name: str
@@ -53,6 +56,7 @@ class Loss(NamedTuple):
     grad: Callable[[Array, Array], Array]
     hessian: Callable[[Array, Array], Array] | None = None
     hessian_factor: Callable[[Array, Array], Array] | None = None
+    hessian_dot: Callable[[Array, Array, Array], Array] | None = None
 
 
 def _mse(y_hat, y):
@@ -70,6 +74,11 @@ def _mse_hessian(y_hat, y):
     return jnp.eye(y_hat.shape[-1], dtype=y_hat.dtype)
 
 
+def _mse_hessian_dot(y_hat, y, r):
+    """H r = r."""
+    return r
+
+
 def _cross_entropy(y_hat, y):
     """E = −Σ_j y_j log ŷ_j."""
     return -jnp.sum(y * jnp.log(y_hat), axis=-1)
@@ -83,6 +92,11 @@ def _cross_entropy_grad(y_hat, y):
 def _cross_entropy_hessian(y_hat, y):
     """∂(−y_i/ŷ_i)/∂ŷ_j = [i = j] y_i/ŷ_i²: H = diag(y/ŷ²)."""
     return jnp.diag(y / (y_hat * y_hat))
+
+
+def _cross_entropy_hessian_dot(y_hat, y, r):
+    """H r = (y/ŷ²) ⊙ r."""
+    return y / (y_hat * y_hat) * r
 
 
 def _cross_entropy_hessian_factor(y_hat, y):
@@ -105,18 +119,24 @@ def _binary_cross_entropy_hessian(y_hat, y):
     return jnp.diag(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat)))
 
 
+def _binary_cross_entropy_hessian_dot(y_hat, y, r):
+    """H r = (y/ŷ² + (1 − y)/(1 − ŷ)²) ⊙ r."""
+    return (y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))) * r
+
+
 def _binary_cross_entropy_hessian_factor(y_hat, y):
     """S = diag(√(y/ŷ² + (1 − y)/(1 − ŷ)²)), so S Sᵀ = H (targets in [0, 1])."""
     return jnp.diag(jnp.sqrt(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))))
 
 
-mse = Loss("mse", _mse, _mse_grad, _mse_hessian, _mse_hessian)
+mse = Loss("mse", _mse, _mse_grad, _mse_hessian, _mse_hessian, _mse_hessian_dot)
 cross_entropy = Loss(
     "cross_entropy",
     _cross_entropy,
     _cross_entropy_grad,
     _cross_entropy_hessian,
     _cross_entropy_hessian_factor,
+    _cross_entropy_hessian_dot,
 )
 binary_cross_entropy = Loss(
     "binary_cross_entropy",
@@ -124,6 +144,7 @@ binary_cross_entropy = Loss(
     _binary_cross_entropy_grad,
     _binary_cross_entropy_hessian,
     _binary_cross_entropy_hessian_factor,
+    _binary_cross_entropy_hessian_dot,
 )
 
 LOSSES: dict[str, Loss] = {loss.name: loss for loss in (mse, cross_entropy, binary_cross_entropy)}
@@ -138,12 +159,14 @@ class FusedLoss(NamedTuple):
         hessian: optional ``hessian(z, y)``, H = ∂²E/∂z², shape (N_L, N_L)
             (equation (11)).
         hessian_factor: optional ``hessian_factor(z, y)``, S with H = S Sᵀ.
+        hessian_dot: optional ``hessian_dot(z, y, r)``, H r without forming H.
     """
 
     fn: Callable[[Array, Array], Array]
     delta: Callable[[Array, Array], Array]
     hessian: Callable[[Array, Array], Array] | None = None
     hessian_factor: Callable[[Array, Array], Array] | None = None
+    hessian_dot: Callable[[Array, Array, Array], Array] | None = None
 
 
 def _shifted_logits(z):
@@ -180,6 +203,13 @@ def _softmax_cross_entropy_hessian(z, y):
     return jnp.sum(y) * (jnp.diag(p) - jnp.outer(p, p))
 
 
+def _softmax_cross_entropy_hessian_dot(z, y, r):
+    """H r = (Σ_j y_j)(ŷ ⊙ r − ŷ ⟨ŷ, r⟩): the softmax Jacobian's O(N_L) product."""
+    shifted, log_sum = _shifted_logits(z)
+    p = jnp.exp(shifted - log_sum)
+    return jnp.sum(y) * (p * r - p * jnp.sum(p * r))
+
+
 def _softmax_cross_entropy_hessian_factor(z, y):
     """S = √(Σ_j y_j) (diag(√ŷ) − ŷ √ŷᵀ).
 
@@ -207,6 +237,12 @@ def _sigmoid_binary_cross_entropy_hessian(z, y):
     return jnp.diag(p * (1 - p))
 
 
+def _sigmoid_binary_cross_entropy_hessian_dot(z, y, r):
+    """H r = ŷ(1 − ŷ) ⊙ r."""
+    p = jax.nn.sigmoid(z)
+    return p * (1 - p) * r
+
+
 def _sigmoid_binary_cross_entropy_hessian_factor(z, y):
     """S = diag(√(ŷ(1 − ŷ)))."""
     p = jax.nn.sigmoid(z)
@@ -221,12 +257,14 @@ _FUSED = {
         _softmax_cross_entropy_delta,
         _softmax_cross_entropy_hessian,
         _softmax_cross_entropy_hessian_factor,
+        _softmax_cross_entropy_hessian_dot,
     ),
     (activations.sigmoid, binary_cross_entropy): FusedLoss(
         _sigmoid_binary_cross_entropy,
         _sigmoid_binary_cross_entropy_delta,
         _sigmoid_binary_cross_entropy_hessian,
         _sigmoid_binary_cross_entropy_hessian_factor,
+        _sigmoid_binary_cross_entropy_hessian_dot,
     ),
 }
 

@@ -209,6 +209,10 @@ MUTATIONS = {
         lambda net, z, a, y: 2 * CURVATURE.loss_hessian(net, z, a, y),
         {(11, 4)},
     ),
+    "loss_hessian_dot": (
+        lambda net, z, a, y, r: CURVATURE.loss_hessian_dot(net, z, a, y, r) + 1e-2 * r,
+        {(11, 4)},
+    ),
     "loss_factor": (
         lambda net, z, a, y: 1.1 * CURVATURE.loss_factor(net, z, a, y),
         {(11, 4)},
@@ -238,14 +242,20 @@ MUTATIONS = {
         lambda H, a: CURVATURE.hessian_diag(H, jnp.sqrt(jnp.abs(a))),
         {(17, 2), (17, 3), (17, 4)},
     ),
-    "r_forward": (lambda Ra, a, W, V: Ra @ W.T + a @ V.W.T, {(18, 2), (18, 3), (18, 4)}),
-    "r_output_delta": (lambda H, Rz: -CURVATURE.r_output_delta(H, Rz), {(19, 4)}),
+    "r_forward": (  # v_b^l forgotten; R{a^1} = 0 comes as None
+        lambda Ra, a, W, V: a @ V.W.T + (0 if Ra is None else Ra @ W.T),
+        {(18, 2), (18, 3), (18, 4)},
+    ),
+    "r_output_delta": (
+        lambda net, Z, A, Y, Rz: -CURVATURE.r_output_delta(net, Z, A, Y, Rz),
+        {(19, 4)},
+    ),
     "r_hidden_delta": (
         lambda Rd, d, W, V, sp, spp, Rz: CURVATURE.r_hidden_delta(Rd, d, W, V, sp, 0 * spp, Rz),
         {(19, 2), (19, 3)},
     ),
     # R{a^1} = 0: the forgotten δ R{a^{l-1}}ᵀ term shows from layer 3 on.
-    "r_grad": (lambda Rd, d, a, Ra: CURVATURE.r_grad(Rd, d, a, 0 * Ra), {(19, 3), (19, 4)}),
+    "r_grad": (lambda Rd, d, a, Ra: CURVATURE.r_grad(Rd, d, a, None), {(19, 3), (19, 4)}),
 }
 
 
@@ -296,6 +306,35 @@ def test_one_weight_by_hand():
     assert (float(hv.W[0, 0]), float(hv.b[0])) == (9.0 - 6.0, 3.0 - 2.0)  # [[9, 3], [3, 1]] (1, −2)
     ((A, G),) = mbp.extensions.kflr(net, params, X, Y)
     assert (float(A[0, 0]), float(G[0, 0])) == (9.0, 1.0)
+
+
+def test_closed_form_hessian_products_equal_the_loss_hessians():
+    """Each loss's H r, written without forming H, is its own H times r; a loss with a
+    Hessian but no closed form gets H r from the matrix, to the same hvp and ggn_vp."""
+    k1, k2, k3 = jax.random.split(jax.random.key(5), 3)
+    y_hat = jax.random.uniform(k1, (7,), minval=0.05, maxval=0.95)
+    y = jax.random.uniform(k2, (7,))
+    r = jax.random.normal(k3, (7,))
+    records = [(loss, y_hat) for loss in losses.LOSSES.values()]
+    records += [
+        (losses.fused_loss(activations.softmax, losses.cross_entropy), 3 * r[::-1]),
+        (losses.fused_loss(activations.sigmoid, losses.binary_cross_entropy), 3 * r[::-1]),
+    ]
+    for record, f in records:
+        np.testing.assert_allclose(
+            record.hessian_dot(f, y, r), record.hessian(f, y) @ r, rtol=2e-6, atol=1e-6
+        )
+    net, params, X, Y = small("sigmoid", "mse", hidden="tanh")
+    matrix_only = losses.mse._replace(name="mse_matrix", hessian_dot=None)
+    plain = mbp.MLP(net.sizes, hidden="tanh", output="sigmoid", loss=matrix_only)
+    v = direction(params)
+    for quantity in (mbp.extensions.hvp, mbp.extensions.ggn_vp):
+        for ours, theirs in zip(
+            jax.tree.leaves(quantity(net, params, X, Y, v)),
+            jax.tree.leaves(quantity(plain, params, X, Y, v)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_inputs_are_checked():

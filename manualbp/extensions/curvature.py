@@ -115,8 +115,8 @@ def diag_hessian_layers(net, params, X, Y, eqs=CURVATURE) -> Params:
 
 
 def r_forward_pass(net, params, as_, zs, v, eqs=CURVATURE) -> tuple[list, list]:
-    """R{z^l} for l = 2..L and R{a^l} for l = 1..L−1 by (18); R{a^1} = R{x} = 0."""
-    Rzs, Ras = [], [jnp.zeros_like(as_[0])]
+    """R{z^l} for l = 2..L and R{a^l} for l = 1..L−1 by (18); R{a^1} = R{x} = 0 is None."""
+    Rzs, Ras = [], [None]
     for k, (W, _) in enumerate(params):
         Rzs.append(eqs.r_forward(Ras[-1], as_[k], W, v[k]))
         if k < len(params) - 1:
@@ -129,9 +129,8 @@ def hvp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     B = X.shape[0]
     zs, as_ = forward_pass_batch(net, params, X)
     Rzs, Ras = r_forward_pass(net, params, as_, zs, v, eqs)
-    H_L = _per_example(net, eqs.output_hessian, zs[-1], as_[-1], Y)
     delta = delta_L_batch(net, zs[-1], as_[-1], Y) / B
-    Rdelta = eqs.r_output_delta(H_L, Rzs[-1]) / B
+    Rdelta = eqs.r_output_delta(net, zs[-1], as_[-1], Y, Rzs[-1]) / B
     out = [None] * len(params)
     for k in reversed(range(len(params))):  # layer l = k + 2
         out[k] = eqs.r_grad(Rdelta, delta, as_[k], Ras[k])
@@ -151,8 +150,8 @@ def ggn_vp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     zs, as_ = forward_pass_batch(net, params, X)
     Rzs, _ = r_forward_pass(net, params, as_, zs, v, eqs)
     Rf = Rzs[-1] if logits_are_f(net) else _output_jvp(net, zs[-1], Rzs[-1])
-    H = _per_example(net, eqs.loss_hessian, zs[-1], as_[-1], Y)
-    u = jnp.einsum("bij,bj->bi", H, Rf) / B
+    u = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(zs[-1], as_[-1], Y, Rf)
+    u = u / B
     delta = _per_example(net, eqs.output_factor, zs[-1], u[:, :, None])[:, :, 0]
     out = [None] * len(params)
     for k in reversed(range(len(params))):  # layer l = k + 2

@@ -40,6 +40,14 @@ def loss_hessian(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
     return net.loss.hessian(y_hat, y)
 
 
+def loss_hessian_dot(net: MLP, z_L: Array, y_hat: Array, y: Array, r: Array) -> Array:
+    """Eq. (11): H r for one example, (N_L,), by the loss's closed form where it has one."""
+    record, f = (net.fused_loss, z_L) if logits_are_f(net) else (net.loss, y_hat)
+    if record.hessian_dot is not None:
+        return record.hessian_dot(f, y, r)
+    return record.hessian(f, y) @ r
+
+
 def loss_factor(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
     """Eq. (11): S_f with H = S_f S_fᵀ for one example, (N_L, N_L)."""
     if logits_are_f(net):
@@ -169,14 +177,35 @@ def hessian_diag(H: Array, a_prev: Array) -> Layer:
 # --- the R-operator, eqs. (18), (19) ------------------------------------------------
 
 
-def r_forward_batch(Ra_prev: Array, a_prev: Array, W: Array, V: Layer) -> Array:
-    """Eq. (18): R{z^l} = W^l R{a^{l-1}} + V^l a^{l-1} + v_b^l, rows as examples. (B, N_l)."""
-    return Ra_prev @ W.T + a_prev @ V.W.T + V.b[None, :]
+def r_forward_batch(Ra_prev: Array | None, a_prev: Array, W: Array, V: Layer) -> Array:
+    """Eq. (18): R{z^l} = W^l R{a^{l-1}} + V^l a^{l-1} + v_b^l, rows as examples. (B, N_l).
+
+    ``Ra_prev`` is None at the first layer, where R{a^1} = R{x} = 0 and the
+    first term drops (so no product with zeros is computed).
+    """
+    Rz = a_prev @ V.W.T + V.b[None, :]
+    return Rz if Ra_prev is None else Ra_prev @ W.T + Rz
 
 
-def r_output_delta_batch(H_L: Array, Rz_L: Array) -> Array:
-    """Eq. (19), start: R{δ^L} = H^L R{z^L}, H^L of eq. (17). Shapes (B, N_L)."""
-    return jnp.einsum("bij,bj->bi", H_L, Rz_L)
+def output_hessian_dot(net: MLP, z_L: Array, y_hat: Array, y: Array, r: Array) -> Array:
+    """Eq. (19), start, for one example: H^L r, H^L of eq. (17), without forming H^L.
+
+    f = z^L: H r by (11). f = ŷ with a componentwise σ^L: σ' ⊙ H (σ' ⊙ r) + g ⊙ σ'' ⊙ r,
+    g = ∂E/∂ŷ. Otherwise (softmax on ŷ) the N_L × N_L matrix of (17) times r.
+    """
+    if logits_are_f(net):
+        return loss_hessian_dot(net, z_L, y_hat, y, r)
+    sigma = net.output
+    if not sigma.elementwise:
+        return output_hessian(net, z_L, y_hat, y) @ r
+    d = sigma.deriv(z_L)
+    Hdr = loss_hessian_dot(net, z_L, y_hat, y, d * r)
+    return d * Hdr + net.loss.grad(y_hat, y) * sigma.deriv2(z_L) * r
+
+
+def r_output_delta_batch(net: MLP, Z_L: Array, A_L: Array, Y: Array, Rz_L: Array) -> Array:
+    """Eq. (19), start: R{δ^L} = H^L R{z^L}, H^L of eq. (17), example by example. (B, N_L)."""
+    return jax.vmap(lambda z, a, y, r: output_hessian_dot(net, z, a, y, r))(Z_L, A_L, Y, Rz_L)
 
 
 def r_hidden_delta_batch(
@@ -198,14 +227,17 @@ def r_hidden_delta_batch(
     ) * sigma_second_z * Rz
 
 
-def r_grad_sum(Rdelta: Array, delta: Array, a_prev: Array, Ra_prev: Array) -> Layer:
+def r_grad_sum(Rdelta: Array, delta: Array, a_prev: Array, Ra_prev: Array | None) -> Layer:
     """Eq. (19): R of equations (2), (3), summed over the rows.
 
     R{∂E/∂W^l} = Σ_b R{δ^l_b} (a^{l-1}_b)ᵀ + δ^l_b R{a^{l-1}_b}ᵀ, R{∂E/∂b^l} = Σ_b R{δ^l_b}.
 
-    The caller scales δ^L and R{δ^L} by 1/B once (section 6).
+    The caller scales δ^L and R{δ^L} by 1/B once (section 6). ``Ra_prev`` is None
+    at the first layer (R{a^1} = 0): the second term drops.
     """
-    W = jnp.einsum("bk,bj->kj", Rdelta, a_prev) + jnp.einsum("bk,bj->kj", delta, Ra_prev)
+    W = jnp.einsum("bk,bj->kj", Rdelta, a_prev)
+    if Ra_prev is not None:
+        W = W + jnp.einsum("bk,bj->kj", delta, Ra_prev)
     return Layer(W=W, b=jnp.sum(Rdelta, axis=0))
 
 
@@ -213,6 +245,7 @@ class CurvatureEquations(NamedTuple):
     """The equations the curvature quantities compose; `verify_curvature` checks any such set."""
 
     loss_hessian: Callable = loss_hessian
+    loss_hessian_dot: Callable = loss_hessian_dot
     loss_factor: Callable = loss_factor
     output_factor: Callable = output_factor
     hidden_factor: Callable = hidden_factor_batch

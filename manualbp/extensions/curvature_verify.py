@@ -311,9 +311,14 @@ def _block_rows(ref, eqs) -> list:
     net, L = ref.net, ref.net.L
     S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
     H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    r = ref.Rzs[-1]  # any direction will do; this one is at hand
+    H_f_r = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(
+        ref.zs[-1], ref.as_[-1], ref.Y, r
+    )
     rows = [
         _pair("H_f", 11, L, H_f, ref.H_f),
         _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f),
+        _pair("H_f r", 11, L, H_f_r, jnp.einsum("bij,bj->bi", ref.H_f, r)),
     ]
     for k, sigma in enumerate(net.activations):
         needed = k < len(ref.p) - 1 or not logits_are_f(net)
@@ -452,10 +457,11 @@ def _hessian_magnitudes(ref) -> list:
 def _r_rows(ref, eqs) -> list:
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
+    Ras = [None, *ref.Ras[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
     for k in range(n):
-        Rz = eqs.r_forward(ref.Ras[k], ref.as_[k], p[k].W, v[k])
+        Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
         rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
-    Rdelta_L = eqs.r_output_delta(ref.Hz[-1], ref.Rzs[-1])
+    Rdelta_L = eqs.r_output_delta(net, ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1])
     rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
     for k in range(n - 1):
         Rdelta = eqs.r_hidden_delta(
@@ -469,7 +475,7 @@ def _r_rows(ref, eqs) -> list:
         )
         rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
     for k in range(n):
-        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], ref.Ras[k])
+        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], Ras[k])
         step = jax.tree.map(lambda t: t / ref.B, step)
         rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k])
     hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)
