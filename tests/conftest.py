@@ -1,8 +1,27 @@
 """Shared fixtures and strict JAX settings for the whole suite."""
 
-import jax
-import pytest
-from jax._src.interpreters import ad
+import atexit
+import os
+import shutil
+import tempfile
+
+# One compilation cache for the whole run: the two xdist workers and the commands the tests
+# start in subprocesses inherit its folder through the environment, so a program one of them
+# compiled is loaded, not compiled again, by the others. It holds XLA's executables keyed by
+# the lowered program: every test still traces (the autodiff guard below still fires), and
+# only identical compilations are shared. A cache folder the caller set is used as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="manualbp-tests-jax-cache-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+import jax  # noqa: E402  (after the cache settings, which JAX reads on import)
+import pytest  # noqa: E402
+from jax._src.interpreters import ad  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 
 # No silent broadcasting anywhere: (B,) against (B, 1) must raise, not make (B, B).
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -16,8 +16,8 @@ layer numbering (l = 2..L), as `verify` checks (1)–(4):
   of `jax.grad`, and J v, H, Jᵀ composed. For B = 1 the KFLR factors are
   also checked as G ⊗ A against the GGN block of W^l.
 
-The building blocks come first: H_f and S_f S_fᵀ against `jax.hessian` of E
-in f, and σ'' of every layer that needs it against autodiff of the
+The building blocks come first: H_f, S_f S_fᵀ and the closed-form H_f r
+against `jax.hessian` of E in f, and σ'' of every layer that needs it against autodiff of the
 hand-derived σ' (as `verify_activation`). Every row goes through `_agree`, the
 one place that decides the tolerance.
 
