@@ -3,6 +3,8 @@
     PYTHONPATH=. python scripts/verdict_sweep.py            # the whole sweep (minutes)
     PYTHONPATH=. python scripts/verdict_sweep.py --quick    # a fraction of it
 
+Progress goes to standard error: a bar on a terminal, a line per net otherwise.
+
 False alarms: `mbp.verify` on correct derivations over
 * the catalogue (every hidden activation × every output/loss pair) in float32
   and float64 at input scales 1e-3, 1, 30 and 1e3;
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import time
 
 import jax
@@ -37,6 +40,7 @@ from manualbp.activations import HIDDEN_ACTIVATIONS
 from manualbp.data import random_batch
 from manualbp.losses import OUTPUT_LOSS_PAIRS
 from manualbp.network import INIT_SCHEMES, Layer, forward_pass_batch
+from manualbp.tools.console import Progress
 
 
 def case(net, dtype, batch, scale=1.0, scheme="nielsen_scaled", seed=0):
@@ -94,12 +98,14 @@ def false_alarms(quick: bool):
         configs.append((mbp.MLP((64, 64, 3), "relu", "identity", "mse"), dtype, 8, dict(scale=1e3)))
     counts = {"nets": 0, "false alarms": 0, "inconclusive": 0}
     worst = 0.0
-    for net, dtype, batch, kwargs in configs:
-        alarm, inconclusive, w = judge_correct(net, dtype, batch, **kwargs)
-        counts["nets"] += 1
-        counts["false alarms"] += alarm
-        counts["inconclusive"] += inconclusive
-        worst = max(worst, w)
+    with Progress(len(configs), "correct nets") as progress:
+        for net, dtype, batch, kwargs in configs:
+            alarm, inconclusive, w = judge_correct(net, dtype, batch, **kwargs)
+            counts["nets"] += 1
+            counts["false alarms"] += alarm
+            counts["inconclusive"] += inconclusive
+            worst = max(worst, w)
+            progress.step(f"{net} {jnp.dtype(dtype).name} B={batch} {kwargs}")
     return counts, worst
 
 
@@ -172,6 +178,7 @@ def catches(quick: bool):
     for dtype, rel, batch in ((jnp.float32, 1e-4, 4096), (jnp.float64, 1e-8, 256)):
         key = f"{jnp.dtype(dtype).name}: relative error {rel:g} in each equation and layer"
         results[key] = [caught(net, dtype, batch, eq, l, scaled(1 + rel), key) for eq, l in every]
+        print(f"{key}: done", file=sys.stderr, flush=True)
 
     def one_entry(value, _):
         return value.at[0, 0].multiply(1 + 1e-4) if value.ndim == 2 else value
@@ -191,6 +198,7 @@ def catches(quick: bool):
         results[name] = [caught(net, jnp.float32, 4096, eq, l, wrong, name)]
     key = "bfloat16: each equation doubled at each layer"
     results[key] = [caught(net, jnp.bfloat16, 256, eq, l, scaled(2.0), key) for eq, l in every]
+    print(f"{key}: done", file=sys.stderr, flush=True)
     key = "bfloat16: σ' missing in (1) at each layer"
     results[key] = [
         caught(net, jnp.bfloat16, 256, 1, l, lambda v, inputs: inputs[0] @ inputs[1], key)
