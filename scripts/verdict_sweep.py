@@ -3,7 +3,8 @@
     PYTHONPATH=. python scripts/verdict_sweep.py            # the whole sweep (minutes)
     PYTHONPATH=. python scripts/verdict_sweep.py --quick    # a fraction of it
 
-Progress goes to standard error: a bar on a terminal, a line per net otherwise.
+Progress goes to standard error: for the correct nets a bar on a terminal, a line per net
+otherwise; for the wrong derivations a line per group.
 
 False alarms: `mbp.verify` on correct derivations over
 * the catalogue (every hidden activation × every output/loss pair) in float32

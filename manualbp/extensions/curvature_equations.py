@@ -187,25 +187,21 @@ def r_forward_batch(Ra_prev: Array | None, a_prev: Array, W: Array, V: Layer) ->
     return Rz if Ra_prev is None else Ra_prev @ W.T + Rz
 
 
-def output_hessian_dot(net: MLP, z_L: Array, y_hat: Array, y: Array, r: Array) -> Array:
-    """Eq. (19), start, for one example: H^L r, H^L of eq. (17), without forming H^L.
+def r_output_delta(net: MLP, z_L: Array, y_hat: Array, y: Array, Rz_L: Array) -> Array:
+    """Eq. (19), start, for one example: R{δ^L} = H^L R{z^L}, H^L of eq. (17), unformed.
 
-    f = z^L: H r by (11). f = ŷ with a componentwise σ^L: σ' ⊙ H (σ' ⊙ r) + g ⊙ σ'' ⊙ r,
-    g = ∂E/∂ŷ. Otherwise (softmax on ŷ) the N_L × N_L matrix of (17) times r.
+    f = z^L: H R{z^L} by (11). f = ŷ with a componentwise σ^L:
+    σ' ⊙ H (σ' ⊙ R{z^L}) + g ⊙ σ'' ⊙ R{z^L}, g = ∂E/∂ŷ. Otherwise (softmax on ŷ)
+    the N_L × N_L matrix of (17) times R{z^L}. Shapes (N_L,).
     """
     if logits_are_f(net):
-        return loss_hessian_dot(net, z_L, y_hat, y, r)
+        return loss_hessian_dot(net, z_L, y_hat, y, Rz_L)
     sigma = net.output
     if not sigma.elementwise:
-        return output_hessian(net, z_L, y_hat, y) @ r
+        return output_hessian(net, z_L, y_hat, y) @ Rz_L
     d = sigma.deriv(z_L)
-    Hdr = loss_hessian_dot(net, z_L, y_hat, y, d * r)
-    return d * Hdr + net.loss.grad(y_hat, y) * sigma.deriv2(z_L) * r
-
-
-def r_output_delta_batch(net: MLP, Z_L: Array, A_L: Array, Y: Array, Rz_L: Array) -> Array:
-    """Eq. (19), start: R{δ^L} = H^L R{z^L}, H^L of eq. (17), example by example. (B, N_L)."""
-    return jax.vmap(lambda z, a, y, r: output_hessian_dot(net, z, a, y, r))(Z_L, A_L, Y, Rz_L)
+    HdR = loss_hessian_dot(net, z_L, y_hat, y, d * Rz_L)
+    return d * HdR + net.loss.grad(y_hat, y) * sigma.deriv2(z_L) * Rz_L
 
 
 def r_hidden_delta_batch(
@@ -242,7 +238,21 @@ def r_grad_sum(Rdelta: Array, delta: Array, a_prev: Array, Ra_prev: Array | None
 
 
 class CurvatureEquations(NamedTuple):
-    """The equations the curvature quantities compose; `verify_curvature` checks any such set."""
+    """The equations the curvature quantities compose; `verify_curvature` checks any such set.
+
+    Each field is called by the composed quantities with the signature of its
+    default here (one example, or ``*_batch`` rows as examples); the defaults
+    call each other directly, so replacing a field changes what the composed
+    quantities compute through that field only. Who calls what: `diag_ggn`,
+    `kflr`, `kfac` call ``loss_factor`` (or ``sampled_factor``),
+    ``output_factor``, ``hidden_factor`` and ``ggn_diag`` or ``kron_factors``;
+    `diag_hessian` calls ``output_hessian``, ``hidden_hessian`` and
+    ``hessian_diag``; `hvp` calls ``r_forward``, ``r_output_delta``,
+    ``r_hidden_delta`` and ``r_grad``; `ggn_vp` calls ``r_forward``,
+    ``loss_hessian_dot`` and ``output_factor``. ``loss_hessian`` is checked on
+    its own. At the first layer ``r_forward`` and ``r_grad`` receive None for
+    R{a^1} (R{x} = 0: the terms in it drop), in verification as in `hvp`.
+    """
 
     loss_hessian: Callable = loss_hessian
     loss_hessian_dot: Callable = loss_hessian_dot
@@ -256,7 +266,7 @@ class CurvatureEquations(NamedTuple):
     hidden_hessian: Callable = hidden_hessian_batch
     hessian_diag: Callable = hessian_diag
     r_forward: Callable = r_forward_batch
-    r_output_delta: Callable = r_output_delta_batch
+    r_output_delta: Callable = r_output_delta
     r_hidden_delta: Callable = r_hidden_delta_batch
     r_grad: Callable = r_grad_sum
 

@@ -8,7 +8,9 @@ layer numbering (l = 2..L), as `verify` checks (1)–(4):
   Hessian H^{l+1} = ∂²E/∂z^{l+1}² from `jax.hessian`, R{δ^{l+1}} and R{z^l}
   from `jax.jvp`, σ' and σ'' from forward mode), and its output is compared
   with the reference's at that layer. A wrong step fails at its own equation
-  and layer, and not at every layer below it.
+  and layer, and not at every layer below it. At the output, (17) and (19)
+  start from z^L, ŷ and y and use the net's own σ^L derivatives and loss
+  record, so a wrong σ^L'' fails there as well as in its own σ'' row.
 * End to end. The composed quantities (`diag_ggn`, its Monte Carlo estimate
   with the same sampled targets, `kflr`, `kfac`, `diag_hessian`, `hvp`,
   `ggn_vp`) against autodiff routes: per-example Jacobians with the loss's
@@ -461,7 +463,9 @@ def _r_rows(ref, eqs) -> list:
     for k in range(n):
         Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
         rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
-    Rdelta_L = eqs.r_output_delta(net, ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1])
+    Rdelta_L = jax.vmap(lambda z, a, y, r: eqs.r_output_delta(net, z, a, y, r))(
+        ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1]
+    )
     rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
     for k in range(n - 1):
         Rdelta = eqs.r_hidden_delta(
