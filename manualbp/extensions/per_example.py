@@ -114,14 +114,20 @@ def clipped_weight_grad(c: Array, delta: Array, a_prev: Array) -> Array:
     """Eq. (9): (1/B) Σ_b c_b δ^l_b (a^{l-1}_b)ᵀ = (c ⊙ Δ^l)ᵀ A^{l-1} / B. Shape: (N_l, N_{l-1}).
 
     c ⊙ Δ^l scales row b by c_b; one matrix product then sums the clipped
-    per-example gradients ("ghost clipping").
+    per-example gradients ("ghost clipping"). The 1/B rides on the row scale,
+    c_b / B, the same rows `clipped_bias_grad` sums, so the two share one pass.
     """
-    return weight_grad_sum(c[:, None] * delta, a_prev) / delta.shape[0]
+    return weight_grad_sum(_scaled_rows(c, delta), a_prev)
 
 
 def clipped_bias_grad(c: Array, delta: Array) -> Array:
     """Eq. (9): (1/B) Σ_b c_b δ^l_b. Shape: (N_l,)."""
-    return jnp.mean(c[:, None] * delta, axis=0)
+    return jnp.sum(_scaled_rows(c, delta), axis=0)
+
+
+def _scaled_rows(c: Array, delta: Array) -> Array:
+    """Row b of Δ^l times c_b / B."""
+    return (c / delta.shape[0])[:, None] * delta
 
 
 # Equations (5)–(7) in place of (2) and (3) in the backward pass: its Δ^L is the
