@@ -114,19 +114,24 @@ def _binary_cross_entropy_grad(y_hat, y):
     return (y_hat - y) / (y_hat * (1 - y_hat))
 
 
+def _binary_cross_entropy_curvature(y_hat, y):
+    """∂/∂ŷ_j of −y_j/ŷ_j + (1 − y_j)/(1 − ŷ_j) = y_j/ŷ_j² + (1 − y_j)/(1 − ŷ_j)²: H's diagonal."""
+    return y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))
+
+
 def _binary_cross_entropy_hessian(y_hat, y):
-    """∂/∂ŷ_j of −y_i/ŷ_i + (1 − y_i)/(1 − ŷ_i): H = diag(y/ŷ² + (1 − y)/(1 − ŷ)²)."""
-    return jnp.diag(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat)))
+    """H = diag(y/ŷ² + (1 − y)/(1 − ŷ)²)."""
+    return jnp.diag(_binary_cross_entropy_curvature(y_hat, y))
 
 
 def _binary_cross_entropy_hessian_dot(y_hat, y, r):
     """H r = (y/ŷ² + (1 − y)/(1 − ŷ)²) ⊙ r."""
-    return (y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))) * r
+    return _binary_cross_entropy_curvature(y_hat, y) * r
 
 
 def _binary_cross_entropy_hessian_factor(y_hat, y):
     """S = diag(√(y/ŷ² + (1 − y)/(1 − ŷ)²)), so S Sᵀ = H (targets in [0, 1])."""
-    return jnp.diag(jnp.sqrt(y / (y_hat * y_hat) + (1 - y) / ((1 - y_hat) * (1 - y_hat))))
+    return jnp.diag(jnp.sqrt(_binary_cross_entropy_curvature(y_hat, y)))
 
 
 mse = Loss("mse", _mse, _mse_grad, _mse_hessian, _mse_hessian, _mse_hessian_dot)
@@ -190,23 +195,26 @@ def _softmax_cross_entropy(z, y):
     return jnp.sum(y * (log_sum - shifted), axis=-1)
 
 
+def _softmax_of_logits(z):
+    """ŷ = exp((z − m) − log Σ_k exp(z_k − m)), through `_shifted_logits`."""
+    shifted, log_sum = _shifted_logits(z)
+    return jnp.exp(shifted - log_sum)
+
+
 def _softmax_cross_entropy_delta(z, y):
     """δ^L = ŷ Σ_j y_j − y (= ŷ − y for targets that sum to one), ŷ the softmax of z."""
-    shifted, log_sum = _shifted_logits(z)
-    return jnp.exp(shifted - log_sum) * jnp.sum(y, axis=-1, keepdims=True) - y
+    return _softmax_of_logits(z) * jnp.sum(y, axis=-1, keepdims=True) - y
 
 
 def _softmax_cross_entropy_hessian(z, y):
     """∂δ^L/∂z = (Σ_j y_j)(diag(ŷ) − ŷŷᵀ), the softmax Jacobian times Σ_j y_j (= 1 for labels)."""
-    shifted, log_sum = _shifted_logits(z)
-    p = jnp.exp(shifted - log_sum)
+    p = _softmax_of_logits(z)
     return jnp.sum(y) * (jnp.diag(p) - jnp.outer(p, p))
 
 
 def _softmax_cross_entropy_hessian_dot(z, y, r):
     """H r = (Σ_j y_j)(ŷ ⊙ r − ŷ ⟨ŷ, r⟩): the softmax Jacobian's O(N_L) product."""
-    shifted, log_sum = _shifted_logits(z)
-    p = jnp.exp(shifted - log_sum)
+    p = _softmax_of_logits(z)
     return jnp.sum(y) * (p * r - p * jnp.sum(p * r))
 
 
@@ -215,8 +223,7 @@ def _softmax_cross_entropy_hessian_factor(z, y):
 
     S Sᵀ = diag(ŷ) − 2ŷŷᵀ + ŷ (√ŷᵀ√ŷ) ŷᵀ = diag(ŷ) − ŷŷᵀ, since √ŷᵀ√ŷ = Σ_j ŷ_j = 1.
     """
-    shifted, log_sum = _shifted_logits(z)
-    p = jnp.exp(shifted - log_sum)
+    p = _softmax_of_logits(z)
     root = jnp.sqrt(p)
     return jnp.sqrt(jnp.sum(y)) * (jnp.diag(root) - jnp.outer(p, root))
 
@@ -231,22 +238,25 @@ def _sigmoid_binary_cross_entropy_delta(z, y):
     return jax.nn.sigmoid(z) - y
 
 
-def _sigmoid_binary_cross_entropy_hessian(z, y):
-    """∂(ŷ − y)/∂z = diag(ŷ(1 − ŷ)), whatever the target."""
+def _sigmoid_curvature(z):
+    """∂(ŷ − y)/∂z_j = ŷ_j(1 − ŷ_j), ŷ = sigmoid(z), whatever the target: H's diagonal."""
     p = jax.nn.sigmoid(z)
-    return jnp.diag(p * (1 - p))
+    return p * (1 - p)
+
+
+def _sigmoid_binary_cross_entropy_hessian(z, y):
+    """H = diag(ŷ(1 − ŷ))."""
+    return jnp.diag(_sigmoid_curvature(z))
 
 
 def _sigmoid_binary_cross_entropy_hessian_dot(z, y, r):
     """H r = ŷ(1 − ŷ) ⊙ r."""
-    p = jax.nn.sigmoid(z)
-    return p * (1 - p) * r
+    return _sigmoid_curvature(z) * r
 
 
 def _sigmoid_binary_cross_entropy_hessian_factor(z, y):
     """S = diag(√(ŷ(1 − ŷ)))."""
-    p = jax.nn.sigmoid(z)
-    return jnp.diag(jnp.sqrt(p * (1 - p)))
+    return jnp.diag(jnp.sqrt(_sigmoid_curvature(z)))
 
 
 # Keyed by the objects themselves, not their names, so a user's own

@@ -24,8 +24,8 @@ g is right when it rounds like the witness does:
 Why this shape. A correct derivation and autodiff run the same arithmetic in
 the same precision, differently ordered: their distances to a float64
 reference are of one size. On 831 correct nets (`scripts/verdict_sweep.py`)
-e / max(e_w, floor) is at most 2.0 (2.5 in an earlier run); a wrong derivation is off by its own
-error, which does not shrink with eps. The old worst-case bound,
+e / max(e_w, floor) is at most 2.0 (2.5 in an earlier run); a wrong derivation
+is off by its own error, which does not shrink with eps. The old worst-case bound,
 C · eps · (L − 1) · √n (below), sat 2–3 orders of magnitude above the error a
 correct pass makes (0.2–0.7 eps of s measured at 10 layers of 256, B = 4096)
 and so missed factors of 1.001 in float32 and 2 in bfloat16.

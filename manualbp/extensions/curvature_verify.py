@@ -19,9 +19,9 @@ layer numbering (l = 2..L), as `verify` checks (1)–(4):
   also checked as G ⊗ A against the GGN block of W^l.
 
 The building blocks come first: H_f, S_f S_fᵀ and the closed-form H_f r
-against `jax.hessian` of E in f, and σ'' of every layer that needs it against autodiff of the
-hand-derived σ' (as `verify_activation`). Every row goes through `_agree`, the
-one place that decides the tolerance.
+against `jax.hessian` of E in f, and σ'' of every layer that needs it
+against autodiff of the hand-derived σ' (as `verify_activation`). Every row
+goes through `_agree`, the one place that decides the tolerance.
 
 The verdict is `tolerance.judge`'s: the program that forms every row runs
 twice, in the net's dtype (the manual results, and the references as the
