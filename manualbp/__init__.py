@@ -8,13 +8,7 @@ and (1)–(4) for δ^l, ∂E/∂W^l, ∂E/∂b^l and δ^L, one function each in 
 from manualbp import backprop, data, extensions
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.backprop import Equations
-from manualbp.checkpoint import (
-    CheckpointError,
-    CheckpointLockedError,
-    CheckpointMismatchError,
-    CheckpointWriteError,
-)
-from manualbp.extensions.verify import verify_extensions
+from manualbp.extensions.curvature_equations import CurvatureEquations
 from manualbp.gradients import (
     autodiff_value_and_grad,
     forward,
@@ -24,8 +18,23 @@ from manualbp.gradients import (
 )
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.network import MLP, Layer, Params
-from manualbp.training import DPSGD, DivergenceError, TrainResult, data_parallel_mesh, train
-from manualbp.verification import Report, Row, verify, verify_activation, verify_loss
+from manualbp.training import (
+    DPSGD,
+    DivergenceError,
+    TrainResult,
+    checkpoint,
+    data_parallel_mesh,
+    train,
+)
+from manualbp.verification import (
+    Report,
+    Row,
+    verify,
+    verify_activation,
+    verify_curvature,
+    verify_extensions,
+    verify_loss,
+)
 
 __version__ = "0.1.0"
 
@@ -34,10 +43,7 @@ __all__ = [
     "LOSSES",
     "MLP",
     "Activation",
-    "CheckpointError",
-    "CheckpointLockedError",
-    "CheckpointMismatchError",
-    "CheckpointWriteError",
+    "CurvatureEquations",
     "DPSGD",
     "DivergenceError",
     "Equations",
@@ -49,6 +55,7 @@ __all__ = [
     "TrainResult",
     "autodiff_value_and_grad",
     "backprop",
+    "checkpoint",
     "data",
     "data_parallel_mesh",
     "extensions",
@@ -61,6 +68,7 @@ __all__ = [
     "train",
     "verify",
     "verify_activation",
+    "verify_curvature",
     "verify_extensions",
     "verify_loss",
 ]

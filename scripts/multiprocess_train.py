@@ -52,7 +52,7 @@ def worker(args) -> None:
 
     import manualbp as mbp
     from manualbp import data
-    from manualbp.checkpoint import to_host
+    from manualbp.training.checkpoint import to_host
 
     (X, Y), test = data.fashion_mnist()
     net = mbp.MLP((784, 100, 10), hidden="relu", output="softmax", loss="cross_entropy")

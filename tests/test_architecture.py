@@ -16,16 +16,28 @@ def test_the_import_graph_has_no_cycle_and_no_upward_import():
 
 def test_the_checker_sees_a_cycle_and_an_upward_import():
     edges = {
-        "manualbp.network": {"manualbp.gradients"},  # math importing api
+        "manualbp.network": {"manualbp.gradients"},  # math importing gradients
         "manualbp.gradients": {"manualbp.network"},
         "manualbp.backprop": {"manualbp.tools.cli"},  # math importing tools
         "manualbp.tools.cli": set(),
-        "manualbp.data": {"manualbp"},  # the package itself, below the tools
+        "manualbp.data": {"manualbp"},  # the package itself, below it
+        "manualbp.extensions.curvature": {"manualbp.verification.report"},
+        "manualbp.verification.backward": {"manualbp.training.loop"},
+        "manualbp.training.loop": {"manualbp"},
     }
     found = import_graph.problems(edges)
-    assert "manualbp.network (math) imports manualbp.gradients (api)" in found
+    assert "manualbp.network (math) imports manualbp.gradients (gradients)" in found
     assert "manualbp.backprop (math) imports manualbp.tools.cli (tools)" in found
-    assert "manualbp.data imports the package manualbp itself" in found
+    assert "manualbp.data (gradients) imports manualbp (package)" in found
+    assert (
+        "manualbp.extensions.curvature (extensions) imports manualbp.verification.report "
+        "(verification)" in found
+    )
+    assert (
+        "manualbp.verification.backward (verification) imports manualbp.training.loop "
+        "(training)" in found
+    )
+    assert "manualbp.training.loop (training) imports manualbp (package)" in found
     assert any(p.startswith("cycle: ") and "manualbp.gradients" in p for p in found)
 
 

@@ -24,9 +24,9 @@ from manualbp import activations, losses
 from manualbp.data import random_batch
 from manualbp.extensions import curvature as C
 from manualbp.extensions.curvature_equations import CURVATURE
-from manualbp.extensions.curvature_verify import verify_curvature
 from manualbp.losses import OUTPUT_LOSS_PAIRS
 from manualbp.verification import witnesses
+from manualbp.verification.curvature import verify_curvature
 
 CATALOGUE = [(out, loss, True) for out, loss in OUTPUT_LOSS_PAIRS] + [
     ("softmax", "cross_entropy", False),

@@ -14,7 +14,7 @@ import manualbp as mbp
 from manualbp.backprop import backward_with_deltas, delta_L_batch
 from manualbp.data import random_batch
 from manualbp.extensions import per_example
-from manualbp.extensions.verify import catalogue_extensions
+from manualbp.verification.extensions import catalogue_extensions
 
 NET = mbp.MLP((5, 7, 6, 3), hidden="tanh", output="softmax", loss="cross_entropy")
 

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp import checkpoint, tolerance
+from manualbp import tolerance
+from manualbp.training import checkpoint
 
 PROCESSES, DEVICES_EACH = 2, 2
 TIMEOUT_S = 150
@@ -40,7 +41,7 @@ def child_main(process_id: int, port: int, checkpoint_dir: str) -> None:
     from test_train import X_TEST, Y_TEST, run
 
     import manualbp as mbp
-    from manualbp import checkpoint
+    from manualbp.training import checkpoint
 
     saves = []
     save = checkpoint.save

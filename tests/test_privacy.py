@@ -106,7 +106,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_private_run(tmp_path):
 
 def test_a_plain_checkpoint_is_not_resumed_as_private(tmp_path):
     run(epochs=1, checkpoint_dir=tmp_path)
-    with pytest.raises(mbp.CheckpointMismatchError):
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError):
         run(epochs=2, checkpoint_dir=tmp_path, privacy=DP)
 
 

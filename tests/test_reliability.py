@@ -20,8 +20,8 @@ import pytest
 from helpers import assert_grads_close
 
 import manualbp as mbp
-from manualbp.identity import code_identity
 from manualbp.network import Layer
+from manualbp.training.identity import code_identity
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
 PARAMS = NET.init(jax.random.key(0))
@@ -537,7 +537,7 @@ def test_code_identity_is_the_same_in_another_process():
         JAX_PLATFORMS="cpu",
     )
     script = (
-        "from manualbp.identity import code_identity; import test_reliability as t; "
+        "from manualbp.training.identity import code_identity; import test_reliability as t; "
         "print(code_identity(t._with_a_set), code_identity(t._leaky_prime(0.01)))"
     )
     out = subprocess.run(

@@ -23,9 +23,9 @@ import pytest
 from helpers import assert_grads_close, trees_equal
 
 import manualbp as mbp
-from manualbp import checkpoint, tolerance
-from manualbp.checkpoint import CheckpointError, CheckpointMismatchError
-from manualbp.training import DivergenceError, permutation, train
+from manualbp import tolerance
+from manualbp.training import DivergenceError, checkpoint, permutation, train
+from manualbp.training.checkpoint import CheckpointError, CheckpointMismatchError
 from manualbp.training.shuffle import _position_bits, _sort_rounds
 
 NET = mbp.MLP((4, 8, 3), hidden="tanh", output="softmax", loss="cross_entropy")

@@ -6,7 +6,8 @@ clipped gradient, all from the batch's Δ^l and A^{l-1} without forming a
 per-example gradient. `curvature` (equations (10)–(19)): the GGN's diagonal
 and Kronecker factors, the Hessian's diagonal, and Hessian- and GGN-vector
 products, by backpropagating a factor of the loss's Hessian or by the
-R-operator. `verify` and `verify_curvature` check them against autodiff.
+R-operator. The verifiers live in `manualbp.verification` (`verify_extensions`,
+`verify_curvature`): this package is the math alone.
 """
 
 from manualbp.extensions.curvature import (
@@ -18,18 +19,15 @@ from manualbp.extensions.curvature import (
     kfac,
     kflr,
 )
-from manualbp.extensions.curvature_verify import verify_curvature
 from manualbp.extensions.per_example import (
     batch_l2,
     clipped_value_and_grad,
     sum_grad_squared,
     variance,
 )
-from manualbp.extensions.verify import catalogue_extensions, verify_extensions
 
 __all__ = [
     "batch_l2",
-    "catalogue_extensions",
     "clipped_value_and_grad",
     "diag_ggn",
     "diag_ggn_mc",
@@ -40,6 +38,4 @@ __all__ = [
     "kflr",
     "sum_grad_squared",
     "variance",
-    "verify_curvature",
-    "verify_extensions",
 ]

@@ -26,10 +26,10 @@ import optax
 
 import manualbp as mbp
 from manualbp.data import random_batch
-from manualbp.extensions.verify import clip_materialized, example_grads
 from manualbp.records import environment
 from manualbp.tools import timing
 from manualbp.tools.bench import CONFIGS, CONFIGS_BY_NAME, TRAINING_EPOCHS, _ratio
+from manualbp.verification.extensions import clip_materialized, example_grads
 
 L2_CLIP = 1.0
 QUANTITIES = ("batch_l2", "clipped", "sum_grad_squared", "variance")

@@ -214,8 +214,8 @@ def _catalogue_subjects(dtype, check) -> list[tuple[str, object]]:
 
 
 def _extensions(args) -> int:
-    from manualbp.extensions.verify import catalogue_extensions
     from manualbp.table import format_table
+    from manualbp.verification.extensions import catalogue_extensions
 
     if args.dtype not in ("float32", "float64"):
         raise UserError(f"--extensions: expected --dtype float32 or float64, got {args.dtype}")

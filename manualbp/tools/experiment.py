@@ -413,7 +413,7 @@ def announce_checkpoint(directory: str, epochs: int, grad: str) -> int:
 
 def completed_epochs(directory: str | Path) -> int:
     """The epoch count a manualbp checkpoint in ``directory`` records; 0 if none is readable."""
-    from manualbp import checkpoint
+    from manualbp.training import checkpoint
 
     try:
         with np.load(checkpoint.path_in(directory), allow_pickle=False) as stored:

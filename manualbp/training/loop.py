@@ -35,11 +35,11 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from manualbp import checkpoint, tolerance, validation
-from manualbp.checkpoint import to_host
+from manualbp import tolerance, validation
 from manualbp.network import MLP, Params, as_targets, param_dtype
+from manualbp.training import checkpoint, programs
 from manualbp.training import privacy as dp
-from manualbp.training import programs
+from manualbp.training.checkpoint import to_host
 
 Array = jax.Array
 
@@ -133,7 +133,7 @@ def train(
             training examples, with `manualbp.tolerance`'s rule, and record
             the outcome in the history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
-            (`manualbp.checkpoint`). It is checked writable and locked for
+            (`manualbp.training.checkpoint`). It is checked writable and locked for
             this run before the first epoch. If it already holds a checkpoint
             of the same run (net, plug-in code, data, optimizer state and
             settings), training resumes after its last completed epoch and

@@ -6,12 +6,25 @@ form that trains (end_to_end.py), optionally finite differences
 (finite_differences.py). `verify_activation` and `verify_loss` (blocks.py)
 check one σ' or ∂E/∂ŷ. Every row is judged by one rule (compare.py,
 `manualbp.tolerance.judge`) against a float64 reference (witnesses.py);
-report.py holds the `Row` and `Report` they produce.
+report.py holds the `Row` and `Report` they produce. `verify_extensions`
+(extensions.py) and `verify_curvature` (curvature.py) check equations (5)–(19).
 """
 
 from manualbp.verification.backward import verify
 from manualbp.verification.blocks import verify_activation, verify_loss
 from manualbp.verification.compare import diagnose
+from manualbp.verification.curvature import verify_curvature
+from manualbp.verification.extensions import catalogue_extensions, verify_extensions
 from manualbp.verification.report import Report, Row
 
-__all__ = ["Report", "Row", "diagnose", "verify", "verify_activation", "verify_loss"]
+__all__ = [
+    "Report",
+    "Row",
+    "catalogue_extensions",
+    "diagnose",
+    "verify",
+    "verify_activation",
+    "verify_curvature",
+    "verify_extensions",
+    "verify_loss",
+]

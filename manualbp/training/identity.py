@@ -1,6 +1,6 @@
 """What makes two runs the same beyond their shapes: the data's content and the plug-ins' code.
 
-A checkpoint records both (`manualbp.checkpoint`), so a run resumes only on
+A checkpoint records both (`manualbp.training.checkpoint`), so a run resumes only on
 the data it started with and with the σ, σ' and E it was trained with, not
 merely with arrays of the same shape or functions of the same name.
 

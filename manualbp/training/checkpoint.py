@@ -54,8 +54,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from manualbp.identity import code_identity, data_identity
 from manualbp.records import to_json
+from manualbp.training.identity import code_identity, data_identity
 
 try:
     import fcntl
