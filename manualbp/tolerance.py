@@ -151,7 +151,9 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> 
         actual: the manual result g.
         reference: g⁶⁴, the same quantity in float64 from the same inputs.
         witness: the same quantity by autodiff in the net's dtype, or None
-            where the reference is of the same precision (then e_w = 0).
+            where the reference is of the same precision (then e_w = 0); or a
+            tuple of such arrays, each a correct route (autodiff, a per-example
+            loop summed in order, T6), e_w the largest of their errors.
         dtype: the net's dtype (its eps).
         depth: d, the layers the value passes through.
         magnitude: the size of the summed terms, if known (see above).
@@ -162,17 +164,13 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> 
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
     error = float(np.max(np.abs(actual - reference), initial=0.0))
-    witness_error = 0.0
-    if witness is not None:
-        witness_error = float(
-            np.max(np.abs(np.asarray(witness, np.float64) - reference), initial=0.0)
-        )
+    witness_error = max((_error(w, reference) for w in _witnesses(witness)), default=0.0)
     scale = float(np.max(np.abs(reference), initial=0.0))
     if magnitude is not None:
         scale = max(scale, float(np.max(np.abs(np.asarray(magnitude, np.float64)), initial=0.0)))
     # Without a witness the reference is of the net's own precision and rounds
     # too: e ≤ e_manual + e_reference, so the floor counts both.
-    floor_ = floor(dtype, depth, scale) * (1 if witness is not None else 2)
+    floor_ = floor(dtype, depth, scale) * (1 if _has_autodiff(witness) else 2)
     allowed = allowance(witness_error, floor_)
     return {
         "error": error,
@@ -181,3 +179,23 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> 
         "allowance": allowed,
         "passed": error <= allowed,
     }
+
+
+def _witnesses(witness) -> list:
+    """The witness arrays: none, one, or each of a tuple (None entries skipped)."""
+    if witness is None:
+        return []
+    if isinstance(witness, tuple):
+        return [w for w in witness if w is not None]
+    return [witness]
+
+
+def _has_autodiff(witness) -> bool:
+    """Whether a same-dtype autodiff witness is among them (the first of a tuple)."""
+    if isinstance(witness, tuple):
+        return bool(witness) and witness[0] is not None
+    return witness is not None
+
+
+def _error(witness, reference) -> float:
+    return float(np.max(np.abs(np.asarray(witness, np.float64) - reference), initial=0.0))

@@ -152,11 +152,12 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
     where = dict(dtype=dtype, device=device)
     rows = block_rows(net, given, ref, wit, g, scales, **where)
-    magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales)
+    inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
+    magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
     m_L = magnitudes[-1][0]
     rows += equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, **where)
-    rows += end_to_end_rows(net, manual, ref, wit, magnitudes, **where)
-    rows += fast_form_rows(net, params, X, Y, ref, wit, magnitudes, **where)
+    rows += end_to_end_rows(net, manual, ref, wit, (magnitudes, np.mean(m_E)), **where)
+    rows += fast_form_rows(net, params, X, Y, ref, wit, (magnitudes, np.mean(m_E)), **where)
     return rows, manual[1], ref
 
 

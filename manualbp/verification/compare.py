@@ -38,7 +38,9 @@ def compare(
         actual: the manual result, in the net's dtype.
         reference: the same quantity in float64 from the same inputs.
         witness: the same quantity computed the trusted way in the net's
-            dtype, or None where the reference has no higher precision.
+            dtype, or None where the reference has no higher precision; or a
+            tuple (autodiff's or None, further correct routes such as the
+            per-example loop of `witnesses.sequential_mean`).
         dtype: the net's dtype.
         depth: the layers the value passes through (`tolerance.floor`).
         candidates: named wrong forms, ``{name: array or function returning
@@ -54,11 +56,13 @@ def compare(
     where = dict(check=check, equation=equation, layer=layer, device=device)
     if actual.shape != reference.shape:
         return _failed(where, _shape_diagnosis(actual.shape, reference.shape))
-    witness = None if witness is None else np.asarray(witness, np.float64)
+    witness, others = _split(witness)
     if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(reference)):
         return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
     if witness is not None and not np.all(np.isfinite(witness)):
         witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
+    if others:  # further correct routes, judged where they are finite
+        witness = (witness, *(np.where(np.isfinite(o), o, reference) for o in others))
     verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
     diagnosis = ""
     if not verdict["passed"]:
@@ -66,6 +70,15 @@ def compare(
             actual, reference, verdict["allowance"]
         )
     return _row(where, verdict, dtype, diagnosis)
+
+
+def _split(witness):
+    """(autodiff's witness or None, the further routes): a tuple's first entry is autodiff's."""
+    if isinstance(witness, tuple):
+        first, *others = witness
+        first = None if first is None else np.asarray(first, np.float64)
+        return first, [np.asarray(o, np.float64) for o in others if o is not None]
+    return (None if witness is None else np.asarray(witness, np.float64)), []
 
 
 def _row(where, verdict, dtype, diagnosis) -> Row:

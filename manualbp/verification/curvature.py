@@ -163,6 +163,8 @@ def curvature_rows(
     _check_small(net, X.shape[0])
     p, X, Y = in_compute_dtype(net, params, X, Y)
     dtype = jnp.dtype(param_dtype(p))
+    _check_loss_hessian(net)
+    missing = _without_second_derivative(net)
     labels = []
 
     def arrays(p, X, Y, key, v=None, drawn=None):
@@ -177,8 +179,8 @@ def curvature_rows(
         pairs = (
             _block_rows(ref, equations)
             + _ggn_rows(ref, equations, key_mc)
-            + _hessian_rows(ref, equations)
-            + _r_rows(ref, equations)
+            + ([] if missing else _hessian_rows(ref, equations))
+            + _r_rows(ref, equations, second=not missing)
         )
         labels[:] = [label for label, _ in pairs]
         return [values for _, values in pairs], v, ref.drawn
@@ -202,10 +204,46 @@ def curvature_rows(
                 values, references, strict=True
             )
         ]
-    return [
+    rows = [
         _agree(label, actual, reference, witness, magnitude, dtype)
         for label, (actual, witness, reference, magnitude) in zip(labels, judged, strict=True)
     ]
+    return rows + ([_skipped_row(missing)] if missing else [])
+
+
+def _check_loss_hessian(net: MLP) -> None:
+    """Every curvature quantity needs the loss's Hessian and its factor: one line if absent."""
+    record = net.fused_loss if logits_are_f(net) else net.loss
+    if record.hessian is None or record.hessian_factor is None:
+        what = "the fused pair" if logits_are_f(net) else f"loss {net.loss.name!r}"
+        raise ValueError(
+            f"verify_curvature: {what} has no hand-derived Hessian (hessian and "
+            "hessian_factor), which every curvature quantity needs; give the Loss both"
+        )
+
+
+def _without_second_derivative(net: MLP) -> list[str]:
+    """The activations (with their layers) whose σ'' the Hessian rows need but that lack one."""
+    needs = net.hidden if logits_are_f(net) else net.activations
+    return [
+        f"{sigma.name!r} (layer l={k + 2})" for k, sigma in enumerate(needs) if sigma.deriv2 is None
+    ]
+
+
+def _skipped_row(missing) -> Row:
+    """The rows that need σ'' are not run: said once, not judged, never a pass."""
+    return Row(
+        "Hessian, R-operator rows (17), (19), hvp",
+        None,
+        None,
+        np.nan,
+        np.nan,
+        np.nan,
+        False,
+        f"skipped: no σ'' (Activation.deriv2) for {', '.join(missing)}; the GGN, "
+        "Kronecker and R{z} rows, which need none, are checked",
+        judged=False,
+    )
 
 
 class _References:
@@ -222,6 +260,7 @@ class _References:
         f_L = self.zs[-1] if logits_are_f(net) else self.as_[-1]
         loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
         self.H_f = jax.vmap(jax.hessian(loss_fn))(f_L, Y)
+        self.H_terms = _loss_hessian_terms(net, self.as_[-1], Y, self.H_f)
         self.sigma_prime = [autodiff.elementwise_derivative(s.fn, z) for s, z in self._hidden()]
         self.sigma_second = [
             autodiff.elementwise_derivative(
@@ -286,6 +325,15 @@ class _References:
             out.append(jnp.sum(J * HJ, axis=(0, 1)) / self.B)
         return Layer(*out)
 
+    def ggn_diag_terms(self, k):
+        """The terms of `ggn_diag` with their signs removed, |J|ᵀ |H| |J| (the refinement)."""
+        out = []
+        for J in self.J_theta[k]:
+            J = jnp.abs(J)
+            HJ = jnp.einsum("bij,bj...->bi...", self.H_terms, J)
+            out.append(jnp.sum(J * HJ, axis=(0, 1)) / self.B)
+        return Layer(*out)
+
     def hessian_diag(self, k):
         """diag of ∇²Ē for layer l = k + 2, by `jax.hessian` of Ē in each array."""
         out = []
@@ -302,10 +350,37 @@ class _References:
         return Layer(*out)
 
 
-def _layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1) -> list:
+def _loss_hessian_terms(net, y_hat, Y, H_f):
+    """The size of the terms H_f is formed from, (B, N_L, N_L) (the cancellation refinement).
+
+    For the softmax with cross-entropy in the logits, H_f = (Σ y)(diag(p) − p pᵀ):
+    for a confident classifier p_i − p_i² cancels to far below p_i, and every
+    route to it rounds at the size of its terms, (Σ|y|) p_i ([i = j] + p_j).
+    Elsewhere, |H_f| itself.
+    """
+    if logits_are_f(net) and not net.output.elementwise:
+        p = jnp.abs(y_hat)
+        total = jnp.abs(jnp.sum(Y, axis=-1))[:, None, None]
+        return total * p[:, :, None] * (jnp.eye(p.shape[-1]) + p[:, None, :])
+    return jnp.abs(H_f)
+
+
+def _times(M, r):
+    """M |r| per example: the terms of H r with signs removed."""
+    return jnp.einsum("bij,bj->bi", M, jnp.abs(r))
+
+
+def _ggn_magnitude(J, H_terms, B):
+    """(1/B) Σ_b |J_b|ᵀ |H_b| |J_b| with J_b (N_L, N): the terms of a GGN factor (N, N)."""
+    J = jnp.abs(J)
+    return jnp.einsum("bik,bij,bjm->km", J, H_terms, J) / B
+
+
+def _layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1, size=None) -> list:
+    size = Layer(None, None) if size is None else size
     return [
-        _pair(f"{check} W", equation, k + 2, actual.W, reference.W, depth=depth),
-        _pair(f"{check} b", equation, k + 2, actual.b, reference.b, depth=depth),
+        _pair(f"{check} W", equation, k + 2, actual.W, reference.W, size.W, depth),
+        _pair(f"{check} b", equation, k + 2, actual.b, reference.b, size.b, depth),
     ]
 
 
@@ -317,10 +392,11 @@ def _block_rows(ref, eqs) -> list:
     H_f_r = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(
         ref.zs[-1], ref.as_[-1], ref.Y, r
     )
+    M = ref.H_terms
     rows = [
-        _pair("H_f", 11, L, H_f, ref.H_f),
-        _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f),
-        _pair("H_f r", 11, L, H_f_r, jnp.einsum("bij,bj->bi", ref.H_f, r)),
+        _pair("H_f", 11, L, H_f, ref.H_f, M),
+        _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f, M),
+        _pair("H_f r", 11, L, H_f_r, jnp.einsum("bij,bj->bi", ref.H_f, r), _times(M, r)),
     ]
     for k, sigma in enumerate(net.activations):
         needed = k < len(ref.p) - 1 or not logits_are_f(net)
@@ -349,17 +425,21 @@ def _ggn_rows(ref, eqs, key) -> list:
         rows.append(_pair("S^l", 13, k + 2, S, S_ref[k]))
     # (14), (15) given S^l = J_lᵀ S_f: their references take H = S_f S_fᵀ, the same S_f.
     SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
+    terms = [ref.ggn_diag_terms(k) for k in range(n)]
     for k in range(n):
         step = eqs.ggn_diag(S_ref[k], ref.as_[k])
-        rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS))
+        rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS), size=terms[k])
         A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
         A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
         G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
-        rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref)]
+        G_size = _ggn_magnitude(ref.J[k], ref.H_terms, ref.B)
+        rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref, G_size)]
     # End to end: the composed quantities, against autodiff's own H_f.
     diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
-        rows += _layer_rows("diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k), net.L - 1)
+        rows += _layer_rows(
+            "diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k), net.L - 1, terms[k]
+        )
     rows += _kron_rows(ref, eqs)
     rows += _sampled_rows(ref, eqs, key)
     return rows
@@ -376,10 +456,23 @@ def _kron_rows(ref, eqs) -> list:
         A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
         J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
         block = J_W.T @ ref.H_f[0] @ J_W
+        G_size = _ggn_magnitude(ref.J[k], ref.H_terms, ref.B)
+        G1_size = _ggn_magnitude(ref.J[k][:1], ref.H_terms[:1], 1)
+        # A product of two rounded factors carries the rounding of both: twice the depth
+        # (T8), on the scale of the product of the factors' terms.
+        kron_size = jnp.kron(G1_size, jnp.abs(A1))
         rows += [
             _pair("kflr A vs autodiff", None, k + 2, A, A_ref, depth=depth),
-            _pair("kflr G vs autodiff", None, k + 2, G, G_ref, depth=depth),
-            _pair("G ⊗ A vs GGN block (B = 1)", None, k + 2, jnp.kron(G1, A1), block, depth=depth),
+            _pair("kflr G vs autodiff", None, k + 2, G, G_ref, G_size, depth),
+            _pair(
+                "G ⊗ A vs GGN block (B = 1)",
+                None,
+                k + 2,
+                jnp.kron(G1, A1),
+                block,
+                kron_size,
+                2 * depth,
+            ),
         ]
     return rows
 
@@ -409,7 +502,7 @@ def _hessian_rows(ref, eqs) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
     M = _hessian_magnitudes(ref)
     H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1])]
+    rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1], M[-1])]
     for k in range(n - 1):
         H = eqs.hidden_hessian(
             ref.Hz[k + 1], ref.deltas[k + 1], p[k + 1].W, ref.sigma_prime[k], ref.sigma_second[k]
@@ -447,7 +540,7 @@ def _hessian_magnitudes(ref) -> list:
     """
     n = len(ref.p)
     M = [None] * n
-    M[-1] = jnp.abs(ref.Hz[-1])
+    M[-1] = ref.H_terms if logits_are_f(ref.net) else jnp.abs(ref.Hz[-1])
     for k in reversed(range(n - 1)):
         W, sp = jnp.abs(ref.p[k + 1].W), jnp.abs(ref.sigma_prime[k])
         inner = jnp.einsum("mk,bmn,nj->bkj", W, M[k + 1], W) * sp[:, :, None] * sp[:, None, :]
@@ -456,17 +549,35 @@ def _hessian_magnitudes(ref) -> list:
     return M
 
 
-def _r_rows(ref, eqs) -> list:
+def _r_rows(ref, eqs, second=True) -> list:
+    """(18), (19), hvp and ggn_vp; without σ'' (``second`` False) only those that need none."""
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
     Ras = [None, *ref.Ras[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
     for k in range(n):
         Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
         rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
+    if second:
+        rows += _r_delta_rows(ref, eqs, Ras)
+    Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
+    _, pullback = jax.vjp(ref.batch_f, p)
+    (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
+    gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
+    gv_size = _ggn_vp_terms(ref, v)
+    for k in range(n):
+        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k], net.L - 1, gv_size[k])
+    return rows
+
+
+def _r_delta_rows(ref, eqs, Ras) -> list:
+    """(19) at every layer, R{∂E/∂θ} and hvp: the rows that need σ''."""
+    net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
+    rows = []
     Rdelta_L = jax.vmap(lambda z, a, y, r: eqs.r_output_delta(net, z, a, y, r))(
         ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1]
     )
-    rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
+    size = _r_delta_terms(ref)
+    rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1], size[-1]))
     for k in range(n - 1):
         Rdelta = eqs.r_hidden_delta(
             ref.Rdeltas[k + 1],
@@ -477,17 +588,52 @@ def _r_rows(ref, eqs) -> list:
             ref.sigma_second[k],
             ref.Rzs[k],
         )
-        rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
+        rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k], size[k]))
+    grad_size = [
+        Layer(
+            (size[k].T @ jnp.abs(ref.as_[k]) + jnp.abs(ref.deltas[k]).T @ jnp.abs(Ra)) / ref.B,
+            jnp.mean(size[k], axis=0),
+        )
+        for k, Ra in enumerate([jnp.zeros_like(ref.as_[0]), *ref.Ras[1:-1]])
+    ]
     for k in range(n):
         step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], Ras[k])
         step = jax.tree.map(lambda t: t / ref.B, step)
-        rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k])
+        rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k], size=grad_size[k])
     hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)
-    Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
-    _, pullback = jax.vjp(ref.batch_f, p)
-    (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
-    gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
     for k in range(n):
-        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k], net.L - 1)
-        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k], net.L - 1)
+        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k], net.L - 1, grad_size[k])
     return rows
+
+
+def _r_delta_terms(ref) -> list:
+    """The size of the terms of R{δ^l}, chained down from |H_f| |R{z^L}| (the refinement).
+
+    At the output R{δ^L} = H_f R{z^L} for logits f, whose terms are those of
+    H_f (for the softmax, diag(p) − p pᵀ cancels); below, (19) carries them
+    through |W^{l+1}| and |σ^l'|, next to its own value.
+    """
+    n = len(ref.p)
+    size = [None] * n
+    top = jnp.abs(ref.Rdeltas[-1])
+    if logits_are_f(ref.net):
+        top = jnp.maximum(top, jnp.einsum("bij,bj->bi", ref.H_terms, jnp.abs(ref.Rzs[-1])))
+    size[-1] = top
+    for k in reversed(range(n - 1)):
+        carried = (size[k + 1] @ jnp.abs(ref.p[k + 1].W)) * jnp.abs(ref.sigma_prime[k])
+        size[k] = jnp.maximum(carried, jnp.abs(ref.Rdeltas[k]))
+    return size
+
+
+def _ggn_vp_terms(ref, v) -> list:
+    """(1/B) Σ_b |J_b|ᵀ |H_b| |J_b| |v|, per layer: the terms of G v with signs removed."""
+    Jv = sum(
+        jnp.einsum("bi...,...->bi", jnp.abs(J), jnp.abs(t))
+        for J_layer, v_layer in zip(ref.J_theta, v, strict=True)
+        for J, t in zip(J_layer, v_layer, strict=True)
+    )
+    u = jnp.einsum("bij,bj->bi", ref.H_terms, Jv) / ref.B
+    return [
+        Layer(*(jnp.einsum("bi...,bi->...", jnp.abs(J), u) for J in J_layer))
+        for J_layer in ref.J_theta
+    ]

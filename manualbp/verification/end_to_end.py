@@ -11,8 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from manualbp import backprop
+from manualbp.network import Layer
 from manualbp.verification.compare import compare
 from manualbp.verification.report import Row
+from manualbp.verification.witnesses import sequential_mean
 
 
 def forward_overflow(wit, ref, dtype, device) -> Row | None:
@@ -51,11 +53,13 @@ def forward_overflow(wit, ref, dtype, device) -> Row | None:
 def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Row]:
     """E, and δ^l, ∂E/∂W^l, ∂E/∂b^l at every layer, against autodiff.
 
-    ``magnitudes[k]`` = (m_δ, m_W, m_b) of layer l = k + 2 (`witnesses.chain_magnitudes`).
+    ``magnitudes`` = (per layer k: (m_δ, m_W, m_b) of layer l = k + 2
+    (`witnesses.chain_magnitudes`), m_E: what E inherits from z^L's rounding).
     """
+    magnitudes, m_E = magnitudes
     E, grads, deltas = manual
     where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
-    rows = [compare("E vs autodiff", None, None, E, ref.E, _get(wit, "E"), **where)]
+    rows = [compare("E vs autodiff", None, None, E, ref.E, _get(wit, "E"), magnitude=m_E, **where)]
     for k in reversed(range(len(grads))):
         m_delta, m_W, m_b = magnitudes[k]
         l = k + 2
@@ -71,7 +75,14 @@ def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Ro
                 **where,
             ),
             *_grad_rows(
-                "vs autodiff", l, grads[k], ref.grads[k], _get(wit, "grads", k), m_W, m_b, where
+                "vs autodiff",
+                l,
+                grads[k],
+                ref.grads[k],
+                _routes(ref, wit, k, dtype),
+                m_W,
+                m_b,
+                where,
             ),
         ]
     return rows
@@ -84,9 +95,11 @@ def fast_form_rows(net, params, X, Y, ref, wit, magnitudes, dtype, device) -> li
     the fast form (the 1/B applied once, (2) and (3) as plain sums) fails these
     rows even where the plain equations above pass.
     """
+    magnitudes, m_E = magnitudes
     E, grads = backprop.fast_backprop(net, params, X, Y)
     where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
-    rows = [compare("E fast form vs autodiff", None, None, E, ref.E, _get(wit, "E"), **where)]
+    E_wit = _get(wit, "E")
+    rows = [compare("E fast form vs autodiff", None, None, E, ref.E, E_wit, magnitude=m_E, **where)]
     for k in reversed(range(len(params))):
         _, m_W, m_b = magnitudes[k]
         rows += _grad_rows(
@@ -94,7 +107,7 @@ def fast_form_rows(net, params, X, Y, ref, wit, magnitudes, dtype, device) -> li
             k + 2,
             grads[k],
             ref.grads[k],
-            _get(wit, "grads", k),
+            _routes(ref, wit, k, dtype),
             m_W,
             m_b,
             where,
@@ -110,12 +123,24 @@ def _grad_rows(name, l, grad, ref, wit, m_W, m_b, where) -> list[Row]:
             l,
             getattr(grad, field),
             getattr(ref, field),
-            None if wit is None else getattr(wit, field),
+            tuple(None if w is None else getattr(w, field) for w in wit),
             magnitude=m,
             **where,
         )
         for field, m in (("W", m_W), ("b", m_b))
     ]
+
+
+def _routes(ref, wit, k, dtype) -> tuple:
+    """The correct routes to ∂E/∂θ^l in the net's dtype: autodiff's, and a per-example loop.
+
+    The loop (`witnesses.sequential_mean`) sums the witness's own δ_b (a_b)ᵀ
+    one example at a time, as a hand-written loop over the batch does (T6).
+    """
+    side = ref if wit is None else wit
+    delta, a = np.asarray(side.deltas[k]), np.asarray(side.as_[k])
+    loop = Layer(sequential_mean(delta, a, dtype), sequential_mean(delta, None, dtype))
+    return (_get(wit, "grads", k), loop)
 
 
 def _get(side, name, k=None):

@@ -19,7 +19,7 @@ import numpy as np
 from manualbp import autodiff
 from manualbp.backprop import bias_grad_batch, hidden_delta_batch, weight_grad_batch
 from manualbp.verification.compare import compare
-from manualbp.verification.witnesses import sigma_terms
+from manualbp.verification.witnesses import sequential_mean, sigma_terms
 
 
 def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype, device) -> list:
@@ -63,7 +63,10 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
                 l,
                 grads[k].W,
                 delta.T @ A / len(A),
-                None if wit is None else weight_grad_batch(deltas[k], wit.as_[k]),
+                (
+                    None if wit is None else weight_grad_batch(deltas[k], wit.as_[k]),
+                    sequential_mean(delta, A, dtype),
+                ),
                 magnitude=np.abs(delta).T @ np.abs(A) / len(A),
                 candidates=_weight_forms(delta, A, np.asarray(given.as_[k + 1], np.float64)),
                 inputs={"δ^l": delta},
@@ -77,7 +80,10 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
                 l,
                 grads[k].b,
                 delta.mean(axis=0),
-                None if wit is None else bias_grad_batch(deltas[k]),
+                (
+                    None if wit is None else bias_grad_batch(deltas[k]),
+                    sequential_mean(delta, None, dtype),
+                ),
                 magnitude=np.abs(delta).mean(axis=0),
                 candidates={"summed over the batch, not averaged": delta.sum(axis=0)},
                 inputs={"δ^l": delta},

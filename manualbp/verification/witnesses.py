@@ -129,17 +129,75 @@ def sigma_terms(sigma_prime, scale: float):
     return np.maximum(np.abs(sigma_prime), scale)
 
 
-def output_magnitude(net: MLP, ref: Side, Y, scales) -> np.ndarray:
-    """The size of the terms δ^L is formed from, per example (B, N_L)."""
-    y_hat, g = np.abs(ref.as_[-1]), np.abs(ref.dE_dyhat)
+def output_magnitude(net: MLP, ref: Side, Y, scales, inherited=None) -> np.ndarray:
+    """The size of the terms δ^L is formed from, per example (B, N_L).
+
+    ∂E/∂ŷ counts at its own size plus what it inherits from ŷ's rounding
+    (`inherited_loss_gradient`): ŷ − y of MSE cancels where ŷ ≈ y, and a
+    large σ^L' next to it magnifies the rounding ŷ brought with it.
+    ``inherited`` (`inherited_output_error`, in units of ε) adds what δ^L
+    inherits from a forward pass that rounds on the way to z^L (T7).
+    """
+    y_hat = np.abs(ref.as_[-1])
     Y = np.abs(np.asarray(Y, np.float64))
     if net.fused and net.fused_loss is not None:
         terms = y_hat * np.sum(Y, axis=-1, keepdims=True) + Y
-    elif net.output.elementwise:
-        terms = np.where(np.isfinite(g), g, 0) * sigma_terms(ref.sigma_primes[-1], scales[-1])
     else:
-        terms = jacobian_t_terms(y_hat, np.where(np.isfinite(g), g, 0))
+        g = np.abs(ref.dE_dyhat) + inherited_loss_gradient(net, ref.as_[-1], Y)
+        g = np.where(np.isfinite(g), g, 0)
+        if net.output.elementwise:
+            terms = g * sigma_terms(ref.sigma_primes[-1], scales[-1])
+        else:
+            terms = jacobian_t_terms(y_hat, g)
+    if inherited is not None:
+        terms = terms + inherited
     return np.maximum(terms, np.abs(ref.deltas[-1]))
+
+
+INHERITED_STEP = 1e-6
+"""η of `inherited_loss_gradient`: a relative move of ŷ, small against 1 and far above ε₆₄."""
+
+
+def inherited_loss_gradient(net: MLP, y_hat, Y) -> np.ndarray:
+    """|∂E/∂ŷ(ŷ (1 + η)) − ∂E/∂ŷ(ŷ)| / η in float64: the error ∂E/∂ŷ inherits from ŷ (T7).
+
+    ŷ arrives rounded at ε |ŷ|; to first order ∂E/∂ŷ moves by the loss
+    Hessian times that, |H_E| |ŷ| ε for the componentwise losses. Measured by
+    one difference of autodiff's ∂E/∂ŷ along ŷ itself, so it holds for any
+    loss, not only the built-in ones. Shape (B, N_L).
+    """
+    with jax.enable_x64():
+        y_hat = jnp.asarray(np.asarray(y_hat, np.float64))
+        Y = jnp.asarray(np.asarray(Y, np.float64))
+        moved = autodiff.loss_grad(net.loss.fn, y_hat * (1 + INHERITED_STEP), Y)
+        here = autodiff.loss_grad(net.loss.fn, y_hat, Y)
+        return np.abs(np.asarray(moved) - np.asarray(here)) / INHERITED_STEP
+
+
+def inherited_output_error(net: MLP, ref: Side, wit: Side | None, Y, dtype):
+    """What δ^L and E inherit from z^L's rounding, in units of ε: (B, N_L) and (B,) (T7).
+
+    A correct pass forms z^L in its own dtype and lands about as far from the
+    float64 z^L as the witness's forward pass does: Δz = max(|z_w − z⁶⁴|,
+    ε |z⁶⁴|). δ^L = ∂E/∂z^L taken at z⁶⁴ ± Δz, in float64, moves by what a
+    correct δ^L may carry from there (σ^L' = z² of σ = z³/3 triples a
+    relative error); E moves by |δ^L| Δz.
+    """
+    eps = float(jnp.finfo(jnp.dtype(dtype)).eps)
+    z = np.asarray(ref.zs[-1], np.float64)
+    dz = eps * np.abs(z)
+    if wit is not None:
+        dz = np.maximum(dz, np.abs(np.asarray(wit.zs[-1], np.float64) - z))
+    with jax.enable_x64():
+        up = jnp.asarray
+        delta_at = jax.vmap(jax.grad(lambda z, y: example_loss(net, z, net.output.fn(z), y)))
+        Y64 = up(np.asarray(Y, np.float64))
+        here = np.asarray(delta_at(up(z), Y64))
+        moved = [np.asarray(delta_at(up(z + sign * dz), Y64)) for sign in (1, -1)]
+    delta_error = np.maximum(*(np.abs(m - here) for m in moved))
+    E_error = np.sum(np.abs(here) * dz, axis=-1)
+    ok = np.isfinite(delta_error)
+    return np.where(ok, delta_error, 0) / eps, np.where(np.isfinite(E_error), E_error, 0) / eps
 
 
 def jacobian_t_terms(a, g):
@@ -158,13 +216,13 @@ def jacobian_terms(a):
     return a[..., :, None] * (np.eye(a.shape[-1]) + a[..., None, :])
 
 
-def chain_magnitudes(net: MLP, ref: Side, params64, Y, scales):
+def chain_magnitudes(net: MLP, ref: Side, params64, Y, scales, inherited=None):
     """End-to-end magnitudes: m^L from δ^L's terms, m^l = (m^{l+1} |W^{l+1}|) ⊙ |σ^l'|.
 
     Returns (per layer k: m_δ (B, N), m_W (N_l, N_{l-1}), m_b (N_l,)).
     """
     m = [None] * len(params64)
-    m[-1] = output_magnitude(net, ref, Y, scales)
+    m[-1] = output_magnitude(net, ref, Y, scales, inherited)
     for k in reversed(range(len(params64) - 1)):
         m[k] = (m[k + 1] @ np.abs(params64[k + 1].W)) * sigma_terms(ref.sigma_primes[k], scales[k])
     B = m[0].shape[0]
@@ -172,3 +230,39 @@ def chain_magnitudes(net: MLP, ref: Side, params64, Y, scales):
         (m_k, m_k.T @ np.abs(a) / B, np.mean(m_k, axis=0))
         for m_k, a in zip(m, ref.as_[:-1], strict=True)
     ]
+
+
+# --- the per-example loop: a batch sum in the order a hand-written loop takes (T6) -----
+#
+# XLA sums a batch in blocks and a tree; a loop over the examples (Nielsen's
+# `for x, y in mini_batch`) adds one term at a time, each addition rounding at
+# the size of the running sum. That is as correct as autodiff and rounds more:
+# about ε √B of the sum for terms of one sign, up to ε B/10 for equal terms
+# (a repeated example). Rather than assume either, the verifier forms the same
+# mean that way from the witness's own per-example terms and counts its error
+# as another witness's.
+
+SEQUENTIAL_CHUNK = 1 << 22
+"""Most entries handled at once by `sequential_mean` (memory, not arithmetic)."""
+
+
+def sequential_mean(left, right, dtype):
+    """(1/B) Σ_b left_b ⊗ right_b (Σ_b left_b where ``right`` is None), one example at a time.
+
+    Each term is formed in ``dtype`` and added to the running sum in
+    ``dtype``, in example order, then divided by B. Shapes: left (B, N),
+    right (B, M) or None; result (N, M) or (N,), float64.
+    """
+    left = np.asarray(left).astype(dtype)
+    B = left.shape[0]
+    shape = left.shape[1:] if right is None else left.shape[1:] + np.shape(right)[1:]
+    total = np.zeros(shape, dtype)
+    size = max(int(np.prod(shape)), 1)
+    step = max(1, SEQUENTIAL_CHUNK // size)
+    right = None if right is None else np.asarray(right).astype(dtype)
+    for start in range(0, B, step):
+        part = slice(start, start + step)
+        terms = left[part] if right is None else left[part, :, None] * right[part, None, :]
+        # cumsum adds in order, rounding each partial sum in ``dtype``
+        total = np.cumsum(np.concatenate([total[None], terms]), axis=0, dtype=dtype)[-1]
+    return np.asarray(total, np.float64) / B
