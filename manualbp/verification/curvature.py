@@ -41,29 +41,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from manualbp import autodiff, validation
-from manualbp.extensions import curvature as C
+from manualbp import validation
 from manualbp.extensions.curvature_equations import CURVATURE, CurvatureEquations, logits_are_f
 from manualbp.gradients import in_compute_dtype
 from manualbp.network import (
     MLP,
-    Layer,
     Params,
-    example_loss,
-    forward_pass,
-    forward_pass_batch,
-    mean_loss,
     param_dtype,
 )
 from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import compare
+from manualbp.verification.curvature_ggn import block_rows, ggn_rows
+from manualbp.verification.curvature_hessian import hessian_rows, r_rows
+from manualbp.verification.curvature_references import References
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
-
-MC_SAMPLES = 2
-"""Targets drawn per example for the Monte Carlo rows (the reference uses the same ones)."""
 
 
 def _agree(label, actual, reference, witness, magnitude, dtype) -> Row:
@@ -85,15 +79,6 @@ def _agree(label, actual, reference, witness, magnitude, dtype) -> Row:
         depth=depth,
         magnitude=magnitude,
     )
-
-
-def _pair(check, equation, layer, actual, reference, magnitude=None, depth=1) -> tuple:
-    """What one row compares, still as arrays (inside the traced program).
-
-    ``depth``: the layers the value passes through, 1 for a teacher-forced
-    step or a building block, L − 1 for an end-to-end quantity.
-    """
-    return (check, equation, layer, depth), (actual, reference, magnitude)
 
 
 def verify_curvature(
@@ -131,6 +116,8 @@ def verify_curvature(
 
 MAX_ARRAY_SIZE = 2048
 """Most entries of one W^l or b^l: the reference forms its dense Hessian (size² entries)."""
+
+
 MAX_BATCH = 256
 """Most examples: the reference forms every example's Jacobian with respect to θ."""
 
@@ -175,12 +162,12 @@ def curvature_rows(
         key_v, key_mc = jax.random.split(key)
         if v is None:
             v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
-        ref = _References(net, p, X, Y, v, equations, key_mc, drawn)
+        ref = References(net, p, X, Y, v, equations, key_mc, drawn)
         pairs = (
-            _block_rows(ref, equations)
-            + _ggn_rows(ref, equations, key_mc)
-            + ([] if missing else _hessian_rows(ref, equations))
-            + _r_rows(ref, equations, second=not missing)
+            block_rows(ref, equations)
+            + ggn_rows(ref, equations, key_mc)
+            + ([] if missing else hessian_rows(ref, equations))
+            + r_rows(ref, equations, second=not missing)
         )
         labels[:] = [label for label, _ in pairs]
         return [values for _, values in pairs], v, ref.drawn
@@ -244,396 +231,3 @@ def _skipped_row(missing) -> Row:
         "Kronecker and R{z} rows, which need none, are checked",
         judged=False,
     )
-
-
-class _References:
-    """Every autodiff reference the rows need, for one batch and direction v."""
-
-    def __init__(self, net, p, X, Y, v, eqs, key, drawn=None):
-        self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
-        self.B = X.shape[0]
-        self.zs, self.as_ = forward_pass_batch(net, p, X)
-        self.deltas = autodiff.deltas(net, p, X, Y)
-        n = len(p)
-        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.zs[k], Y) for k in range(n)]
-        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.zs[k], Y) for k in range(n)]
-        f_L = self.zs[-1] if logits_are_f(net) else self.as_[-1]
-        loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
-        self.H_f = jax.vmap(jax.hessian(loss_fn))(f_L, Y)
-        self.H_terms = _loss_hessian_terms(net, self.as_[-1], Y, self.H_f)
-        self.sigma_prime = [autodiff.elementwise_derivative(s.fn, z) for s, z in self._hidden()]
-        self.sigma_second = [
-            autodiff.elementwise_derivative(
-                lambda t, s=s: autodiff.elementwise_derivative(s.fn, t), z
-            )
-            for s, z in self._hidden()
-        ]
-        # Per-example Jacobians of f in the parameters: leaves (B, N_L, *shape).
-        self.J_theta = jax.vmap(jax.jacrev(self._f_of_params), (None, 0))(p, X)
-        (self.Rzs, self.Ras) = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
-        self.Rdeltas = jax.jvp(lambda q: autodiff.deltas(net, q, X, Y), (p,), (v,))[1]
-        grad = jax.grad(lambda q: mean_loss(net, q, X, Y))
-        self.hvp = jax.jvp(grad, (p,), (v,))[1]
-        # The sampled factors s̃ of (16), {samples: (B, N_L, samples)}, with the keys
-        # the composed quantities use: drawn in the net's dtype, cast up for float64.
-        if drawn is None:
-            keys = jax.random.split(key, self.B)
-            drawn = {
-                s: jax.vmap(lambda k_, z, a, y, s=s: eqs.sampled_factor(net, k_, z, a, y, s))(
-                    keys, self.zs[-1], self.as_[-1], Y
-                )
-                for s in (MC_SAMPLES, 1)
-            }
-        self.drawn = drawn
-
-    def _hidden(self):
-        return zip(self.net.hidden, self.zs[:-1], strict=True)
-
-    def _tail(self, k, z, y):
-        """(f, E) of one example as functions of z^{k+2}."""
-        net, p = self.net, self.p
-        a = net.activations[k].fn(z)
-        for j in range(k + 1, len(p)):
-            z = p[j].W @ a + p[j].b
-            a = net.activations[j].fn(z)
-        return (z if logits_are_f(net) else a), example_loss(net, z, a, y)
-
-    def _tail_f(self, k):
-        return lambda z, y: self._tail(k, z, y)[0]
-
-    def _tail_E(self, k):
-        return lambda z, y: self._tail(k, z, y)[1]
-
-    def _f_of_params(self, q, x):
-        zs, as_ = forward_pass(self.net, q, x)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
-
-    def batch_f(self, q):
-        zs, as_ = forward_pass_batch(self.net, q, self.X)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
-
-    def factor(self, k, S_f):
-        """S^l = (∂f/∂z^l)ᵀ S_f for layer l = k + 2, (B, N_l, C)."""
-        return jnp.einsum("bik,bic->bkc", self.J[k], S_f)
-
-    def ggn_diag(self, k, H=None):
-        """diag of (1/B) Σ_b J_bᵀ H_b J_b for layer l = k + 2, by per-example Jacobians."""
-        H = self.H_f if H is None else H
-        out = []
-        for J in self.J_theta[k]:
-            HJ = jnp.einsum("bij,bj...->bi...", H, J)
-            out.append(jnp.sum(J * HJ, axis=(0, 1)) / self.B)
-        return Layer(*out)
-
-    def ggn_diag_terms(self, k):
-        """The terms of `ggn_diag` with their signs removed, |J|ᵀ |H| |J| (the refinement)."""
-        out = []
-        for J in self.J_theta[k]:
-            J = jnp.abs(J)
-            HJ = jnp.einsum("bij,bj...->bi...", self.H_terms, J)
-            out.append(jnp.sum(J * HJ, axis=(0, 1)) / self.B)
-        return Layer(*out)
-
-    def hessian_diag(self, k):
-        """diag of ∇²Ē for layer l = k + 2, by `jax.hessian` of Ē in each array."""
-        out = []
-        for field in ("W", "b"):
-            leaf = getattr(self.p[k], field)
-
-            def loss(t, field=field):
-                q = list(self.p)
-                q[k] = q[k]._replace(**{field: t})
-                return mean_loss(self.net, tuple(q), self.X, self.Y)
-
-            H = jax.hessian(loss)(leaf).reshape(leaf.size, leaf.size)
-            out.append(jnp.diagonal(H).reshape(leaf.shape))
-        return Layer(*out)
-
-
-def _loss_hessian_terms(net, y_hat, Y, H_f):
-    """The size of the terms H_f is formed from, (B, N_L, N_L) (the cancellation refinement).
-
-    For the softmax with cross-entropy in the logits, H_f = (Σ y)(diag(p) − p pᵀ):
-    for a confident classifier p_i − p_i² cancels to far below p_i, and every
-    route to it rounds at the size of its terms, (Σ|y|) p_i ([i = j] + p_j).
-    Elsewhere, |H_f| itself.
-    """
-    if logits_are_f(net) and not net.output.elementwise:
-        p = jnp.abs(y_hat)
-        total = jnp.abs(jnp.sum(Y, axis=-1))[:, None, None]
-        return total * p[:, :, None] * (jnp.eye(p.shape[-1]) + p[:, None, :])
-    return jnp.abs(H_f)
-
-
-def _times(M, r):
-    """M |r| per example: the terms of H r with signs removed."""
-    return jnp.einsum("bij,bj->bi", M, jnp.abs(r))
-
-
-def _ggn_magnitude(J, H_terms, B):
-    """(1/B) Σ_b |J_b|ᵀ |H_b| |J_b| with J_b (N_L, N): the terms of a GGN factor (N, N)."""
-    J = jnp.abs(J)
-    return jnp.einsum("bik,bij,bjm->km", J, H_terms, J) / B
-
-
-def _layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1, size=None) -> list:
-    size = Layer(None, None) if size is None else size
-    return [
-        _pair(f"{check} W", equation, k + 2, actual.W, reference.W, size.W, depth),
-        _pair(f"{check} b", equation, k + 2, actual.b, reference.b, size.b, depth),
-    ]
-
-
-def _block_rows(ref, eqs) -> list:
-    net, L = ref.net, ref.net.L
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    r = ref.Rzs[-1]  # any direction will do; this one is at hand
-    H_f_r = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, r
-    )
-    M = ref.H_terms
-    rows = [
-        _pair("H_f", 11, L, H_f, ref.H_f, M),
-        _pair("S_f S_fᵀ", 11, L, jnp.einsum("bic,bjc->bij", S_f, S_f), ref.H_f, M),
-        _pair("H_f r", 11, L, H_f_r, jnp.einsum("bij,bj->bi", ref.H_f, r), _times(M, r)),
-    ]
-    for k, sigma in enumerate(net.activations):
-        needed = k < len(ref.p) - 1 or not logits_are_f(net)
-        if not needed or sigma.deriv2 is None:
-            continue
-        z = ref.zs[k]
-        if sigma.elementwise:
-            sp = autodiff.elementwise_derivative(sigma.fn, z)
-            reference = autodiff.elementwise_derivative(sigma.deriv, z)
-            rows.append(_pair("σ''", None, k + 2, sigma.deriv2(z), reference, abs(sp)))
-        else:
-            actual = jax.vmap(sigma.deriv2)(z)
-            reference = autodiff.jacobian(sigma.deriv, z)
-            rows.append(_pair("T_σ", None, k + 2, actual, reference))
-    return rows
-
-
-def _ggn_rows(ref, eqs, key) -> list:
-    net, p, n = ref.net, ref.p, len(ref.p)
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    S_ref = [ref.factor(k, S_f) for k in range(n)]
-    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.zs[-1], S_f)
-    rows = [_pair("S^L", 12, net.L, S_L, S_ref[-1])]
-    for k in range(n - 1):
-        S = eqs.hidden_factor(S_ref[k + 1], p[k + 1].W, ref.sigma_prime[k])
-        rows.append(_pair("S^l", 13, k + 2, S, S_ref[k]))
-    # (14), (15) given S^l = J_lᵀ S_f: their references take H = S_f S_fᵀ, the same S_f.
-    SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
-    terms = [ref.ggn_diag_terms(k) for k in range(n)]
-    for k in range(n):
-        step = eqs.ggn_diag(S_ref[k], ref.as_[k])
-        rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS), size=terms[k])
-        A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
-        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
-        G_size = _ggn_magnitude(ref.J[k], ref.H_terms, ref.B)
-        rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref, G_size)]
-    # End to end: the composed quantities, against autodiff's own H_f.
-    diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs)
-    for k in range(n):
-        rows += _layer_rows(
-            "diag_ggn vs autodiff", None, k, diag[k], ref.ggn_diag(k), net.L - 1, terms[k]
-        )
-    rows += _kron_rows(ref, eqs)
-    rows += _sampled_rows(ref, eqs, key)
-    return rows
-
-
-def _kron_rows(ref, eqs) -> list:
-    """kflr per layer, and G ⊗ A against the GGN block of W^l for the first example."""
-    net, p, depth = ref.net, ref.p, ref.net.L - 1
-    factors = C.kron_layers(net, p, ref.X, ref.Y, eqs)
-    single = C.kron_layers(net, p, ref.X[:1], ref.Y[:1], eqs)
-    rows = []
-    for k, ((A, G), (A1, G1)) in enumerate(zip(factors, single, strict=True)):
-        G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], ref.H_f, ref.J[k]) / ref.B
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
-        J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
-        block = J_W.T @ ref.H_f[0] @ J_W
-        G_size = _ggn_magnitude(ref.J[k], ref.H_terms, ref.B)
-        G1_size = _ggn_magnitude(ref.J[k][:1], ref.H_terms[:1], 1)
-        # A product of two rounded factors carries the rounding of both: twice the depth
-        # (T8), on the scale of the product of the factors' terms.
-        kron_size = jnp.kron(G1_size, jnp.abs(A1))
-        rows += [
-            _pair("kflr A vs autodiff", None, k + 2, A, A_ref, depth=depth),
-            _pair("kflr G vs autodiff", None, k + 2, G, G_ref, G_size, depth),
-            _pair(
-                "G ⊗ A vs GGN block (B = 1)",
-                None,
-                k + 2,
-                jnp.kron(G1, A1),
-                block,
-                kron_size,
-                2 * depth,
-            ),
-        ]
-    return rows
-
-
-def _sampled_rows(ref, eqs, key) -> list:
-    """diag_ggn_mc and kfac against autodiff with the very same sampled targets."""
-    net, p, n, depth = ref.net, ref.p, len(ref.p), ref.net.L - 1
-    rows = []
-    for samples in (MC_SAMPLES, 1):
-        S_f = ref.drawn[samples]
-        H = jnp.einsum("bic,bjc->bij", S_f, S_f)  # its own s̃ s̃ᵀ, for the same J
-        if samples == MC_SAMPLES:
-            diag = C.diag_ggn_layers(net, p, ref.X, ref.Y, eqs, key=key, samples=samples)
-            for k in range(n):
-                rows += _layer_rows(
-                    "diag_ggn_mc vs autodiff", None, k, diag[k], ref.ggn_diag(k, H), depth
-                )
-        else:
-            factors = C.kron_layers(net, p, ref.X, ref.Y, eqs, key=key)
-            for k, (_, G) in enumerate(factors):
-                G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], H, ref.J[k]) / ref.B
-                rows.append(_pair("kfac G vs autodiff", None, k + 2, G, G_ref, depth=depth))
-    return rows
-
-
-def _hessian_rows(ref, eqs) -> list:
-    net, p, n = ref.net, ref.p, len(ref.p)
-    M = _hessian_magnitudes(ref)
-    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1], M[-1])]
-    for k in range(n - 1):
-        H = eqs.hidden_hessian(
-            ref.Hz[k + 1], ref.deltas[k + 1], p[k + 1].W, ref.sigma_prime[k], ref.sigma_second[k]
-        )
-        rows.append(_pair("H^l", 17, k + 2, H, ref.Hz[k], M[k]))
-    diag_ref = [ref.hessian_diag(k) for k in range(n)]
-    diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
-    for k in range(n):
-        step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
-        d = jnp.diagonal(M[k], axis1=1, axis2=2)
-        m = Layer(jnp.einsum("bk,bj->kj", d, ref.as_[k] ** 2) / ref.B, jnp.mean(d, axis=0))
-        for field in ("W", "b"):
-            actual, reference, size = (getattr(t, field) for t in (step, diag_ref[k], m))
-            rows += [
-                _pair(f"diag ∇²E {field}", 17, k + 2, actual, reference, size),
-                _pair(
-                    f"diag_hessian vs autodiff {field}",
-                    None,
-                    k + 2,
-                    getattr(diag[k], field),
-                    reference,
-                    size,
-                    net.L - 1,
-                ),
-            ]
-    return rows
-
-
-def _hessian_magnitudes(ref) -> list:
-    """The size of the terms each H^l of (17) sums, signs removed, chained down from |H^L|.
-
-    M^l = |D| |W^{l+1}|ᵀ M^{l+1} |W^{l+1}| |D| + diag(|σ^l''| ⊙ |W^{l+1}|ᵀ |δ^{l+1}|):
-    where the terms cancel, H^l (and every route to it) rounds at their size,
-    not at its own (the cancellation refinement).
-    """
-    n = len(ref.p)
-    M = [None] * n
-    M[-1] = ref.H_terms if logits_are_f(ref.net) else jnp.abs(ref.Hz[-1])
-    for k in reversed(range(n - 1)):
-        W, sp = jnp.abs(ref.p[k + 1].W), jnp.abs(ref.sigma_prime[k])
-        inner = jnp.einsum("mk,bmn,nj->bkj", W, M[k + 1], W) * sp[:, :, None] * sp[:, None, :]
-        second = jnp.abs(ref.sigma_second[k]) * (jnp.abs(ref.deltas[k + 1]) @ W)
-        M[k] = inner + jax.vmap(jnp.diag)(second)
-    return M
-
-
-def _r_rows(ref, eqs, second=True) -> list:
-    """(18), (19), hvp and ggn_vp; without σ'' (``second`` False) only those that need none."""
-    net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
-    rows = []
-    Ras = [None, *ref.Ras[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
-    for k in range(n):
-        Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
-        rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
-    if second:
-        rows += _r_delta_rows(ref, eqs, Ras)
-    Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
-    _, pullback = jax.vjp(ref.batch_f, p)
-    (gv_ref,) = pullback(jnp.einsum("bij,bj->bi", ref.H_f, Fv) / ref.B)
-    gv = C.ggn_vp_layers(net, p, ref.X, ref.Y, v, eqs)
-    gv_size = _ggn_vp_terms(ref, v)
-    for k in range(n):
-        rows += _layer_rows("ggn_vp vs autodiff", None, k, gv[k], gv_ref[k], net.L - 1, gv_size[k])
-    return rows
-
-
-def _r_delta_rows(ref, eqs, Ras) -> list:
-    """(19) at every layer, R{∂E/∂θ} and hvp: the rows that need σ''."""
-    net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
-    rows = []
-    Rdelta_L = jax.vmap(lambda z, a, y, r: eqs.r_output_delta(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1]
-    )
-    size = _r_delta_terms(ref)
-    rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1], size[-1]))
-    for k in range(n - 1):
-        Rdelta = eqs.r_hidden_delta(
-            ref.Rdeltas[k + 1],
-            ref.deltas[k + 1],
-            p[k + 1].W,
-            v[k + 1].W,
-            ref.sigma_prime[k],
-            ref.sigma_second[k],
-            ref.Rzs[k],
-        )
-        rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k], size[k]))
-    grad_size = [
-        Layer(
-            (size[k].T @ jnp.abs(ref.as_[k]) + jnp.abs(ref.deltas[k]).T @ jnp.abs(Ra)) / ref.B,
-            jnp.mean(size[k], axis=0),
-        )
-        for k, Ra in enumerate([jnp.zeros_like(ref.as_[0]), *ref.Ras[1:-1]])
-    ]
-    for k in range(n):
-        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], Ras[k])
-        step = jax.tree.map(lambda t: t / ref.B, step)
-        rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k], size=grad_size[k])
-    hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)
-    for k in range(n):
-        rows += _layer_rows("hvp vs autodiff", None, k, hv[k], ref.hvp[k], net.L - 1, grad_size[k])
-    return rows
-
-
-def _r_delta_terms(ref) -> list:
-    """The size of the terms of R{δ^l}, chained down from |H_f| |R{z^L}| (the refinement).
-
-    At the output R{δ^L} = H_f R{z^L} for logits f, whose terms are those of
-    H_f (for the softmax, diag(p) − p pᵀ cancels); below, (19) carries them
-    through |W^{l+1}| and |σ^l'|, next to its own value.
-    """
-    n = len(ref.p)
-    size = [None] * n
-    top = jnp.abs(ref.Rdeltas[-1])
-    if logits_are_f(ref.net):
-        top = jnp.maximum(top, jnp.einsum("bij,bj->bi", ref.H_terms, jnp.abs(ref.Rzs[-1])))
-    size[-1] = top
-    for k in reversed(range(n - 1)):
-        carried = (size[k + 1] @ jnp.abs(ref.p[k + 1].W)) * jnp.abs(ref.sigma_prime[k])
-        size[k] = jnp.maximum(carried, jnp.abs(ref.Rdeltas[k]))
-    return size
-
-
-def _ggn_vp_terms(ref, v) -> list:
-    """(1/B) Σ_b |J_b|ᵀ |H_b| |J_b| |v|, per layer: the terms of G v with signs removed."""
-    Jv = sum(
-        jnp.einsum("bi...,...->bi", jnp.abs(J), jnp.abs(t))
-        for J_layer, v_layer in zip(ref.J_theta, v, strict=True)
-        for J, t in zip(J_layer, v_layer, strict=True)
-    )
-    u = jnp.einsum("bij,bj->bi", ref.H_terms, Jv) / ref.B
-    return [
-        Layer(*(jnp.einsum("bi...,bi->...", jnp.abs(J), u) for J in J_layer))
-        for J_layer in ref.J_theta
-    ]
