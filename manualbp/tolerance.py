@@ -135,8 +135,13 @@ def tree_errors(actual, reference, magnitude=None) -> list[tuple[str, float, flo
 
 
 def floor(dtype, depth: int, scale: float) -> float:
-    """F · d · eps · s: the least error a correct result of ``depth`` layers may make."""
-    return F * max(depth, 1) * eps(dtype) * scale
+    """F · d · (eps · s + tiny): the least error a correct result of ``depth`` layers may make.
+
+    tiny, the dtype's smallest normal number, is what one flushed subnormal
+    is off by: XLA flushes them to zero where NumPy keeps them (T10).
+    """
+    tiny = float(jnp.finfo(jnp.dtype(dtype)).tiny)
+    return F * max(depth, 1) * (eps(dtype) * scale + tiny)
 
 
 def allowance(witness_error: float, floor_: float) -> float:

@@ -61,6 +61,9 @@ def compare(
         return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
     if witness is not None and not np.all(np.isfinite(witness)):
         witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
+    outside = _outside_range(reference, witness, dtype)
+    if outside:
+        return _failed(where, outside, judged=False)
     if others:  # further correct routes, judged where they are finite
         witness = (witness, *(np.where(np.isfinite(o), o, reference) for o in others))
     verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
@@ -171,6 +174,37 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -
     return _failed(where, f"{text}; it arises here: the inputs and the reference are finite")
 
 
+def _outside_range(reference, witness, dtype) -> str:
+    """Why a finite reference cannot be judged in ``dtype``: beyond its range, or below it.
+
+    A quantity whose every entry lies below the dtype's smallest normal number
+    is subnormal there, and XLA flushes subnormals to zero: its rounding is
+    that of the flush, not of the derivation (T10). The same holds where
+    autodiff in the dtype gives all zeros for a reference within 1/eps of that
+    smallest normal: the witness underflowed on the way.
+    """
+    info = np.finfo(np.dtype(dtype))
+    largest = float(np.max(np.abs(reference), initial=0.0))
+    name = np.dtype(dtype).name
+    if largest > float(info.max):
+        return (
+            f"reaches {largest:.3g} in float64, beyond the largest {name} ({float(info.max):.3g}): "
+            f"not judged in {name}"
+        )
+    if 0 < largest < float(info.tiny):
+        return (
+            f"every entry is below {name}'s smallest normal number ({float(info.tiny):.3g}; the "
+            f"largest is {largest:.3g}): subnormal, and flushed to zero by XLA, so not judged "
+            f"in {name}"
+        )
+    if witness is not None and 0 < largest < float(info.tiny / info.eps) and not np.any(witness):
+        return (
+            f"autodiff in {name} gives 0 where the float64 reference does not (largest "
+            f"{largest:.3g}, near {name}'s smallest normal): it underflows, so not judged"
+        )
+    return ""
+
+
 def _kinds(values) -> str:
     found = (("NaN", np.isnan(values).any()), ("inf", np.isinf(values).any()))
     return " and ".join(name for name, hit in found if hit)
@@ -184,7 +218,13 @@ def _count(mask) -> str:
 
 
 def _explain(actual, candidates, allowed) -> str:
-    """The first named wrong form that ``actual`` matches within the allowance, or ""."""
+    """The named wrong forms ``actual`` matches within the allowance, or "".
+
+    Where several match (two wrong forms can coincide on one batch: clipping
+    per layer is no clipping where every layer's norm is under the clip),
+    every one is named, so that none is blamed alone.
+    """
+    matches = []
     for name, candidate in (candidates or {}).items():
         if callable(candidate):  # formed only now, for a miss
             candidate = candidate()
@@ -193,8 +233,8 @@ def _explain(actual, candidates, allowed) -> str:
         candidate = np.asarray(candidate, np.float64)
         if candidate.shape == actual.shape and np.all(np.isfinite(candidate)):
             if np.max(np.abs(actual - candidate), initial=0.0) <= allowed:
-                return name
-    return ""
+                matches.append(name)
+    return " or ".join(matches)
 
 
 def diagnose(actual, reference, allowed: float = 0.0) -> str:

@@ -127,8 +127,9 @@ def verify_extensions(
     One row per quantity, per layer and per W/b, judged as `verify` judges
     (`tolerance.judge`): against `jax.vmap` of `jax.grad` of each example's
     E_b in float64 from the same inputs cast up, by the error of the same
-    autodiff route in the net's dtype. The clipped gradient is taken at
-    l2_clip = the median ‖g_b‖, so that some examples are clipped and some not.
+    autodiff route in the net's dtype. The clipped gradient is taken at three
+    clips (`test_clips`): below every ‖g_b‖, between the smallest and the
+    largest, above every one.
 
     Args:
         net, params, X, Y: the network, its parameters and a batch (finite).
@@ -177,18 +178,21 @@ def _references(net, params, X, Y, dtype):
 
 def _rows(net, params, X, Y, dtype) -> list[Row]:
     (G64, E64), (Gw, Ew) = _references(net, params, X, Y, dtype)
-    norms = np.sqrt(sum(np.asarray(n.W + n.b) for n in _squared_norms(G64)))
-    l2_clip = float(np.median(norms)) or 1.0
+    norms = _norms(G64)
+    clips, unjudged = test_clips(norms, dtype)
     manual = _Manual(
         per_example.batch_l2(net, params, X, Y),
         per_example.sum_grad_squared(net, params, X, Y),
         per_example.variance(net, params, X, Y),
-        *per_example.clipped_value_and_grad(net, params, X, Y, l2_clip=l2_clip),
+        {
+            name: per_example.clipped_value_and_grad(net, params, X, Y, l2_clip=clip)
+            for name, clip in clips.items()
+        },
     )
     depth = SQUARED_FACTOR * (net.L - 1)
     rows = []
     for k, g in enumerate(G64):
-        layer_norm = np.sqrt(np.sum(g.W * g.W, axis=(1, 2)) + np.sum(g.b * g.b, axis=1))
+        layer_norm = _norms((g,))
         for part in ("W", "b"):
             gw = None if Gw is None else getattr(Gw[k], part)
             where = _Where(getattr(g, part), gw, dtype, depth)
@@ -196,21 +200,75 @@ def _rows(net, params, X, Y, dtype) -> list[Row]:
                 _l2_row(where, k, part, manual.l2[k]),
                 _sum_grad_squared_row(where, k, part, manual.sum_grad_squared[k]),
                 _variance_row(where, k, part, manual.variance[k]),
-                _clipped_row(where, k, part, manual.clipped[k], l2_clip, norms, layer_norm),
             ]
+            for name, (_, grads) in manual.clipped.items():
+                clipping = _Clipping(name, clips[name], norms, layer_norm)
+                rows.append(_clipped_row(where, k, part, getattr(grads[k], part), clipping))
     E_where = _Where(E64, Ew, dtype, net.L - 1)
-    rows.append(_check(E_where, "clipped", None, None, "Ē", manual.E, lambda E: E))
-    return rows
+    for E, _ in list(manual.clipped.values())[:1]:
+        rows.append(_check(E_where, "clipped", None, None, "Ē", E, lambda E: E))
+    return rows + unjudged
+
+
+def _norms(G) -> np.ndarray:
+    """‖g_b‖ over every layer of ``G`` in float64, scaled first so that no square overflows."""
+    leaves = [np.asarray(g, np.float64).reshape(len(g), -1) for g in jax.tree.leaves(G)]
+    top = np.max(np.concatenate([np.abs(g) for g in leaves], axis=1), axis=1)
+    safe = np.where(top > 0, top, 1.0)
+    return top * np.sqrt(sum(np.sum((g / safe[:, None]) ** 2, axis=1) for g in leaves))
+
+
+CLIPS = {"below every ‖g_b‖": 0.5, "between": None, "above every ‖g_b‖": 2.0}
+"""The clips the clipped gradient is checked at: half the smallest norm, the geometric mean
+of the smallest and the largest, twice the largest. A clip the derivation ignores (or one
+of its own, such as the batch's median norm) cannot agree at all three."""
+
+
+def test_clips(norms, dtype) -> tuple[dict, list]:
+    """({name: l2_clip}, not-judged rows): clips that bracket the batch's norms (`CLIPS`).
+
+    Only clips at which every ‖g_b‖² (which the clip factor needs) is a finite
+    normal number of ``dtype``: where the squares overflow or underflow there,
+    no derivation can be judged in this dtype, and a row says so.
+    """
+    info = np.finfo(np.dtype(dtype))
+    positive = norms[norms > 0]
+    if positive.size == 0:  # every g_b = 0: c_b = 1 whatever the clip
+        return {"any": 1.0}, []
+    low, high = float(np.min(positive)), float(np.max(positive))
+    name = np.dtype(dtype).name
+    if high > np.sqrt(float(info.max)) or low < np.sqrt(float(info.tiny)):
+        reason = (
+            f"‖g_b‖ ranges over [{low:.3g}, {high:.3g}] (float64), so ‖g_b‖² leaves {name}'s "
+            f"normal range [{float(info.tiny):.3g}, {float(info.max):.3g}]: the clipped "
+            f"gradient is not judged in {name}"
+        )
+        return {}, [Row("clipped", 9, None, np.nan, np.nan, np.nan, False, reason, judged=False)]
+    clips = {}
+    for label, factor in CLIPS.items():
+        clip = np.sqrt(low * high) if factor is None else factor * (low if factor < 1 else high)
+        if factor is None and low == high:
+            continue  # one norm: nothing lies between
+        clips[label] = float(clip)
+    return clips, []
+
+
+class _Clipping(NamedTuple):
+    """One clip under test: its name, l2_clip, and the norms over all layers and over this one."""
+
+    name: str
+    l2_clip: float
+    norms: np.ndarray
+    layer_norm: np.ndarray
 
 
 class _Manual(NamedTuple):
-    """The four quantities under test, per layer."""
+    """The quantities under test, per layer; ``clipped`` maps a clip's name to (Ē, grads)."""
 
     l2: tuple
     sum_grad_squared: tuple
     variance: tuple
-    E: Array
-    clipped: tuple
+    clipped: dict
 
 
 def _clip_factor(l2_clip: float, norms: np.ndarray) -> np.ndarray:
@@ -272,10 +330,10 @@ def _variance_row(where, k, part, manual) -> Row:
     )
 
 
-def _clipped_row(where, k, part, manual, l2_clip, norms, layer_norm) -> Row:
+def _clipped_row(where, k, part, manual, clipping: _Clipping) -> Row:
     g_ = where.g64
     B, shape = g_.shape[0], _per_b(g_)
-    c = _clip_factor(l2_clip, norms).reshape(shape)
+    c = _clip_factor(clipping.l2_clip, clipping.norms).reshape(shape)
 
     def clipped(g):
         return np.mean(c * g, axis=0)
@@ -284,19 +342,19 @@ def _clipped_row(where, k, part, manual, l2_clip, norms, layer_norm) -> Row:
         "not clipped: the mean gradient": g_.mean(axis=0),
         "summed over the batch, not averaged: off by ×B": B * clipped(g_),
         "clipped per layer, not over all layers together": np.mean(
-            _clip_factor(l2_clip, layer_norm).reshape(shape) * g_, axis=0
+            _clip_factor(clipping.l2_clip, clipping.layer_norm).reshape(shape) * g_, axis=0
         ),
         "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(
-            _clip_factor(l2_clip, norms**2).reshape(shape) * g_, axis=0
+            _clip_factor(clipping.l2_clip, clipping.norms**2).reshape(shape) * g_, axis=0
         ),
     }
     return _check(
         where,
-        "clipped",
+        f"clipped (C {clipping.name})",
         9,
         k + 2,
         part,
-        getattr(manual, part),
+        manual,
         clipped,
         wrong,
         magnitude=np.mean(np.abs(c * g_), axis=0),
