@@ -58,14 +58,15 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
         reference = ref.sigma_primes[k]
         witness = None if wit is None else wit.sigma_primes[k]
         if sigma.elementwise:
+            slips = dict(where, candidates=sigma_slips(sigma, z), points=("z", z))
             rows.append(
-                _sigma_row("σ'", k + 2, sigma.deriv(z), reference, witness, scales[k], where)
+                _sigma_row("σ'", k + 2, sigma.deriv(z), reference, witness, scales[k], slips)
             )
             if sigma.deriv_from_output is not None:
                 a = jnp.asarray(given.as_[k + 1], dtype)
                 manual = sigma.deriv_from_output(a)
                 rows.append(
-                    _sigma_row("σ'(a)", k + 2, manual, reference, witness, scales[k], where)
+                    _sigma_row("σ'(a)", k + 2, manual, reference, witness, scales[k], slips)
                 )
             continue
         manual = jax.vmap(sigma.deriv)(z)
@@ -78,6 +79,26 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
 
 def _sigma_row(check, layer, manual, reference, witness, scale, where) -> Row:
     return compare(check, None, layer, manual, reference, witness, magnitude=scale, **where)
+
+
+def sigma_slips(sigma: Activation, z) -> dict:
+    """The σ' slips a reader is likely to make, as autodiff forms them in float64 (for a miss).
+
+    σ'(−z), the sign of z flipped; σ' taken at a = σ(z), not at z (as σ(1 − σ)
+    applied to a). A missing or doubled chain factor is a constant factor,
+    which `compare.diagnose` names.
+    """
+    z64 = np.asarray(z, np.float64)
+
+    def at(points):
+        with jax.enable_x64():
+            return np.asarray(autodiff.elementwise_derivative(sigma.fn, jnp.asarray(points)))
+
+    def at_a():
+        with jax.enable_x64():
+            return at(np.asarray(sigma.fn(jnp.asarray(z64))))
+
+    return {"σ'(−z): taken at −z": lambda: at(-z64), "σ' taken at a = σ(z), not at z": at_a}
 
 
 def _jac_t_dot_row(sigma, layer, z, g, J64, with_witness, where) -> Row:
@@ -113,15 +134,21 @@ SPECIAL_Z = {
     "at 0": [0.0],
     "near 0": [-1e-6, 1e-6, -1e-3, 1e-3],
     "moderate": [-3.0, -1.0, -0.5, 0.5, 1.0, 3.0],
+    "tails": [-7.0, -6.0, -5.0, -4.5, 4.5, 5.0, 6.0, 7.0],
     "saturation": [-1e4, -100.0, -30.0, -10.0, 10.0, 30.0, 100.0, 1e4],
 }
+"""The grid's hard places. "tails": where a saturating σ' is small (tanh' ≈ 5e-4 to 3e-6)
+but still far above the rounding of the terms it is formed from (1 − tanh², at ε): a σ'
+cut to 0 there (a shortcut for large |z|) is wrong by far more than a correct formula
+can round, in float32 as in float64."""
 
 
 def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -> Report:
     """Check a hand-derived σ' against autodiff of σ over a grid with the hard places.
 
     The grid: 0 (kinks), ±1e-6 and ±1e-3 (either side of a kink), moderate
-    values, large |z| up to 1e4 (saturation and overflow), and 64 random
+    values, the tails 4.5 ≤ |z| ≤ 7 (σ' small but far above its rounding),
+    large |z| up to 1e4 (saturation and overflow), and 64 random
     N(0, 2²) points. Componentwise σ compare σ'(z) (and σ'(a) where the
     activation has it); a softmax-like σ compares its Jacobian on vectors
     drawn from the same grid, and J_σᵀg. σ'' (`deriv2`, where the activation
@@ -214,8 +241,9 @@ def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
         start += len(values)
         for name, manual in forms.items():
             w = None if witness is None else witness[part]
+            slips = dict(where, candidates=sigma_slips(act, z[part]), points=("z", z[part]))
             rows.append(
-                _sigma_row(f"{name} {group}", None, manual[part], reference[part], w, scale, where)
+                _sigma_row(f"{name} {group}", None, manual[part], reference[part], w, scale, slips)
             )
         if act.deriv2 is not None:
             rows.append(

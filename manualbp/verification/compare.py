@@ -30,6 +30,7 @@ def compare(
     magnitude=None,
     inputs=None,
     upstream=None,
+    points=None,
 ) -> Row:
     """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
 
@@ -50,6 +51,8 @@ def compare(
             where a NaN or inf came from.
         upstream: ``{name: float64 reference array}`` the value depends on; a
             NaN or inf that one of them has too is not judged here.
+        points: (name, array) the value was taken at (z for a σ'), to show
+            the worst entries of a miss in the user's terms.
     """
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
@@ -72,6 +75,10 @@ def compare(
         diagnosis = _explain(actual, candidates, verdict["allowance"]) or diagnose(
             actual, reference, verdict["allowance"]
         )
+        if points is not None:
+            diagnosis = "; ".join(
+                part for part in (diagnosis, worst_entries(actual, reference, points)) if part
+            )
     return _row(where, verdict, dtype, diagnosis)
 
 
@@ -237,13 +244,21 @@ def _explain(actual, candidates, allowed) -> str:
     return " or ".join(matches)
 
 
-def diagnose(actual, reference, allowed: float = 0.0) -> str:
-    """Name the form of a miss where it has one: zero, a sign flip, a factor, a few entries.
+ROUNDING_SIZED = 3.0
+"""A miss within this many allowances is said to be of rounding size: a wrong formula is
+almost always orders of magnitude beyond (a 1e-4 relative error is 840 ε in float32)."""
 
-    A factor is named only when it explains the error (at most 1% of it left
-    over, over at least two non-zero entries: one number fits any factor) and
-    is neither ≈ 1 nor ≈ 0 (its effect on the largest entry exceeds the
-    allowance ``allowed``).
+
+def diagnose(actual, reference, allowed: float = 0.0) -> str:
+    """Name the form of a miss where it has one: zero, a sign flip, a factor, its size.
+
+    A factor is named only when it explains the error (what is left over is
+    within the allowance or 1% of the error, over at least two non-zero
+    entries: one number fits any factor) and is neither ≈ 1 nor ≈ 0 (its
+    effect on the largest entry exceeds the allowance ``allowed``). A factor
+    near 1 is shown as ×(1 + x), never rounded to ×1. A miss within
+    `ROUNDING_SIZED` allowances is said to be of rounding size, not "wrong at
+    k entries".
     """
     m = np.asarray(actual, np.float64).ravel()
     r = np.asarray(reference, np.float64).ravel()
@@ -257,16 +272,45 @@ def diagnose(actual, reference, allowed: float = 0.0) -> str:
     largest = float(np.max(np.abs(r)))
     k = float(m @ r) / float(r @ r)
     residual = float(np.max(np.abs(m - k * r)))
-    explains = residual <= 0.01 * float(np.max(error)) and np.count_nonzero(r) >= 2
+    explains = residual <= max(0.01 * float(np.max(error)), allowed) and np.count_nonzero(r) >= 2
     if explains and abs(k - 1) * largest > allowed and abs(k) * largest > allowed:
-        if abs(k + 1) < 1e-3:
-            return "sign flipped"
-        nearest = round(k)
-        shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
-        return f"off by ×{shown}"
+        return _factor(k)
+    worst = float(np.max(error))
+    if allowed > 0 and worst <= ROUNDING_SIZED * allowed:
+        return (
+            f"{worst / allowed:.2g}× the allowance: the size of a rounding error, not of a "
+            "wrong formula (which is usually far beyond)"
+        )
     wrong = error > max(allowed, 0.0)
     if 0 < wrong.sum() < wrong.size and wrong.sum() <= max(3, wrong.size // 100):
-        where = np.unravel_index(np.flatnonzero(wrong)[0], np.shape(actual))
-        first = tuple(int(i) for i in where)
-        return f"wrong at {int(wrong.sum())} of {wrong.size} entries (first at {first})"
+        return f"wrong at {int(wrong.sum())} of {wrong.size} entries"
     return ""
+
+
+def _factor(k: float) -> str:
+    """"sign flipped", "off by ×2", "off by ×0.5", "off by ×(1 + 2.4e-04)"."""
+    if abs(k + 1) < 1e-3:
+        return "sign flipped"
+    if abs(k - 1) < 1e-3:
+        return f"off by ×(1 {'+' if k > 1 else '−'} {abs(k - 1):.2g})"
+    nearest = round(k)
+    shown = f"{nearest}" if nearest != 0 and abs(k - nearest) < 1e-4 * abs(k) else f"{k:.4g}"
+    return f"off by ×{shown}"
+
+
+def worst_entries(actual, reference, points, count: int = 2) -> str:
+    """Where a miss is worst, in the user's terms: "at z = 5: hand 0, reference 1.8e-04".
+
+    ``points`` = (name, array of the inputs, same shape as ``actual``).
+    """
+    name, at = points
+    actual = np.asarray(actual, np.float64)
+    reference = np.asarray(reference, np.float64)
+    at = np.broadcast_to(np.asarray(at, np.float64), actual.shape)
+    order = np.argsort(-np.abs(actual - reference), axis=None)[:count]
+    shown = [
+        f"{name} = {at.flat[i]:.4g}: hand {actual.flat[i]:.4g}, reference {reference.flat[i]:.4g}"
+        for i in order
+        if actual.flat[i] != reference.flat[i]
+    ]
+    return "worst at " + "; ".join(shown) if shown else ""
