@@ -36,7 +36,7 @@ from manualbp.backprop import EQUATIONS, Equations, backward_with_deltas
 from manualbp.network import MLP, Layer, Params, as_targets, param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
-from manualbp.verification.blocks import block_rows
+from manualbp.verification.blocks import block_rows, plug_in_rows
 from manualbp.verification.compare import compare
 from manualbp.verification.end_to_end import end_to_end_rows, fast_form_rows, forward_overflow
 from manualbp.verification.equations import equation_rows
@@ -152,6 +152,7 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
     where = dict(dtype=dtype, device=device)
     rows = block_rows(net, given, ref, wit, g, scales, **where)
+    rows += plug_in_rows(net, given.zs, dtype)
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
     magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
     m_L = magnitudes[-1][0]

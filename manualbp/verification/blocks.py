@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import autodiff, validation
-from manualbp.activations import Activation, get_activation
-from manualbp.losses import Loss, get_loss
+from manualbp.activations import ACTIVATIONS, Activation, get_activation
+from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import compare
@@ -75,6 +75,42 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
         if sigma.jac_t_dot is not None:
             rows.append(_jac_t_dot_row(sigma, k + 2, z, g, reference, wit is not None, where))
     return rows
+
+
+def plug_in_rows(net, zs, dtype) -> list[Row]:
+    """Each distinct plug-in σ' (and ∂E/∂ŷ) over its grid of hard places, next to the batch.
+
+    A derivation bug is a property of σ', not of a batch: a σ' wrong only
+    where a batch's units saturate or die passes the batch rows and fails
+    here. A failing grid row says where the batch's z^l lay, so the reader
+    sees that the batch never reached the region. Built-in activations and
+    losses have their own tests and are not run again; rows the grid cannot
+    judge (a loss undefined on the spread) are left out, as no evidence.
+    """
+    builtin = set(ACTIVATIONS.values())
+    rows = []
+    for sigma in dict.fromkeys(net.activations):
+        if sigma in builtin or not sigma.elementwise:
+            continue
+        layers = [k for k, s in enumerate(net.activations) if s is sigma]
+        z = np.concatenate([np.ravel(np.asarray(zs[k], np.float64)) for k in layers])
+        reach = (
+            f"the batch's z at layer{'s' if len(layers) > 1 else ''} "
+            f"{', '.join(str(k + 2) for k in layers)} lie in [{z.min():.3g}, {z.max():.3g}]"
+        )
+        for row in verify_activation(sigma, dtype).rows:
+            rows.append(_grid_row(row, sigma.name, reach))
+    if net.loss not in set(LOSSES.values()) and not (net.fused and net.fused_loss is not None):
+        for row in verify_loss(net.loss, dtype, width=net.sizes[-1]).rows:
+            rows.append(_grid_row(row, net.loss.name, ""))
+    return [row for row in rows if row.judged]
+
+
+def _grid_row(row: Row, name: str, reach: str) -> Row:
+    """A grid row, named for the net's report; a miss says where the batch was."""
+    if row.passed or not reach:
+        return row._replace(check=f"{row.check} grid ({name})")
+    return row._replace(check=f"{row.check} grid ({name})", diagnosis=f"{row.diagnosis}; {reach}")
 
 
 def _sigma_row(check, layer, manual, reference, witness, scale, where) -> Row:

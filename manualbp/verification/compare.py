@@ -288,7 +288,7 @@ def diagnose(actual, reference, allowed: float = 0.0) -> str:
 
 
 def _factor(k: float) -> str:
-    """"sign flipped", "off by ×2", "off by ×0.5", "off by ×(1 + 2.4e-04)"."""
+    """ "sign flipped", "off by ×2", "off by ×0.5", "off by ×(1 + 2.4e-04)"."""
     if abs(k + 1) < 1e-3:
         return "sign flipped"
     if abs(k - 1) < 1e-3:
