@@ -154,7 +154,7 @@ def loss_hessian_terms(net, y_hat, Y, H_f):
     if logits_are_f(net) and not net.output.elementwise:
         p = jnp.abs(y_hat)
         total = jnp.abs(jnp.sum(Y, axis=-1))[:, None, None]
-        return total * p[:, :, None] * (jnp.eye(p.shape[-1]) + p[:, None, :])
+        return total * p[:, :, None] * (jnp.eye(p.shape[-1], dtype=p.dtype)[None] + p[:, None, :])
     return jnp.abs(H_f)
 
 
