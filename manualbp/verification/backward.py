@@ -35,7 +35,7 @@ from manualbp import validation
 from manualbp.backprop import EQUATIONS, Equations, backward_with_deltas
 from manualbp.network import MLP, Layer, Params, as_targets, param_dtype
 from manualbp.records import environment
-from manualbp.verification import witnesses
+from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import block_rows, plug_in_rows
 from manualbp.verification.compare import compare
 from manualbp.verification.end_to_end import end_to_end_rows, fast_form_rows, forward_overflow
@@ -147,11 +147,14 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     overflow = forward_overflow(wit, ref, dtype, device)
     if overflow is not None:
         return [overflow], manual[1], ref
+    found = kinks.on_kinks(net, ref.zs)
+    if found:  # the references take the hand's one-sided slope there (kinks.py)
+        wit, ref, params64 = _witnesses(kinks.with_ties_broken(net, found), params, X, Y, dtype)
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
     g = jax.vmap(net.loss.grad)(jnp.asarray(given.as_[-1], dtype), Y)
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
     where = dict(dtype=dtype, device=device)
-    rows = block_rows(net, given, ref, wit, g, scales, **where)
+    rows = _kink_notes(block_rows(net, given, ref, wit, g, scales, **where), found)
     rows += plug_in_rows(net, given.zs, dtype)
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
     magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
@@ -160,6 +163,16 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     rows += end_to_end_rows(net, manual, ref, wit, (magnitudes, np.mean(m_E)), **where)
     rows += fast_form_rows(net, params, X, Y, ref, wit, (magnitudes, np.mean(m_E)), **where)
     return rows, manual[1], ref
+
+
+def _kink_notes(rows, found) -> list[Row]:
+    """The σ' rows of layers whose z sit on kinks say so (`kinks.note`)."""
+    return [
+        row._replace(diagnosis="; ".join(p for p in (row.diagnosis, kinks.note(found[k])) if p))
+        if row.check.startswith("σ'") and (k := (row.layer or 0) - 2) in found
+        else row
+        for row in rows
+    ]
 
 
 def _witnesses(net, params, X, Y, dtype):

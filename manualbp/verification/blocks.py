@@ -19,7 +19,7 @@ from manualbp import autodiff, validation
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.records import environment
-from manualbp.verification import witnesses
+from manualbp.verification import kinks, witnesses
 from manualbp.verification.compare import compare
 from manualbp.verification.report import Report, Row
 
@@ -268,6 +268,10 @@ def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
         np.concatenate([np.asarray(v, np.float64) for v in groups.values()]), where["dtype"]
     )
     reference, witness = _both(autodiff.elementwise_derivative, act.fn, z, where["dtype"])
+    found = _grid_kinks(act, z, reference)
+    if found:  # z on a kink: the hand's one-sided slope is as right as autodiff's tie rule
+        fn = kinks.tie_broken(act).fn
+        reference, witness = _both(autodiff.elementwise_derivative, fn, z, where["dtype"])
     forms = {"σ'": act.deriv(z)}
     if act.deriv_from_output is not None:
         forms["σ'(a)"] = act.deriv_from_output(act.fn(z))
@@ -278,14 +282,31 @@ def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
         for name, manual in forms.items():
             w = None if witness is None else witness[part]
             slips = dict(where, candidates=sigma_slips(act, z[part]), points=("z", z[part]))
-            rows.append(
-                _sigma_row(f"{name} {group}", None, manual[part], reference[part], w, scale, slips)
-            )
+            check = f"{name} {group}"
+            row = _sigma_row(check, None, manual[part], reference[part], w, scale, slips)
+            hit = [i for i in found if part.start <= i < part.stop]
+            if hit and name == "σ'":
+                note = f"z = {float(z[hit[0]]):.4g}: a kink, judged with the hand's one-sided slope"
+                row = row._replace(diagnosis="; ".join(p for p in (row.diagnosis, note) if p))
+            rows.append(row)
         if act.deriv2 is not None:
             rows.append(
                 _second_derivative_row(f"σ'' {group}", act, z[part], reference[part], scale, where)
             )
     return tuple(rows)
+
+
+def _grid_kinks(act, z, reference) -> list[int]:
+    """Grid indices where z is a kink and the hand σ' differs from autodiff's tie rule there."""
+    hand = np.asarray(act.deriv(z), np.float64)
+    differ = np.abs(hand - reference) > 1e-6 * np.maximum(1, np.abs(reference))
+    if not differ.any():
+        return []
+    with jax.enable_x64():
+        z64 = jnp.asarray(np.asarray(z, np.float64))
+        left, right, kink = kinks.one_sided(act, z64)
+        ok = kinks.hand_slope_ok(jnp.asarray(hand), left, right)
+        return [int(i) for i in np.flatnonzero(differ & np.asarray(kink & ok))]
 
 
 def _second_derivative_row(check, act, z, sigma_prime64, scale, where) -> Row:
