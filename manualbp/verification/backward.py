@@ -39,7 +39,7 @@ from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import block_rows, plug_in_rows
 from manualbp.verification.compare import compare
 from manualbp.verification.end_to_end import end_to_end_rows, fast_form_rows, forward_overflow
-from manualbp.verification.equations import equation_rows
+from manualbp.verification.equations import Given, equation_rows
 from manualbp.verification.finite_differences import fd_rows
 from manualbp.verification.report import Report, Row
 
@@ -159,10 +159,37 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
     magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
     m_L = magnitudes[-1][0]
-    rows += equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, **where)
+    failed = frozenset((row.check, row.layer) for row in rows if not row.passed)
+    fed = Given(net, manual, ref, wit, params, params64, g, scales, m_L, failed)
+    rows += equation_rows(fed, **where)
     rows += end_to_end_rows(net, manual, ref, wit, (magnitudes, np.mean(m_E)), **where)
     rows += fast_form_rows(net, params, X, Y, ref, wit, (magnitudes, np.mean(m_E)), **where)
-    return rows, manual[1], ref
+    return _forward_first(rows), manual[1], ref
+
+
+def _forward_first(rows) -> list[Row]:
+    """A wrong E from ``backward`` points at its forward pass, before any equation.
+
+    The E a backward pass returns comes from its own forward pass: where it
+    disagrees with the reference's, z^l or a^l are wrong (a bias left out),
+    and every equation row after may only inherit that.
+    """
+    E_rows = [r for r in rows if r.check == "E vs autodiff" and r.judged and not r.passed]
+    if not E_rows:
+        return rows
+    first = E_rows[0]._replace(
+        check="E vs autodiff (the forward pass)",
+        diagnosis="; ".join(
+            p
+            for p in (
+                E_rows[0].diagnosis,
+                "the forward pass inside backward disagrees with the reference's (a bias or "
+                "an activation left out?): check it first; the rows below may only inherit it",
+            )
+            if p
+        ),
+    )
+    return [first, *(r for r in rows if r is not E_rows[0])]
 
 
 def _kink_notes(rows, found) -> list[Row]:

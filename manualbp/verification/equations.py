@@ -12,6 +12,8 @@ row names the wrong forms a reader is likely to have written (see
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +24,11 @@ from manualbp.verification.compare import compare
 from manualbp.verification.witnesses import sequential_mean, sigma_terms
 
 
-def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype, device) -> list:
-    """Rows for (4) at layer L, then (1), (2), (3) from layer L down to 2.
+class Given(NamedTuple):
+    """What the equation rows are fed: the manual pass, both sides, and what the blocks found.
 
-    Args:
+    Attributes:
+        net: the network.
         manual: (E, grads, deltas) of the manual pass, in the net's dtype.
         ref, wit: `witnesses.Side` in float64 and in the net's dtype (wit None
             for a float64 net: the reference has no higher precision).
@@ -33,7 +36,26 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
         g: the manual ∂E/∂ŷ (B, N_L), which the general (4) multiplies.
         scales: `witnesses.sigma_scale` of each σ^l.
         m_L: the size of the terms δ^L is formed from (`witnesses.output_magnitude`).
+        failed: (check, layer) of the building-block rows that failed: a row
+            that only inherits one of them says so, and none points at a row
+            that passed.
     """
+
+    net: object
+    manual: tuple
+    ref: object
+    wit: object
+    params: tuple
+    params64: tuple
+    g: object
+    scales: list
+    m_L: object
+    failed: frozenset
+
+
+def equation_rows(given_: Given, dtype, device) -> list:
+    """Rows for (4) at layer L, then (1), (2), (3) from layer L down to 2."""
+    net, manual, ref, wit, params, params64, g, scales, m_L, failed = given_
     _, grads, deltas = manual
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
     where = dict(dtype=dtype, device=device)
@@ -46,7 +68,7 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
             ref.delta_L,
             None if wit is None else wit.delta_L,
             magnitude=m_L,
-            candidates=_output_forms(net, ref, g),
+            candidates=_output_forms(net, ref, g, ("dE/dŷ", net.L) in failed),
             **where,
         )
     ]
@@ -54,7 +76,8 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
         l, delta = k + 2, np.asarray(deltas[k], np.float64)
         if k < len(params64) - 1 and net.activations[k].elementwise:
             sigma = net.activations[k]
-            rows.append(_hidden_row(k, deltas, params, params64, ref, wit, sigma, scales[k], where))
+            inherited = ("σ'", k + 2) in failed
+            rows.append(_hidden_row(k, given_, sigma, inherited, where))
         A = np.asarray(given.as_[k], np.float64)
         rows.append(
             compare(
@@ -93,12 +116,24 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
     return rows
 
 
-def _hidden_row(k, deltas, params, params64, ref, wit, sigma, scale, where):
-    """Eq. (1) at layer l = k + 2, fed the manual Δ^{l+1}."""
-    delta_next, W_next = np.asarray(deltas[k + 1], np.float64), params64[k + 1].W
+def _hidden_row(k, given_: Given, sigma, inherited: bool, where):
+    """Eq. (1) at layer l = k + 2, fed the manual Δ^{l+1}.
+
+    ``inherited``: the hand σ^l' failed its own row; (1) applied right to it
+    is that row's error carried along, said so, not a second root cause.
+    """
+    deltas, ref, wit, params = given_.manual[2], given_.ref, given_.wit, given_.params
+    delta_next, W_next = np.asarray(deltas[k + 1], np.float64), given_.params64[k + 1].W
     back = delta_next @ W_next
     sigma_prime = ref.sigma_primes[k]
-    forms = {
+    forms = {}
+    if inherited:
+        z = (wit if wit is not None else ref).zs[k]
+        hand = np.asarray(sigma.deriv(jnp.asarray(z, where["dtype"])), np.float64)
+        forms["inherited: (1) applied right to the hand σ' (see the σ' row at this layer)"] = (
+            back * hand
+        )
+    forms |= {
         "σ' missing": back,
         "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.as_[k + 1], sigma),
         "W^{l+1} not transposed": (delta_next @ W_next.T) * sigma_prime
@@ -115,15 +150,17 @@ def _hidden_row(k, deltas, params, params64, ref, wit, sigma, scale, where):
         deltas[k],
         back * sigma_prime,
         witness,
-        magnitude=(np.abs(delta_next) @ np.abs(W_next)) * sigma_terms(sigma_prime, scale),
+        magnitude=(np.abs(delta_next) @ np.abs(W_next))
+        * sigma_terms(sigma_prime, given_.scales[k]),
         candidates=forms,
         inputs={"δ^{l+1}": delta_next},
         **where,
     )
 
 
-def _output_forms(net, ref, g):
-    """Wrong forms of δ^L: (4) applied right to a wrong ∂E/∂ŷ; σ^L' left out."""
+def _output_forms(net, ref, g, loss_failed: bool):
+    """Wrong forms of δ^L: (4) applied right to a wrong ∂E/∂ŷ (only where the dE/dŷ row
+    failed: a diagnosis never points at a row that passed); σ^L' left out."""
     if net.fused and net.fused_loss is not None:
         return {}
     g = np.asarray(g, np.float64)
@@ -135,7 +172,9 @@ def _output_forms(net, ref, g):
     else:
         applied = np.einsum("bij,bi->bj", sigma_prime, g)
         identity = False
-    forms = {"(4) applied right to a wrong ∂E/∂ŷ (see the dE/dŷ row)": applied}
+    forms = {}
+    if loss_failed:
+        forms["inherited: (4) applied right to a wrong ∂E/∂ŷ (see the dE/dŷ row)"] = applied
     if not identity:  # with σ^L the identity, δ^L = ∂E/∂ŷ is right, not a σ' left out
         forms["σ^L' missing: δ^L = ∂E/∂ŷ"] = g
     return forms
