@@ -14,7 +14,7 @@ import manualbp as mbp
 from manualbp.backprop import backward_with_deltas, delta_L_batch
 from manualbp.data import random_batch
 from manualbp.extensions import per_example
-from manualbp.verification.extensions import catalogue_extensions
+from manualbp.verification.extensions import CLIPS, catalogue_extensions
 
 NET = mbp.MLP((5, 7, 6, 3), hidden="tanh", output="softmax", loss="cross_entropy")
 
@@ -75,7 +75,8 @@ def test_extensions_agree_with_autodiff(dtype, hidden, output, loss):
     net = mbp.MLP((5, 7, 6, 3), hidden=hidden, output=output, loss=loss, fused=False)
     report = mbp.verify_extensions(net, *case(net, dtype=dtype))
     assert report.passed, str(report)
-    assert len(report.rows) == 4 * 2 * 3 + 1  # 4 quantities × (W, b) × 3 layers, and Ē
+    # 3 quantities and the clipped gradient at 3 clips, × (W, b) × 3 layers, and Ē
+    assert len(report.rows) == (3 + 3) * 2 * 3 + 1
     assert report.meta["dtype"] == jnp.dtype(dtype).name
 
 
@@ -236,10 +237,17 @@ def test_variance_without_the_mean_is_caught(mutate):
     assert all(d.startswith("mean not subtracted") for d in found.values())
 
 
+CLIP_NAMES = tuple(CLIPS)
+
+
+def clipped_checks(part, clips=CLIP_NAMES):
+    return {f"clipped (C {name}) {part}" for name in clips}
+
+
 def test_clipped_sum_for_the_mean_is_off_by_B(mutate):
     mutate("clipped_weight_grad", lambda c, delta, a_prev: (c[:, None] * delta).T @ a_prev)
     found = failures(mbp.verify_extensions(NET, *case()))
-    assert set(found) == {("clipped W", l) for l in (2, 3, 4)}
+    assert set(found) == {(check, l) for check in clipped_checks("W") for l in (2, 3, 4)}
     # Named as the sum, or by its factor: B = 8 (where the 8× result rounds beyond the
     # allowance of the right one, the named form no longer matches within it).
     assert all("off by ×B" in d or "off by ×8" in d for d in found.values())
@@ -252,6 +260,34 @@ def test_clipping_per_layer_is_caught(mutate):
 
     mutate("clip_factors", per_layer_factors)
     found = failures(mbp.verify_extensions(NET, *case()))
-    assert {check for check, _ in found} <= {"clipped W", "clipped b"}
-    assert found[("clipped W", 4)] == "clipped per layer, not over all layers together"
-    assert ("clipped W", 2) in found
+    assert {check for check, _ in found} <= clipped_checks("W") | clipped_checks("b")
+    below = "clipped (C below every ‖g_b‖) W"
+    assert "clipped per layer, not over all layers together" in found[(below, 4)]
+    assert (below, 2) in found
+
+
+def test_a_clip_of_its_own_is_caught(mutate):
+    """Clipping at the batch's median norm, whatever l2_clip says: wrong at the other clips."""
+    right = per_example.clip_factors
+
+    def median_clip(norms, l2_clip):
+        total = sum(n.W + n.b for n in norms)
+        return right(norms, jnp.sqrt(jnp.median(total)))
+
+    mutate("clip_factors", median_clip)
+    found = failures(mbp.verify_extensions(NET, *case()))
+    assert {check for check, _ in found} & clipped_checks("W")
+
+
+@pytest.mark.parametrize(
+    "dtype, scale", [(jnp.float32, 1e15), (jnp.float32, 1e-20), (jnp.float64, 1e150)]
+)
+def test_extreme_scales_never_raise_and_never_fail_a_correct_derivation(dtype, scale):
+    net = mbp.MLP((5, 7, 6, 3), "relu", "identity", "mse")
+    with jax.enable_x64(dtype == jnp.float64):
+        params, X, Y = case(net, dtype=dtype)
+        X, Y = X * scale, Y * scale
+        report = mbp.verify_extensions(net, params, X, Y, float64=dtype == jnp.float64)
+    assert report.passed or report.inconclusive, str(report)
+    for row in report.rows:
+        assert row.passed or row.diagnosis, str(report)  # every row not judged says why

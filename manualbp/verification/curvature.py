@@ -51,6 +51,7 @@ from manualbp.verification.compare import compare
 from manualbp.verification.curvature_ggn import block_rows, ggn_rows
 from manualbp.verification.curvature_hessian import hessian_rows, r_rows
 from manualbp.verification.curvature_references import References
+from manualbp.verification.curvature_sampled import sampled_rows
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
@@ -194,6 +195,7 @@ def curvature_rows(
         _agree(label, actual, reference, witness, magnitude, dtype)
         for label, (actual, witness, reference, magnitude) in zip(labels, judged, strict=True)
     ]
+    rows += sampled_rows(net, p, X, Y, equations, jax.random.fold_in(key, 1))
     return rows + ([_skipped_row(missing)] if missing else [])
 
 

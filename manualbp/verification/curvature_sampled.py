@@ -1,0 +1,84 @@
+"""The Monte Carlo curvature judged statistically: its mean over many draws against the exact.
+
+The sampled rows of `verify_curvature` give the reference the very same
+sampled targets, so they check the arithmetic of (16) but not what it
+estimates: a sampler that draws the true label (the empirical Fisher), a
+factor not divided by √samples, or labels drawn uniformly instead of from
+the model would pass them. Here `diag_ggn_mc` and the KFAC factor G are drawn
+`DRAWS` times with independent keys, and their mean is held to the exact
+`diag_ggn` and KFLR G within `Z_MAX` standard errors of that mean, per entry
+(T12): an unbiased estimator lands within a few, a biased one drifts away by
+its bias, which does not shrink with more draws.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from manualbp.extensions import curvature as C
+from manualbp.extensions.curvature_equations import CURVATURE
+from manualbp.verification.report import Row
+
+DRAWS = 256
+"""Independent draws of each estimator; the standard error of their mean is the spread / 16."""
+SAMPLES = 2
+"""Sampled targets per example in each draw of `diag_ggn_mc` (so a missing 1/√samples shows)."""
+Z_MAX = 6.0
+"""Most standard errors the mean may lie from the exact value, at any entry (of ~100s)."""
+
+
+def sampled_rows(net, p, X, Y, eqs, key) -> list[Row]:
+    """One row per layer and estimator: mean of `DRAWS` draws against the exact, in SEs."""
+    keys = jax.random.split(key, DRAWS)
+
+    def draws(p, X, Y, keys):
+        diag = jax.vmap(lambda k: C.diag_ggn_layers(net, p, X, Y, eqs, key=k, samples=SAMPLES))
+        kfac = jax.vmap(lambda k: [G for _, G in C.kron_layers(net, p, X, Y, eqs, key=k)])
+        exact_diag = C.diag_ggn_layers(net, p, X, Y, CURVATURE)
+        exact_G = [G for _, G in C.kron_layers(net, p, X, Y, CURVATURE)]
+        return diag(keys), kfac(keys), exact_diag, exact_G
+
+    diag, kfac, exact_diag, exact_G = jax.device_get(jax.jit(draws)(p, X, Y, keys))
+    eps = float(jnp.finfo(jnp.dtype(p[0].W.dtype)).eps)
+    rows = []
+    for k in range(len(p)):
+        for field in ("W", "b"):
+            drawn = getattr(diag[k], field)
+            rows.append(_row(f"diag_ggn_mc {field}", k, drawn, getattr(exact_diag[k], field), eps))
+        rows.append(_row("kfac G", k, kfac[k], exact_G[k], eps))
+    return rows
+
+
+def _row(name, k, drawn, exact, eps) -> Row:
+    """The mean of the draws (axis 0) against ``exact``, in standard errors of that mean."""
+    drawn, exact = np.asarray(drawn, np.float64), np.asarray(exact, np.float64)
+    mean = drawn.mean(axis=0)
+    error = np.abs(mean - exact)
+    # A standard error never below the rounding of the values (an entry every draw gives alike).
+    se = drawn.std(axis=0, ddof=1) / np.sqrt(len(drawn)) + 8 * eps * np.max(np.abs(exact))
+    z = error / se
+    worst = float(np.max(z, initial=0.0))
+    passed = worst <= Z_MAX
+    i = np.unravel_index(int(np.argmax(z)), z.shape) if z.size else ()
+    diagnosis = (
+        f"mean of {len(drawn)} draws within {worst:.2g} standard errors of the exact (allowed "
+        f"{Z_MAX:g})"
+        if passed
+        else f"biased: the mean of {len(drawn)} draws lies {worst:.3g} standard errors from the "
+        f"exact value (at {tuple(int(j) for j in i)}: mean {mean[i]:.4g}, exact {exact[i]:.4g}); "
+        "it estimates something else (targets from the labels, a missing 1/√samples, another "
+        "distribution?)"
+    )
+    scale = float(np.max(np.abs(exact), initial=0.0)) or 1.0
+    return Row(
+        f"{name} statistical",
+        16,
+        k + 2,
+        float(np.max(error, initial=0.0)),
+        float(np.max(error, initial=0.0)) / scale,
+        float(Z_MAX * np.max(se, initial=0.0)) / scale,
+        passed,
+        diagnosis,
+    )
