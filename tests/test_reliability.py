@@ -185,6 +185,12 @@ FAULTS = [
         "one line, exit 1; the folder says the run failed",
         "tests/test_cli.py (command line)",
     ),
+    # round 3
+    (
+        "a softmax over one output unit (always 1: loss 0, accuracy 1, nothing learned)",
+        "ValueError at MLP(...), pointing to sigmoid with binary cross-entropy",
+        "test_a_softmax_over_one_output_unit_is_refused",
+    ),
 ]
 
 
@@ -552,16 +558,26 @@ def test_code_identity_is_the_same_in_another_process():
 
 def test_the_fault_table_names_tests_that_exist():
     here = Path(__file__).parent
-    names = {
-        "": set(globals()),
-        "tests/test_train.py::": set((here / "test_train.py").read_text().split("def ")),
-    }
     for fault, _, tests in FAULTS:
         for test in tests.split(", "):
             if test == "tests/test_cli.py (command line)":
                 continue  # the command line's own tests
-            prefix = "tests/test_train.py::" if test.startswith("tests/test_train.py::") else ""
-            name = test.removeprefix(prefix)
-            assert any(w.startswith(name + "(") for w in names[prefix]) or (
-                not prefix and name in names[""]
-            ), f"{fault}: no test {test}"
+            file, _, name = test.rpartition("::")
+            words = (
+                set(globals()) if not file else set((here.parent / file).read_text().split("def "))
+            )
+            assert any(w.startswith(name + "(") for w in words) or (not file and name in words), (
+                f"{fault}: no test {test}"
+            )
+
+
+# --- round 3: silent wrong results ------------------------------------------------------------
+
+
+def test_a_softmax_over_one_output_unit_is_refused():
+    with pytest.raises(ValueError, match="output: softmax over N_L = 1 .*output='sigmoid' with "):
+        mbp.MLP((2, 8, 1), output="softmax", loss="cross_entropy")
+    with pytest.raises(ValueError, match="softmax over N_L = 1"):
+        mbp.MLP((2, 1), output="softmax", loss="mse")
+    assert mbp.MLP((2, 8, 2), output="softmax", loss="cross_entropy").sizes[-1] == 2
+    assert mbp.MLP((2, 8, 1), output="sigmoid", loss="binary_cross_entropy").classifier
