@@ -191,6 +191,16 @@ FAULTS = [
         "ValueError at MLP(...), pointing to sigmoid with binary cross-entropy",
         "test_a_softmax_over_one_output_unit_is_refused",
     ),
+    (
+        "MNIST-format labels: a byte outside 0..9, IDX float32 labels or images",
+        "ValueError naming the file, the value and its index, or the dtype",
+        "tests/test_data.py::test_labels_outside_the_ten_classes_or_not_bytes_are_refused",
+    ),
+    (
+        "a truncated .gz data file; a gzip CRC mismatch",
+        "ValueError naming the file (no EOFError traceback)",
+        "tests/test_data.py::test_a_truncated_or_corrupted_gzip_names_the_file",
+    ),
 ]
 
 
