@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import zipfile
@@ -55,6 +54,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from manualbp.records import to_json
+from manualbp.training import checkpoint_file, checkpoint_meta
 from manualbp.training.identity import code_identity, data_identity
 
 try:
@@ -65,7 +65,7 @@ except ImportError:  # Windows: no advisory lock (module docstring)
 FILENAME = "checkpoint.npz"
 LOCKNAME = ".checkpoint.lock"
 TEMPORARY = (f".{FILENAME}.", ".tmp")  # prefix and suffix of a save's temporary file
-FORMAT = 1
+FORMAT = checkpoint_meta.FORMAT
 
 
 class CheckpointError(ValueError):
@@ -188,11 +188,15 @@ def save(
         CheckpointWriteError: the file could not be written; the partial file
             is removed and the previous checkpoint, if any, is kept.
     """
-    directory = writable_directory(checkpoint_dir)
+    directory = Path(checkpoint_dir)
     final = path_in(directory)
     arrays = _arrays(state, fingerprint)
     temporary = None
     try:
+        if not str(checkpoint_dir):
+            raise checkpoint_file.FileFormatError("expected a directory path, got ''")
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoint_file.check_kind(final)
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=TEMPORARY[0], suffix=TEMPORARY[1])
         with open(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -203,19 +207,29 @@ def save(
         if temporary is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
-        if not isinstance(e, OSError):
+        if not isinstance(e, OSError | checkpoint_file.FileFormatError):
             raise
-        kept = (
-            f"{final} still holds the previous checkpoint (epoch {state.epoch - 1})"
-            if final.exists()
-            else "no checkpoint was saved"
-        )
         raise CheckpointWriteError(
             f"checkpoint_dir: could not write the checkpoint of epoch {state.epoch} to {final} "
-            f"({e.strerror or e}); the partial file is removed and {kept}"
+            f"({getattr(e, 'strerror', None) or e}); {_kept(final, state.epoch)}"
         ) from e
     _fsync_directory(directory)
     return final
+
+
+def _kept(final: Path, epoch: int) -> str:
+    """What a failed save leaves: the checkpoint of the epoch before, or none."""
+    try:
+        held = checkpoint_file.open_regular(final)
+    except (OSError, checkpoint_file.FileFormatError):
+        held = None
+    if held is None:
+        return "the partial file is removed and no checkpoint was saved"
+    held.close()
+    return (
+        f"the partial file is removed and {final} still holds the previous checkpoint "
+        f"(epoch {epoch - 1}): the last checkpoint is kept"
+    )
 
 
 def _arrays(state: Checkpoint, fingerprint: dict) -> dict[str, np.ndarray]:
@@ -242,6 +256,11 @@ def writable_directory(checkpoint_dir: str | os.PathLike) -> Path:
     Raises:
         CheckpointWriteError: it is a file, lies below a file, or cannot be written.
     """
+    if not str(checkpoint_dir):
+        raise CheckpointWriteError(
+            "checkpoint_dir: expected a directory path, got '' (for the current directory, "
+            "pass '.')"
+        )
     directory = Path(checkpoint_dir)
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -275,6 +294,10 @@ def lock(checkpoint_dir: str | os.PathLike):
         CheckpointLockedError: another run holds it.
     """
     directory = writable_directory(checkpoint_dir)
+    try:
+        checkpoint_file.check_kind(path_in(directory))
+    except checkpoint_file.FileFormatError as e:
+        raise CheckpointWriteError(f"checkpoint_dir: {e}; nothing was written there") from e
     if fcntl is None:
         yield directory
         return
@@ -318,92 +341,89 @@ def load(
     fingerprint: dict,
     params_like,
     opt_state_like,
+    key_like=None,
 ) -> Checkpoint | None:
     """The checkpoint in ``checkpoint_dir``, or None if there is none yet.
+
+    The file is read as untrusted input (`checkpoint_file`): only the members
+    this run expects, each checked against ``params_like``, ``opt_state_like``
+    and ``key_like`` before it is read; then the metadata (`checkpoint_meta`),
+    the fingerprint, and the values: parameters finite, no NaN in the
+    optimizer state.
 
     Args:
         checkpoint_dir: the directory `save` wrote to.
         fingerprint: what the checkpoint must match (see `fingerprint`).
         params_like, opt_state_like: trees with the structure to rebuild.
+        key_like: a key of the run's implementation and shape (default:
+            ``jax.random.key(0)``'s).
 
     Raises:
         CheckpointError: the file cannot be read or is inconsistent.
         CheckpointMismatchError: it belongs to a different run.
     """
     path = path_in(checkpoint_dir)
-    if not path.exists():
-        return None
+    key_like = jax.random.key(0) if key_like is None else key_like
+    key_data_like, key_impl = _key_arrays(key_like)
+    trees = {
+        prefix: jax.tree.flatten(like)
+        for prefix, like in (("params", params_like), ("opt_state", opt_state_like))
+    }
+    expected = {"key": (key_data_like.shape, key_data_like.dtype)}
+    for prefix, (leaves, _) in trees.items():
+        expected.update({f"{prefix}/{i}": (np.shape(x), _dtype(x)) for i, x in enumerate(leaves)})
     try:
-        with np.load(path, allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in stored.files}
-        meta = json.loads(arrays.pop("meta").tobytes().decode())
-        epoch, history, stored_print, key_impl = _check_meta(meta)
-        key_data = arrays.pop("key")
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        AttributeError,
-        EOFError,
-        zipfile.BadZipFile,
-        UnicodeDecodeError,
-    ) as e:
-        raise CheckpointError(
-            f"checkpoint_dir: {path} is corrupted or not a manualbp checkpoint ({e}); "
-            "it is left untouched: move it away to start the run afresh"
-        ) from e
-    _check_fingerprint(path, stored_print, fingerprint)
-    trees = []
-    for prefix, like in (("params", params_like), ("opt_state", opt_state_like)):
-        leaves_like, treedef = jax.tree.flatten(like)
-        names = [f"{prefix}/{i}" for i in range(len(leaves_like))]
-        for name, leaf in zip(names, leaves_like, strict=True):
-            if name not in arrays or (arrays[name].shape, arrays[name].dtype) != (
-                np.shape(leaf),
-                _dtype(leaf),
-            ):
-                raise CheckpointError(
-                    f"checkpoint_dir: {path} is corrupted: {name} is missing or does not match "
-                    "its recorded shape and dtype; it is left untouched"
-                )
-        trees.append(jax.tree.unflatten(treedef, [arrays[name] for name in names]))
-    key = jax.random.wrap_key_data(key_data, impl=key_impl) if key_impl else key_data
-    return Checkpoint(epoch=epoch, params=trees[0], opt_state=trees[1], key=key, history=history)
+        f = checkpoint_file.open_regular(path)
+        if f is None:
+            return None
+        with f:
+            checkpoint_file.check_size(f, expected)
+            with zipfile.ZipFile(f) as archive:
+                meta = json.loads(checkpoint_file.read_meta(archive).decode())
+                epoch, history, stored_print = checkpoint_meta.check_meta(meta, key_impl)
+                _check_fingerprint(path, stored_print, fingerprint)
+                arrays = checkpoint_file.read_arrays(archive, expected)
+    except checkpoint_file.READ_ERRORS + (UnicodeDecodeError,) as e:
+        if isinstance(e, CheckpointError) and not isinstance(e, checkpoint_file.FileFormatError):
+            raise
+        raise _corrupted(path, e) from e
+    _check_values(path, arrays)
+    params, opt_state = (
+        jax.tree.unflatten(treedef, [arrays[f"{prefix}/{i}"] for i in range(len(leaves))])
+        for prefix, (leaves, treedef) in trees.items()
+    )
+    key = arrays["key"]
+    if key_impl is not None:
+        try:
+            key = jax.random.wrap_key_data(key, impl=key_impl)
+        except (ValueError, TypeError) as e:
+            raise _corrupted(path, e) from e
+    return Checkpoint(epoch=epoch, params=params, opt_state=opt_state, key=key, history=history)
 
 
-def _check_meta(meta) -> tuple[int, list[dict], dict, str | None]:
-    """The epoch, history, fingerprint and key implementation, each checked; ValueError if not."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        found = meta.get("format") if isinstance(meta, dict) else meta
-        raise ValueError(f"unknown format {found!r}, expected {FORMAT}")
-    epoch, history = meta["epoch"], meta["history"]
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-        raise ValueError(f"the epoch {epoch!r} is not a whole number ≥ 0")
-    if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-        raise ValueError("the history is not a list of records")
-    counted = [record.get("epoch") for record in history]
-    if counted != list(range(1, epoch + 1)):
-        raise ValueError(
-            f"the history's epochs {counted!r:.80} do not count 1, 2, ... up to the epoch {epoch}"
-        )
-    if not isinstance(meta["fingerprint"], dict):
-        raise ValueError("the fingerprint is not a mapping")
-    if meta["key_impl"] is not None and not isinstance(meta["key_impl"], str):
-        raise ValueError(f"the key implementation {meta['key_impl']!r:.80} is not a name")
-    return epoch, _floats_back(history), meta["fingerprint"], meta["key_impl"]
+def _corrupted(path: Path, e: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint_dir: {path} is corrupted or not a manualbp checkpoint "
+        f"({type(e).__name__}: {str(e)[:300]}); it is left untouched: move it away to start "
+        "the run afresh"
+    )
 
 
-_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def _floats_back(value):
-    """The history as it was saved: the strings "inf", "-inf", "nan" back to floats."""
-    if isinstance(value, dict):
-        return {k: _floats_back(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_floats_back(v) for v in value]
-    return _NON_FINITE.get(value, value) if isinstance(value, str) else value
+def _check_values(path: Path, arrays: dict) -> None:
+    """Parameters finite and no NaN in the optimizer state (its inf may be a start value)."""
+    for name, values in arrays.items():
+        if name == "key" or values.dtype.kind not in "fcV":
+            continue
+        floats = values.astype(np.float32) if values.dtype.kind == "V" else values  # bfloat16
+        params = name.startswith("params/")
+        bad = ~np.isfinite(floats) if params else np.isnan(floats)
+        if bad.any():
+            raise CheckpointError(
+                f"checkpoint_dir: {path} holds {'non-finite' if params else 'NaN'} values in "
+                f"{name} ({int(bad.sum())} of {values.size}); a run never saves those, so the "
+                "file is damaged or hand-made. It is left untouched: move it away to start the "
+                "run afresh"
+            )
 
 
 def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:

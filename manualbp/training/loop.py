@@ -370,7 +370,9 @@ def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
         state.fingerprint = checkpoint.fingerprint(
             run.net, state.params, state.opt_state, run.fingerprint_run, data
         )
-        saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
+        saved = checkpoint.load(
+            checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key
+        )
         if saved is not None:
             if saved.epoch > epochs:
                 raise ValueError(
