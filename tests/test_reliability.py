@@ -6,10 +6,16 @@ autodiff_value_and_grad, per_example_grads, verify and train). A test checks tha
 test it names exists.
 """
 
+import errno
 import functools
+import io
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import jax
@@ -200,6 +206,32 @@ FAULTS = [
         "a truncated .gz data file; a gzip CRC mismatch",
         "ValueError naming the file (no EOFError traceback)",
         "tests/test_data.py::test_a_truncated_or_corrupted_gzip_names_the_file",
+    ),
+    (
+        "hostile checkpoints: a huge epoch, a deflate bomb, deeply nested JSON, an encrypted "
+        "flag, an unknown zip version or compression method, an unexpected member, a key of "
+        "the wrong shape or an unknown PRNG implementation, a weight of another dtype, garbage "
+        "in the history, NaN parameters",
+        "CheckpointError naming the member or field, before anything large is allocated "
+        "(sizes, names, versions and .npy headers checked first); the file is kept",
+        "test_hostile_checkpoints_are_refused_before_anything_large_is_allocated",
+    ),
+    (
+        "any single-byte flip of a checkpoint",
+        "CheckpointError or an identical load (every 7th byte by default, every byte with -m slow)",
+        "test_every_seventh_byte_flip_is_refused_or_loads_identically, "
+        "test_every_byte_flip_is_refused_or_loads_identically",
+    ),
+    (
+        "checkpoint_dir=''; a FIFO, a symlink (dangling or not) or a directory at checkpoint.npz",
+        "CheckpointWriteError before the first epoch (no hang, nothing replaced)",
+        "test_an_empty_checkpoint_dir_is_refused, "
+        "test_a_checkpoint_path_that_is_not_a_regular_file_is_refused",
+    ),
+    (
+        "a checkpoint directory made read-only mid-run",
+        "CheckpointWriteError saying the last checkpoint (epoch N) is kept",
+        "test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept",
     ),
 ]
 
@@ -591,3 +623,255 @@ def test_a_softmax_over_one_output_unit_is_refused():
         mbp.MLP((2, 1), output="softmax", loss="mse")
     assert mbp.MLP((2, 8, 2), output="softmax", loss="cross_entropy").sizes[-1] == 2
     assert mbp.MLP((2, 8, 1), output="sigmoid", loss="binary_cross_entropy").classifier
+
+
+# --- round 3: hostile checkpoints --------------------------------------------------------------
+
+TINY = mbp.MLP((2, 3, 2), "tanh", "softmax", "cross_entropy")
+TINY_PARAMS = TINY.init(jax.random.key(1))
+TINY_SGD = optax.sgd(0.1)  # one object: every tiny run reuses the compiled epoch
+TINY_X = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
+TINY_Y = jnp.array([0, 1, 1, 0, 1, 0, 0, 1])
+
+
+def tiny_run(checkpoint_dir, epochs=1, **overrides):
+    arguments = dict(epochs=epochs, batch_size=4, key=jax.random.key(2), progress=False)
+    arguments.update(overrides)
+    return mbp.train(
+        TINY, TINY_PARAMS, TINY_SGD, TINY_X, TINY_Y, checkpoint_dir=checkpoint_dir, **arguments
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """The bytes of a tiny run's checkpoint after one epoch, and what loading it needs."""
+    directory = tmp_path_factory.mktemp("tiny")
+    tiny_run(directory)
+    data = mbp.checkpoint.path_in(directory).read_bytes()
+    with np.load(io.BytesIO(data)) as stored:
+        printed = json.loads(stored["meta"].tobytes())["fingerprint"]
+    return data, printed
+
+
+def load_bytes(directory: Path, data: bytes, printed: dict):
+    mbp.checkpoint.path_in(directory).write_bytes(data)
+    opt_state = TINY_SGD.init(TINY_PARAMS)
+    return mbp.checkpoint.load(directory, printed, TINY_PARAMS, opt_state, jax.random.key(2))
+
+
+def rewritten(data: bytes, change) -> bytes:
+    """The checkpoint ``data`` with ``change(arrays, meta)`` applied, saved as np.savez does."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    change(arrays, meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def patched_zip(data: bytes, local: int, central: int, value: int) -> bytes:
+    """Every member's 2-byte field at ``local`` (local header) and ``central`` (its entry in
+    the central directory) set to ``value``: a version, the flags or the compression method."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = out.find(signature)
+        while start >= 0:
+            out[start + offset : start + offset + 2] = value.to_bytes(2, "little")
+            start = out.find(signature, start + 4)
+    return bytes(out)
+
+
+def deflated_junk(data: bytes) -> bytes:
+    """params/0 replaced by a 64 MiB member that deflates to a few kilobytes."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, values in arrays.items():
+            member = io.BytesIO()
+            np.save(member, np.zeros(1 << 24, np.float32) if name == "params/0" else values)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    return out.getvalue()
+
+
+def deeply_nested(data: bytes, depth: int = 100_000) -> bytes:
+    """The history's first entry a list nested ``depth`` deep (JSON text, written by hand)."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    text = arrays["meta"].tobytes().decode()
+    text = text.replace('"history": [', '"history": [' + "[" * depth + "]" * depth + ", ", 1)
+    arrays["meta"] = np.frombuffer(text.encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def set_history(**entries):
+    return lambda arrays, meta: meta["history"][0].update(entries)
+
+
+HOSTILE = [
+    # (what, the damage, message fragment)
+    ("huge epoch", lambda d: rewritten(d, lambda a, m: m.update(epoch=10**12)), "do not count"),
+    ("deflate bomb", deflated_junk, "compression method 8, expected stored"),
+    ("nested JSON", deeply_nested, "RecursionError"),
+    ("encrypted flag", lambda d: patched_zip(d, 6, 8, 0x0001), r"zip flags 0x0001 \(encrypted"),
+    ("zip version 6.3", lambda d: patched_zip(d, 4, 6, 63), "zip version 63, expected 20 or 45"),
+    ("compression 99", lambda d: patched_zip(d, 8, 10, 99), "compression method 99"),
+    (
+        "an unexpected member",
+        lambda d: rewritten(d, lambda a, m: a.update(extra=np.zeros(3))),
+        r"unexpected \['extra.npy'\]",
+    ),
+    (
+        "a key of the wrong shape",
+        lambda d: rewritten(d, lambda a, m: a.update(key=np.zeros(3, np.uint32))),
+        r"key.npy: shape \(3,\) '<u4', expected \(2,\) '<u4'",
+    ),
+    (
+        "an unknown PRNG implementation",
+        lambda d: rewritten(d, lambda a, m: m.update(key_impl="nonesuch")),
+        "the key implementation 'nonesuch' is not this run's 'threefry2x32'",
+    ),
+    (
+        "a weight of another dtype",
+        lambda d: rewritten(
+            d, lambda a, m: a.update({"params/0": a["params/0"].astype(np.float64)})
+        ),
+        r"params/0.npy: shape \(3, 2\) '<f8', expected \(3, 2\) '<f4'",
+    ),
+    ("loss a string", lambda d: rewritten(d, set_history(loss="garbage")), "loss is 'garbage'"),
+    (
+        "accuracy 7",
+        lambda d: rewritten(d, set_history(test_accuracy=7)),
+        r"test_accuracy is 7, expected a number in \[0, 1\]",
+    ),
+    (
+        "an unknown history entry",
+        lambda d: rewritten(d, set_history(note="hi")),
+        "an unknown history entry 'note'",
+    ),
+    (
+        "NaN parameters",
+        lambda d: rewritten(d, lambda a, m: a["params/1"].__setitem__(0, np.nan)),
+        r"holds non-finite values in params/1 \(1 of 3\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("what, damage, match", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_checkpoints_are_refused_before_anything_large_is_allocated(
+    tmp_path, tiny_checkpoint, what, damage, match
+):
+    data, printed = tiny_checkpoint
+    hostile = damage(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(mbp.checkpoint.CheckpointError, match=match) as error:
+            load_bytes(tmp_path, hostile, printed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert type(error.value) is mbp.checkpoint.CheckpointError  # not a mismatch: damage
+    assert peak < 8 * 2**20 + 4 * len(hostile), f"{what}: {peak} bytes allocated"
+    assert mbp.checkpoint.path_in(tmp_path).read_bytes() == hostile  # left untouched
+    assert load_bytes(tmp_path, data, printed).epoch == 1  # the undamaged file loads
+
+
+def loads_identically(a, b) -> bool:
+    def arrays(c):
+        return jax.tree.leaves((c.params, c.opt_state, jax.random.key_data(c.key)))
+
+    same = all(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(b), strict=True))
+    return a.epoch == b.epoch and a.history == b.history and same
+
+
+def flip_every_byte(tmp_path, tiny_checkpoint, stride):
+    data, printed = tiny_checkpoint
+    original = load_bytes(tmp_path, data, printed)
+    outcomes = {"refused": 0, "identical": 0}
+    for i in range(0, len(data), stride):
+        flipped = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        try:
+            loaded = load_bytes(tmp_path, flipped, printed)
+        except mbp.checkpoint.CheckpointError:
+            outcomes["refused"] += 1
+            continue
+        assert loaded is not None and loads_identically(loaded, original), f"byte {i}"
+        outcomes["identical"] += 1
+    return outcomes
+
+
+def test_every_seventh_byte_flip_is_refused_or_loads_identically(tmp_path, tiny_checkpoint):
+    outcomes = flip_every_byte(tmp_path, tiny_checkpoint, stride=7)
+    assert outcomes["refused"] > 0 and outcomes["identical"] > 0, outcomes
+
+
+@pytest.mark.slow
+def test_every_byte_flip_is_refused_or_loads_identically(tmp_path, tiny_checkpoint):
+    outcomes = flip_every_byte(tmp_path, tiny_checkpoint, stride=1)
+    assert sum(outcomes.values()) == len(tiny_checkpoint[0]), outcomes
+
+
+def test_an_empty_checkpoint_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError, match="expected a directory path, got ''"
+    ):
+        tiny_run("")
+    assert list(tmp_path.iterdir()) == []
+
+
+def a_fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return "a FIFO"
+
+
+def a_dangling_link(path: Path) -> str:
+    path.symlink_to(path.parent / "nowhere.npz")
+    return "a symbolic link"
+
+
+def a_link_to_a_file(path: Path) -> str:
+    (path.parent / "elsewhere.npz").write_bytes(b"")
+    path.symlink_to(path.parent / "elsewhere.npz")
+    return "a symbolic link"
+
+
+def a_directory(path: Path) -> str:
+    path.mkdir()
+    return "a directory"
+
+
+@pytest.mark.parametrize("make", [a_fifo, a_dangling_link, a_link_to_a_file, a_directory])
+def test_a_checkpoint_path_that_is_not_a_regular_file_is_refused(tmp_path, make):
+    path = mbp.checkpoint.path_in(tmp_path)
+    kind = make(path)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError, match=f"checkpoint.npz is {kind}, not a regular"
+    ):
+        tiny_run(tmp_path)
+    assert os.path.lexists(path) and not path.is_file() or path.is_symlink()
+    with pytest.raises(mbp.checkpoint.CheckpointError, match=f"is {kind}, not a regular file"):
+        mbp.checkpoint.load(tmp_path, {}, TINY_PARAMS, TINY_SGD.init(TINY_PARAMS))
+
+
+def test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept(tmp_path, monkeypatch):
+    mkstemp = tempfile.mkstemp
+
+    def read_only_after_epoch_1(*args, **kwargs):
+        if mbp.checkpoint.path_in(tmp_path).exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_after_epoch_1)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError,
+        match=r"checkpoint of epoch 2 .*Read-only file system.* still holds the previous "
+        r"checkpoint \(epoch 1\): the last checkpoint is kept",
+    ):
+        tiny_run(tmp_path, epochs=3)
+    monkeypatch.undo()
+    assert tiny_run(tmp_path, epochs=1).history[0]["epoch"] == 1  # epoch 1 resumes, whole
