@@ -27,7 +27,7 @@ from helpers import assert_grads_close
 
 import manualbp as mbp
 from manualbp.network import Layer
-from manualbp.training.identity import code_identity
+from manualbp.training.identity import code_identity, optimizer_probe
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
 PARAMS = NET.init(jax.random.key(0))
@@ -232,6 +232,15 @@ FAULTS = [
         "a checkpoint directory made read-only mid-run",
         "CheckpointWriteError saying the last checkpoint (epoch N) is kept",
         "test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept",
+    ),
+    (
+        "a resume with another learning rate or optimizer hyperparameter, init, seed or params=",
+        "CheckpointMismatchError naming the optimizer (by its updates on a fixed probe "
+        "gradient) or the starting params; resume='continue' (--resume continue) goes on with "
+        "the new settings and records them",
+        "test_a_resume_with_other_settings_is_refused_unless_asked_to_continue, "
+        "test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint, "
+        "test_the_optimizer_probe_sees_every_hyperparameter",
     ),
 ]
 
@@ -875,3 +884,85 @@ def test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept(tmp
         tiny_run(tmp_path, epochs=3)
     monkeypatch.undo()
     assert tiny_run(tmp_path, epochs=1).history[0]["epoch"] == 1  # epoch 1 resumes, whole
+
+
+# --- round 3: a resume takes what the caller changed into account ------------------------------
+
+TINY_FAST_SGD = optax.sgd(10.0)
+
+
+@pytest.mark.parametrize(
+    "changed, match",
+    [
+        (dict(optimizer=TINY_FAST_SGD), r"the optimizer \(its updates on a fixed probe gradient"),
+        (dict(optimizer=optax.sgd(0.1, momentum=0.9)), "belongs to a different run"),
+        (
+            dict(params=TINY.init(jax.random.key(9))),
+            r"the starting params \(params\[0\]\.W, params\[1\]\.W differ: another init, seed "
+            r"or params=\)",
+        ),
+        (
+            dict(params=TINY.init(jax.random.key(1), scheme="glorot")),
+            r"the starting params \(params\[0\]\.W, params\[1\]\.W differ",
+        ),
+    ],
+    ids=["learning rate", "momentum (another state)", "seed", "init"],
+)
+def test_a_resume_with_other_settings_is_refused_unless_asked_to_continue(tmp_path, changed, match):
+    tiny_run(tmp_path, epochs=1)
+    kept = mbp.checkpoint.path_in(tmp_path).read_bytes()
+    arguments = {**dict(optimizer=TINY_SGD, params=TINY_PARAMS), **changed}
+
+    def call(epochs, **more):
+        return mbp.train(
+            TINY, arguments["params"], arguments["optimizer"], TINY_X, TINY_Y, epochs=epochs,
+            batch_size=4, key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path, **more,
+        )  # fmt: skip
+
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match=match):
+        call(2)
+    assert mbp.checkpoint.path_in(tmp_path).read_bytes() == kept
+    if "momentum" in match or "different run" in match:
+        return  # another optimizer state: continuing is impossible, and so refused
+    went_on = call(2, resume="continue")
+    assert [h["epoch"] for h in went_on.history] == [1, 2]
+    # The new settings are recorded: the same call resumes, the old ones are refused now.
+    assert len(call(3).history) == 3
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match="other settings"):
+        tiny_run(tmp_path, epochs=4)
+
+
+def test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint(tmp_path):
+    tiny_run(tmp_path, epochs=1)
+    went_on = mbp.train(
+        TINY, TINY_PARAMS, TINY_FAST_SGD, TINY_X, TINY_Y, epochs=2, batch_size=4,
+        key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path, resume="continue",
+    )  # fmt: skip
+    first = tiny_run(None, epochs=1)
+    by_hand = mbp.train(
+        TINY, first.params, TINY_FAST_SGD, TINY_X, TINY_Y, epochs=1, batch_size=4,
+        key=first.key, progress=False,
+    )  # fmt: skip
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(went_on.params), jax.tree.leaves(by_hand.params), strict=True
+        )
+    )
+    with pytest.raises(ValueError, match="resume: expected one of same, continue, got 'yes'"):
+        tiny_run(tmp_path, epochs=2, resume="yes")
+
+
+def test_the_optimizer_probe_sees_every_hyperparameter():
+    probe = functools.partial(optimizer_probe, params=TINY_PARAMS)
+    same = [(optax.adam(0.05), optax.adam(0.05)), (optax.sgd(0.1), optax.sgd(0.1))]
+    assert all(probe(a) == probe(b) for a, b in same)
+    differ = [
+        (optax.adam(0.05), optax.adam(0.06)),
+        (optax.adam(0.05), optax.adam(0.05, b1=0.8)),
+        (optax.adam(0.05), optax.adam(0.05, b2=0.9)),
+        (optax.sgd(0.1), optax.sgd(0.1, momentum=0.5)),
+        (optax.adamw(0.05), optax.adamw(0.05, weight_decay=0.1)),
+        (optax.sgd(0.1), optax.sgd(-0.1)),
+    ]
+    assert all(probe(a) != probe(b) for a, b in differ)

@@ -345,6 +345,7 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
+    resume: str = "same",
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
@@ -353,7 +354,7 @@ def train_side_by_side(
     metric with every path on it. With ``checkpoint_dir``, each path saves to
     and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
     finished checkpoint is announced on stderr (only the epochs trained now
-    are logged).
+    are logged); ``resume`` is `mbp.train`'s.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -378,6 +379,7 @@ def train_side_by_side(
             eval_data=eval_data,
             progress=progress,
             checkpoint_dir=directory,
+            resume=resume,
             callback=lambda record, grad=grad: run.log(grad=grad, **record),
         )
         seconds[grad] = time.perf_counter() - started

@@ -51,11 +51,18 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from manualbp.records import to_json
 from manualbp.training import checkpoint_file, checkpoint_meta
-from manualbp.training.identity import code_identity, data_identity
+from manualbp.training.identity import (
+    PARTS,
+    differences,
+    dtype_of,
+    key_arrays,
+)
+from manualbp.training.identity import fingerprint as fingerprint  # re-exported for callers
+from manualbp.training.identity import key_description as key_description
+from manualbp.training.identity import to_host as to_host
 
 try:
     import fcntl
@@ -99,88 +106,10 @@ def path_in(checkpoint_dir: str | os.PathLike) -> Path:
     return Path(checkpoint_dir) / FILENAME
 
 
-def _dtype(x) -> np.dtype:
-    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
-
-
-def _describe_leaves(tree) -> list[list]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [[jax.tree_util.keystr(path), list(np.shape(x)), str(_dtype(x))] for path, x in flat]
-
-
-PARTS = ("net", "code", "params", "opt_state", "run", "data")
-
-
-def fingerprint(net, params, opt_state, run: dict, data: dict | None = None) -> dict:
-    """A JSON-able description of what a checkpoint must match to be resumed.
-
-    Args:
-        net: the `MLP`.
-        params, opt_state: the run's parameters and optimizer state (any values;
-            only their structure, shapes and dtypes are recorded).
-        run: JSON-able settings that must also match (batch size, the key, ...).
-        data: named arrays whose content must match (X, Y, the test set).
-    """
-    return {
-        "net": {
-            "sizes": list(net.sizes),
-            "activations": [sigma.name for sigma in net.activations],
-            "loss": net.loss.name,
-            "fused": net.fused,
-        },
-        "code": _code_of(net),
-        "params": _describe_leaves(params),
-        "opt_state": {
-            "structure": str(jax.tree.structure(opt_state)),
-            "leaves": _describe_leaves(opt_state),
-        },
-        "run": run,
-        "data": {name: data_identity(to_host(x)) for name, x in (data or {}).items()},
-    }
-
-
-def _code_of(net) -> dict:
-    """The code identity of every σ^l, σ^l' (l = 2..L) and of E and ∂E/∂ŷ."""
-    fields = ("fn", "deriv", "deriv_from_output", "jac_t_dot")
-    return {
-        "activations": {
-            f"layer l={k + 2} ({sigma.name})": {f: code_identity(getattr(sigma, f)) for f in fields}
-            for k, sigma in enumerate(net.activations)
-        },
-        "loss": {f: code_identity(getattr(net.loss, f)) for f in ("fn", "grad")},
-    }
-
-
-def _key_arrays(key) -> tuple[np.ndarray, str | None]:
-    """The raw data of a PRNG key and its implementation name (None for a raw uint32 key)."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return to_host(jax.random.key_data(key)), str(jax.random.key_impl(key))
-    return to_host(key), None
-
-
-def key_description(key) -> dict:
-    """The key's data and implementation, as JSON (for a run's fingerprint)."""
-    data, impl = _key_arrays(key)
-    return {"data": data.tolist(), "impl": impl}
-
-
-def to_host(x) -> np.ndarray:
-    """A NumPy copy of ``x``, also of an array that spans several processes.
-
-    Replicated (parameters, losses): the local copy, which holds every value.
-    Sharded across processes: gathered, a collective every process must join.
-    """
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if x.sharding.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return np.asarray(x)
-
-
 def save(
     checkpoint_dir: str | os.PathLike,
     state: Checkpoint,
-    fingerprint: dict,
+    run_print: dict,
 ) -> Path:
     """Write ``state`` atomically (temporary file, fsync, `os.replace`); return the path.
 
@@ -190,7 +119,7 @@ def save(
     """
     directory = Path(checkpoint_dir)
     final = path_in(directory)
-    arrays = _arrays(state, fingerprint)
+    arrays = _arrays(state, run_print)
     temporary = None
     try:
         if not str(checkpoint_dir):
@@ -232,15 +161,15 @@ def _kept(final: Path, epoch: int) -> str:
     )
 
 
-def _arrays(state: Checkpoint, fingerprint: dict) -> dict[str, np.ndarray]:
+def _arrays(state: Checkpoint, run_print: dict) -> dict[str, np.ndarray]:
     """What the file holds: the key, the metadata as strict JSON bytes, every leaf."""
-    key_data, key_impl = _key_arrays(state.key)
+    key_data, key_impl = key_arrays(state.key)
     meta = {
         "format": FORMAT,
         "epoch": state.epoch,
         "key_impl": key_impl,
         "history": state.history,
-        "fingerprint": fingerprint,
+        "fingerprint": run_print,
     }
     text = json.dumps(to_json(meta, non_finite="string"), allow_nan=False)
     arrays = {"key": key_data, "meta": np.frombuffer(text.encode(), np.uint8)}
@@ -338,10 +267,12 @@ def _fsync_directory(directory: Path) -> None:
 
 def load(
     checkpoint_dir: str | os.PathLike,
-    fingerprint: dict,
+    run_print: dict,
     params_like,
     opt_state_like,
     key_like=None,
+    *,
+    resume: str = "same",
 ) -> Checkpoint | None:
     """The checkpoint in ``checkpoint_dir``, or None if there is none yet.
 
@@ -353,10 +284,14 @@ def load(
 
     Args:
         checkpoint_dir: the directory `save` wrote to.
-        fingerprint: what the checkpoint must match (see `fingerprint`).
+        run_print: what the checkpoint must match (`identity.fingerprint`).
         params_like, opt_state_like: trees with the structure to rebuild.
         key_like: a key of the run's implementation and shape (default:
             ``jax.random.key(0)``'s).
+        resume: ``"same"`` refuses a checkpoint whose caller part (the
+            starting params, the optimizer's updates) differs from
+            ``run_print``'s; ``"continue"`` goes on from it with the caller's
+            new settings (the other parts must still match).
 
     Raises:
         CheckpointError: the file cannot be read or is inconsistent.
@@ -364,14 +299,14 @@ def load(
     """
     path = path_in(checkpoint_dir)
     key_like = jax.random.key(0) if key_like is None else key_like
-    key_data_like, key_impl = _key_arrays(key_like)
+    key_data_like, key_impl = key_arrays(key_like)
     trees = {
         prefix: jax.tree.flatten(like)
         for prefix, like in (("params", params_like), ("opt_state", opt_state_like))
     }
     expected = {"key": (key_data_like.shape, key_data_like.dtype)}
     for prefix, (leaves, _) in trees.items():
-        expected.update({f"{prefix}/{i}": (np.shape(x), _dtype(x)) for i, x in enumerate(leaves)})
+        expected.update({f"{prefix}/{i}": (np.shape(x), dtype_of(x)) for i, x in enumerate(leaves)})
     try:
         f = checkpoint_file.open_regular(path)
         if f is None:
@@ -381,7 +316,7 @@ def load(
             with zipfile.ZipFile(f) as archive:
                 meta = json.loads(checkpoint_file.read_meta(archive).decode())
                 epoch, history, stored_print = checkpoint_meta.check_meta(meta, key_impl)
-                _check_fingerprint(path, stored_print, fingerprint)
+                _check_fingerprint(path, stored_print, run_print, resume)
                 arrays = checkpoint_file.read_arrays(archive, expected)
     except checkpoint_file.READ_ERRORS + (UnicodeDecodeError,) as e:
         if isinstance(e, CheckpointError) and not isinstance(e, checkpoint_file.FileFormatError):
@@ -426,34 +361,45 @@ def _check_values(path: Path, arrays: dict) -> None:
             )
 
 
-def _check_fingerprint(path: Path, stored: dict, current: dict) -> None:
-    """Raise `CheckpointMismatchError` naming each part, and the first entries, that differ."""
+RESUME = ("same", "continue")
+"""How `load` treats a checkpoint whose caller part differs: refuse, or go on with it."""
+
+
+def _check_fingerprint(path: Path, stored: dict, current: dict, resume: str) -> None:
+    """Raise `CheckpointMismatchError` naming each part, and the first entries, that differ;
+    then, unless ``resume == "continue"``, the caller's settings."""
     differ = [part for part in PARTS if stored.get(part) != current[part]]
-    if not differ:
+    if differ:
+        found = [d for part in differ for d in differences(stored.get(part), current[part], part)]
+        details = "; ".join(
+            f"{where}: checkpoint has {old!r:.120}, this run has {new!r:.120}"
+            for where, old, new in found[:4]
+        )
+        raise CheckpointMismatchError(
+            f"checkpoint_dir: {path} belongs to a different run ({', '.join(differ)} differ"
+            f"); it is left untouched. Use another checkpoint_dir, or the same net, code, data, "
+            f"optimizer and settings to resume. {details}"
+        )
+    if "caller" not in current or resume == "continue" or stored.get("caller") == current["caller"]:
         return
-    found = [d for part in differ for d in _differences(stored.get(part), current[part], part)]
-    details = "; ".join(
-        f"{where}: checkpoint has {old!r:.120}, this run has {new!r:.120}"
-        for where, old, new in found[:4]
-    )
+    before = stored.get("caller") or {}
+    changed = []
+    if before.get("optimizer") != current["caller"]["optimizer"]:
+        changed.append(
+            "the optimizer (its updates on a fixed probe gradient differ: another learning "
+            "rate or hyperparameter)"
+        )
+    leaves = [
+        k for k, v in current["caller"]["params"].items() if before.get("params", {}).get(k) != v
+    ]
+    if leaves:
+        changed.append(
+            f"the starting params ({', '.join(f'params{k}' for k in leaves[:4])} differ: another "
+            "init, seed or params=)"
+        )
     raise CheckpointMismatchError(
-        f"checkpoint_dir: {path} belongs to a different run ({', '.join(differ)} differ"
-        f"); it is left untouched. Use another checkpoint_dir, or the same net, code, data, "
-        f"optimizer and settings to resume. {details}"
+        f"checkpoint_dir: {path} was trained with other settings than this call passes: "
+        f"{'; and '.join(changed)}. It is left untouched. To go on from the checkpoint with "
+        "this call's settings, pass resume='continue'; to start afresh, use another "
+        "checkpoint_dir"
     )
-
-
-def _differences(stored, current, where: str) -> list[tuple[str, Any, Any]]:
-    """(path, stored, current) of every leaf that differs, e.g. ``data.X.sha1``."""
-    if isinstance(stored, dict) and isinstance(current, dict):
-        keys = list(current) + [k for k in stored if k not in current]
-        return [
-            d for k in keys for d in _differences(stored.get(k), current.get(k), f"{where}.{k}")
-        ]
-    if isinstance(stored, list) and isinstance(current, list) and len(stored) == len(current):
-        return [
-            d
-            for i, (a, b) in enumerate(zip(stored, current, strict=True))
-            for d in _differences(a, b, f"{where}[{i}]")
-        ]
-    return [] if stored == current else [(where, stored, current)]

@@ -107,6 +107,7 @@ def train(
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
     privacy: dp.DPSGD | None = None,
+    resume: str = "same",
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
 
@@ -164,6 +165,13 @@ def train(
             equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
             dp-accounting package; the accountant assumes Poisson sampling
             of the fixed-size shuffled batches (see that module).
+        resume: with a checkpoint of this run in ``checkpoint_dir``,
+            ``"same"`` resumes only when the caller passes what the run
+            started with: the same starting params and an optimizer whose
+            updates on a fixed probe gradient are the same (another learning
+            rate, init or seed raises `CheckpointMismatchError` naming it);
+            ``"continue"`` goes on from the checkpoint with this call's
+            optimizer and records the new settings.
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
@@ -201,7 +209,7 @@ def train(
     )
     run, state = _setup(net, params, optimizer, X, Y, key, settings)
     with _holding(checkpoint_dir):
-        _resume(run, state, checkpoint_dir, epochs)
+        _resume(run, state, checkpoint_dir, epochs, resume)
         if progress and state.start:
             print(_resume_line(state.start, epochs, checkpoint_dir), file=sys.stderr, flush=True)
         for epoch in range(state.start + 1, epochs + 1):
@@ -361,18 +369,22 @@ def _holding(checkpoint_dir):
     return checkpoint.lock(checkpoint_dir)
 
 
-def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
+def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int, resume: str) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
+    if resume not in checkpoint.RESUME:  # reliability hook: the caller's settings, too
+        raise ValueError(f"resume: expected one of {', '.join(checkpoint.RESUME)}, got {resume!r}")
     if checkpoint_dir is not None:
         data = {"X": run.X, "Y": run.Y}
         if run.test is not None:
             data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, run.fingerprint_run, data
-        )
+            run.net, state.params, state.opt_state, run.fingerprint_run, data,
+            optimizer=run.optimizer,
+        )  # fmt: skip
         saved = checkpoint.load(
-            checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key
-        )
+            checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key,
+            resume=resume,
+        )  # fmt: skip
         if saved is not None:
             if saved.epoch > epochs:
                 raise ValueError(
