@@ -242,6 +242,12 @@ FAULTS = [
         "test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint, "
         "test_the_optimizer_probe_sees_every_hyperparameter",
     ),
+    (
+        "an optimizer state that turns NaN while the parameters stay finite",
+        "DivergenceError naming the epoch and the state's leaves; that epoch is not "
+        "checkpointed, the previous checkpoint is kept",
+        "test_an_optimizer_state_that_turns_nan_is_not_checkpointed",
+    ),
 ]
 
 
@@ -966,3 +972,40 @@ def test_the_optimizer_probe_sees_every_hyperparameter():
         (optax.sgd(0.1), optax.sgd(-0.1)),
     ]
     assert all(probe(a) != probe(b) for a, b in differ)
+
+
+# --- round 3: an optimizer state that turns NaN ------------------------------------------------
+
+
+def nan_after_two_steps() -> optax.GradientTransformation:
+    """Leaves the parameters alone; its step counter turns NaN at the third step."""
+
+    def init(params):
+        return jnp.zeros((), jnp.float32)
+
+    def update(grads, count, params=None):
+        count = jnp.where(count >= 2, jnp.float32(jnp.nan), count + jnp.float32(1))
+        return jax.tree.map(jnp.zeros_like, grads), count
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_an_optimizer_state_that_turns_nan_is_not_checkpointed(tmp_path):
+    optimizer = nan_after_two_steps()
+    with pytest.raises(
+        mbp.DivergenceError,
+        match=r"epoch 2: the optimizer state holds NaN in opt_state while the parameters are "
+        r"finite; nothing of epoch 2 is kept; the checkpoint of epoch 1 in .* is kept",
+    ) as error:
+        mbp.train(
+            TINY, TINY_PARAMS, optimizer, TINY_X, TINY_Y, epochs=3, batch_size=4,
+            key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path,
+        )  # fmt: skip
+    assert error.value.epoch == 2 and [h["epoch"] for h in error.value.history] == [1]
+    with np.load(mbp.checkpoint.path_in(tmp_path)) as stored:
+        assert json.loads(stored["meta"].tobytes())["epoch"] == 1
+        assert float(stored["opt_state/0"]) == 2.0  # the state after epoch 1, finite
+    assert mbp.checkpoint.nan_leaves({"a": jnp.ones(2), "b": jnp.array([0.0, jnp.nan])}) == [
+        "['b']"
+    ]
+    assert mbp.checkpoint.nan_leaves((jnp.arange(3), jnp.full(2, jnp.inf))) == []

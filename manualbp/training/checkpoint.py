@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from manualbp.records import to_json
@@ -177,6 +178,19 @@ def _arrays(state: Checkpoint, run_print: dict) -> dict[str, np.ndarray]:
         for i, leaf in enumerate(jax.tree.leaves(tree)):
             arrays[f"{prefix}/{i}"] = to_host(leaf)
     return arrays
+
+
+def nan_leaves(tree) -> list[str]:
+    """The paths of the leaves of ``tree`` that hold a NaN (one reduction per leaf, compiled)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    floating = [(p, x) for p, x in flat if jnp.issubdtype(x.dtype, jnp.inexact)]
+    found = to_host(_any_nan([x for _, x in floating])) if floating else []
+    return [jax.tree_util.keystr(p) for (p, _), nan in zip(floating, found, strict=True) if nan]
+
+
+@jax.jit
+def _any_nan(leaves: list) -> jax.Array:
+    return jnp.stack([jnp.any(jnp.isnan(x)) for x in leaves])
 
 
 def writable_directory(checkpoint_dir: str | os.PathLike) -> Path:

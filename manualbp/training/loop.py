@@ -328,6 +328,7 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
     if not to_host(finite):
         message = history.divergence_message(epoch, losses, checkpoint_dir)
         raise history.DivergenceError(message, epoch, state.history)
+    _refuse_a_nan_optimizer_state(opt_state, epoch, state, checkpoint_dir)  # reliability hook
     state.params, state.opt_state, state.key = params, opt_state, key
     settings = run.settings
     record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
@@ -345,6 +346,23 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
         rows = slice(0, settings.batch_size)
         record["grad_check"] = history.grad_check(run.net, state.params, run.X[rows], run.Y[rows])
     return record
+
+
+def _refuse_a_nan_optimizer_state(opt_state, epoch: int, state: _State, checkpoint_dir) -> None:
+    """A NaN in the optimizer state (finite parameters) is divergence too: never saved."""
+    where = checkpoint.nan_leaves(opt_state)
+    if where:
+        kept = (
+            f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
+            if checkpoint_dir is not None and epoch > 1
+            else ""
+        )
+        message = (
+            f"training diverged in epoch {epoch}: the optimizer state holds NaN in "
+            f"opt_state{', opt_state'.join(where[:3])} while the parameters are finite; nothing "
+            f"of epoch {epoch} is kept{kept}. Check the optimizer's settings"
+        )
+        raise history.DivergenceError(message, epoch, state.history)
 
 
 def _after_epoch(state: _State, record: dict, checkpoint_dir) -> None:
