@@ -27,6 +27,7 @@ from helpers import assert_grads_close
 
 import manualbp as mbp
 from manualbp.network import Layer
+from manualbp.training import loop, memory
 from manualbp.training.identity import code_identity, optimizer_probe
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
@@ -247,6 +248,14 @@ FAULTS = [
         "DivergenceError naming the epoch and the state's leaves; that epoch is not "
         "checkpointed, the previous checkpoint is kept",
         "test_an_optimizer_state_that_turns_nan_is_not_checkpointed",
+    ),
+    (
+        "a run that cannot fit in memory (huge widths, n or batch; a low ulimit -v)",
+        "RunTooLargeError (a ValueError) before anything is placed: how much the parameters, "
+        "optimizer state, activations and data need, and how much is available and why",
+        "test_the_memory_estimate_counts_parameters_state_activations_and_data, "
+        "test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated, "
+        "test_the_available_memory_follows_ulimit_v",
     ),
 ]
 
@@ -1027,3 +1036,56 @@ def test_an_optimizer_state_that_turns_nan_is_not_checkpointed(tmp_path):
         "['b']"
     ]
     assert mbp.checkpoint.nan_leaves((jnp.arange(3), jnp.full(2, jnp.inf))) == []
+
+
+# --- round 3: a run that cannot fit in memory --------------------------------------------------
+
+
+def test_the_memory_estimate_counts_parameters_state_activations_and_data():
+    net = mbp.MLP((784, 100, 10))
+    P = (100 * 784 + 100 + 10 * 100 + 10) * 4  # every W^l and b^l in float32: 318,040 bytes
+    shape = memory.RunShape(net.sizes, n=60_000, batch_size=200, n_test=10_000)
+    needed = memory.estimate(shape, optax.adam(1e-3), jax.eval_shape(net.init, jax.random.key(0)))
+    assert needed.parameters == 3 * P  # the caller's, the run's copy, the gradients
+    assert needed.optimizer_state == 2 * (2 * P + 4)  # μ, ν and the int32 count, placed twice
+    assert needed.activations == 200 * (3 * 110 + 784) * 4  # z, a, δ per layer, and the batch
+    row = (784 + 10) * 4
+    assert needed.data == 2 * 60_000 * row + 10_000 * (row + 2 * 110 * 4)
+    assert needed.total == sum(needed)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated(monkeypatch):
+    huge = mbp.MLP((2, 10**6, 10**6, 2))  # 4 TB of float32 weights: fits on no machine here
+    shape = memory.RunShape(huge.sizes, n=1000, batch_size=32)
+    needed = memory.estimate(shape, optax.sgd(0.1), jax.eval_shape(huge.init, jax.random.key(0)))
+    match = r"needs about 10.9 TiB \(parameters 10.9 TiB, .*\), but .* is available \(.*\); use"
+    with pytest.raises(memory.RunTooLargeError, match=match):
+        memory.check_fits(needed)
+    monkeypatch.setattr(memory, "available", lambda: (512, "a test's bound"))
+    placed = []
+    for name in ("place", "place_data"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(
+            loop, name, lambda *a, real=real, **k: placed.append(a) or real(*a, **k)
+        )
+    # The tiny run: parameters 3 · 68 B, activations 4 · (3 · 5 + 2) · 4 B, data 2 · 8 · 4 · 4 B.
+    match = r"needs about 732 B \(parameters 204 B, optimizer state 0 B, activations 272 B, data "
+    with pytest.raises(memory.RunTooLargeError, match=match + r"256 B\), but 512 B is available"):
+        tiny_run(None)
+    assert placed == []  # refused before the first array was placed
+    monkeypatch.undo()
+    assert tiny_run(None).history[0]["epoch"] == 1
+
+
+def test_the_available_memory_follows_ulimit_v():
+    code = (
+        "import resource, jax; from manualbp.training import memory; jax.devices(); "
+        "used = memory._used_virtual(); "
+        "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY)); "
+        "free, why = memory.available(); print(free, why, sep='|')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    free, why = out.stdout.strip().split("|")
+    assert "ulimit -v" in why and 0 < int(free) <= 2**30

@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from manualbp.network import MLP, Params, param_dtype
-from manualbp.training import arguments, checkpoint, history, programs
+from manualbp.training import arguments, checkpoint, history, memory, programs
 from manualbp.training import privacy as dp
 from manualbp.training.checkpoint import to_host
 from manualbp.training.placement import place, place_data, place_key, shardings
@@ -231,6 +231,11 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     if settings.eval_data is not None:
         test = arguments.check_eval_data(net, params, settings.eval_data)
     dtype = param_dtype(params)
+    n_test = 0 if test is None else len(test[0])
+    shape = memory.RunShape(
+        net.sizes, len(X), settings.batch_size, n_test, dtype, settings.compute_dtype
+    )
+    memory.check_fits(memory.estimate(shape, optimizer, params))  # reliability hook: before placing
     replicated, batch_sharding = shardings(settings.mesh)
     if test is not None:
         test = place_data(net, *test, dtype, replicated)
