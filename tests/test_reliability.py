@@ -257,6 +257,19 @@ FAULTS = [
         "test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated, "
         "test_the_available_memory_follows_ulimit_v",
     ),
+    (
+        "jax.distributed processes given different data, keys, starting params or optimizers",
+        "one all-gather of the fingerprint's digests before the first epoch; every process "
+        "raises ProcessesDisagreeError naming the first entry that differs",
+        "tests/test_multiprocess.py::"
+        "test_processes_given_different_runs_refuse_together_naming_the_difference",
+    ),
+    (
+        "a coordinator port already in use",
+        "processes.join: CoordinatorPortInUseError, one line, before jax.distributed starts "
+        "(scripts/multiprocess_train.py exits 2 and stops the other workers)",
+        "tests/test_multiprocess.py::test_a_coordinator_port_in_use_is_named_before_joining",
+    ),
 ]
 
 

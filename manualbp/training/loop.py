@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from manualbp.network import MLP, Params, param_dtype
-from manualbp.training import arguments, checkpoint, history, memory, programs
+from manualbp.training import arguments, checkpoint, history, memory, processes, programs
 from manualbp.training import privacy as dp
 from manualbp.training.checkpoint import to_host
 from manualbp.training.placement import place, place_data, place_key, shardings
@@ -293,7 +293,7 @@ def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
     if resume not in checkpoint.RESUME:  # reliability hook: the caller's settings, too
         raise ValueError(f"resume: expected one of {', '.join(checkpoint.RESUME)}, got {resume!r}")
-    if checkpoint_dir is not None:
+    if checkpoint_dir is not None or jax.process_count() > 1:
         data = {"X": run.X, "Y": run.Y}
         if run.test is not None:
             data.update(X_test=run.test[0], Y_test=run.test[1])
@@ -301,6 +301,8 @@ def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
             run.net, state.params, state.opt_state, _fingerprint_run(run, state.key), data,
             optimizer=run.optimizer,
         )  # fmt: skip
+        processes.check_agree(state.fingerprint)  # reliability hook: one all-gather
+    if checkpoint_dir is not None:
         saved = checkpoint.load(
             checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key,
             resume=resume,
