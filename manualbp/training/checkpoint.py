@@ -21,22 +21,22 @@ nothing. The lock goes with the process, even one killed by SIGKILL; it is
 not taken where ``fcntl`` is missing (Windows), and it is only as reliable as
 ``flock`` on the file system (on NFS it depends on the server).
 
-Safe to resume: the fingerprint records the net (widths, σ names, loss,
-fusion) and its plug-ins' code (`identity.code_identity` of every σ, σ', E
-and ∂E/∂ŷ), every parameter's path, shape and dtype, the optimizer state's
-tree structure with its leaves' shapes and dtypes, the run's settings (batch
-size, gradient path, compute dtype, the starting key) and the data's shapes,
-dtypes and content hashes (`identity.data_identity`). A checkpoint whose
-fingerprint differs raises `CheckpointMismatchError` naming what differs; an
-unreadable one (truncated, bit-flipped: the zip format's CRC-32 catches both;
-metadata out of range, such as a negative epoch) raises `CheckpointError`.
-Either way the file is left as it is. Two optimizers with the same state
-structure (``optax.sgd(0.1)`` and ``optax.sgd(0.2)``) cannot be told apart
-from their states.
+Safe to resume: the checkpoint stores the run's fingerprint
+(`identity.fingerprint`: net, plug-in code, shapes, settings, data content, and
+what the caller passed: the starting params and the optimizer's updates on a
+fixed probe). A checkpoint whose fingerprint differs raises
+`CheckpointMismatchError` naming what differs, unless only the caller's
+settings do and ``resume="continue"`` asks to go on with them.
+
+Read as untrusted input: `checkpoint_file` checks the file's kind and size,
+the zip entries and every ``.npy`` header against the run before it reads any
+data, `checkpoint_meta` every metadata field; then the parameters must be
+finite and the optimizer state free of NaN. Anything else raises
+`CheckpointError`, and the file is left as it is.
 
 The metadata is strict JSON: a non-finite number in the history (an
 overflowing test loss) is written as the string "inf", "-inf" or "nan" and
-read back as that float.
+read back as that float (`checkpoint_meta`).
 """
 
 from __future__ import annotations
