@@ -227,7 +227,8 @@ FAULTS = [
         "checkpoint_dir=''; a FIFO, a symlink (dangling or not) or a directory at checkpoint.npz",
         "CheckpointWriteError before the first epoch (no hang, nothing replaced)",
         "test_an_empty_checkpoint_dir_is_refused, "
-        "test_a_checkpoint_path_that_is_not_a_regular_file_is_refused",
+        "test_a_checkpoint_path_that_is_not_a_regular_file_is_refused, "
+        "test_completed_epochs_reads_only_the_metadata",
     ),
     (
         "a checkpoint directory made read-only mid-run",
@@ -911,6 +912,17 @@ def test_a_checkpoint_path_that_is_not_a_regular_file_is_refused(tmp_path, make)
     assert os.path.lexists(path) and not path.is_file() or path.is_symlink()
     with pytest.raises(mbp.checkpoint.CheckpointError, match=f"is {kind}, not a regular file"):
         mbp.checkpoint.load(tmp_path, {}, TINY_PARAMS, TINY_SGD.init(TINY_PARAMS))
+    assert mbp.checkpoint.completed_epochs(tmp_path) == 0  # what the command line announces
+
+
+def test_completed_epochs_reads_only_the_metadata(tmp_path, tiny_checkpoint):
+    data, _ = tiny_checkpoint
+    mbp.checkpoint.path_in(tmp_path).write_bytes(data)
+    assert mbp.checkpoint.completed_epochs(tmp_path) == 1
+    for damage in (deflated_junk, lambda d: patched_zip(d, 6, 8, 0x0001), deeply_nested):
+        mbp.checkpoint.path_in(tmp_path).write_bytes(damage(data))
+        assert mbp.checkpoint.completed_epochs(tmp_path) == 0
+    assert mbp.checkpoint.completed_epochs(tmp_path / "absent") == 0
 
 
 def test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept(tmp_path, monkeypatch):

@@ -77,6 +77,7 @@ __all__ = [  # the checkpoint's surface, whichever module of it a name lives in
     "LOCKNAME",
     "RESUME",
     "Checkpoint",
+    "completed_epochs",
     "CheckpointError",
     "CheckpointLockedError",
     "CheckpointMismatchError",
@@ -260,6 +261,22 @@ def load(
         except (ValueError, TypeError) as e:
             raise _corrupted(path, e) from e
     return Checkpoint(epoch=epoch, params=params, opt_state=opt_state, key=key, history=history)
+
+
+def completed_epochs(checkpoint_dir: str | os.PathLike) -> int:
+    """The epochs the checkpoint in ``checkpoint_dir`` records, read as `load` reads it (a
+    regular file, its metadata only); 0 if there is none or it cannot be read (`load` says why).
+    """
+    try:
+        f = checkpoint_file.open_regular(path_in(checkpoint_dir))
+        if f is None:
+            return 0
+        with f, zipfile.ZipFile(f) as archive:
+            meta = json.loads(checkpoint_file.read_meta(archive).decode())
+    except checkpoint_file.READ_ERRORS + (UnicodeDecodeError,):
+        return 0
+    epoch = meta.get("epoch") if isinstance(meta, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else 0
 
 
 def _corrupted(path: Path, e: BaseException) -> CheckpointError:
