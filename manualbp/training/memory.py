@@ -12,13 +12,14 @@
 - the data on the device: X and Y, twice (the epoch's shuffled copy), and the
   test set with its forward pass.
 
-It is an estimate of the arrays manualbp asks for, not of XLA's workspace or
-JAX's own footprint, so `check_fits` refuses only a run whose estimate exceeds
-what is available: on an accelerator its free memory (``memory_stats``); on
-the CPU the smallest of the memory the kernel calls available
-(``/proc/meminfo``, else ``os.sysconf``), the address-space and data limits
-(``ulimit -v``, ``ulimit -d``) less what the process already uses, and a
-cgroup's memory limit less its usage.
+It is an estimate of the arrays manualbp asks for on one device, not of XLA's
+workspace or JAX's own footprint (nor of the replicas that a mesh of several
+CPU devices keeps in the same host memory), so `check_fits` refuses only a run
+whose estimate exceeds what is available: on an accelerator its free memory
+(``memory_stats``); on the CPU the smallest of the memory the kernel calls
+available (``/proc/meminfo``, else ``os.sysconf``), the address-space and data
+limits (``ulimit -v``, ``ulimit -d``) less what the process already uses, and
+a cgroup's memory limit less its usage.
 """
 
 from __future__ import annotations
