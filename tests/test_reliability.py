@@ -242,6 +242,7 @@ FAULTS = [
         "the new settings and records them",
         "test_a_resume_with_other_settings_is_refused_unless_asked_to_continue, "
         "test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint, "
+        "test_a_checkpoint_without_the_callers_settings_asks_to_continue, "
         "test_the_optimizer_probe_sees_every_hyperparameter",
     ),
     (
@@ -988,6 +989,16 @@ def test_a_resume_with_other_settings_is_refused_unless_asked_to_continue(tmp_pa
     assert len(call(3).history) == 3
     with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match="other settings"):
         tiny_run(tmp_path, epochs=4)
+
+
+def test_a_checkpoint_without_the_callers_settings_asks_to_continue(tmp_path, tiny_checkpoint):
+    data, _ = tiny_checkpoint
+    mbp.checkpoint.path_in(tmp_path).write_bytes(
+        rewritten(data, lambda arrays, meta: meta["fingerprint"].pop("caller"))
+    )
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match="records no starting params"):
+        tiny_run(tmp_path, epochs=2)
+    assert len(tiny_run(tmp_path, epochs=2, resume="continue").history) == 2
 
 
 def test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint(tmp_path):

@@ -325,7 +325,13 @@ def _check_fingerprint(path: Path, stored: dict, current: dict, resume: str) -> 
         )
     if "caller" not in current or resume == "continue" or stored.get("caller") == current["caller"]:
         return
-    before = stored.get("caller") or {}
+    before = stored.get("caller")
+    if not isinstance(before, dict):
+        raise CheckpointMismatchError(
+            f"checkpoint_dir: {path} records no starting params or optimizer to compare with "
+            "this call's (an older manualbp wrote it); it is left untouched. Pass "
+            "resume='continue' to go on from it with this call's settings"
+        )
     changed = []
     if before.get("optimizer") != current["caller"]["optimizer"]:
         changed.append(
