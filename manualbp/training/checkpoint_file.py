@@ -18,8 +18,9 @@ the file asked for:
 The metadata is read first (`read_meta`), so that a checkpoint of another run
 is named as such before its arrays are compared with this run's.
 
-Every failure is a `FileFormatError` (a ValueError) that says what was expected
-and what came.
+A check that fails raises `FileFormatError` (a ValueError) saying what was
+expected and what came; the parsers' own errors on damaged bytes are listed in
+`READ_ERRORS`, which `checkpoint.load` turns into a `CheckpointError`.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def _not_regular(path: Path, mode: int) -> str:
         (stat.S_ISCHR, "a character device"),
         (stat.S_ISBLK, "a block device"),
     )
-    kind = next((name for test, name in kinds if test(mode)), "not a regular file")
+    kind = next((name for test, name in kinds if test(mode)), "a special file")
     return f"{path} is {kind}, not a regular file (a checkpoint is a regular file or absent)"
 
 
