@@ -227,6 +227,18 @@ def test_mnist_nielsen_on_tiny_idx_files(tmp_path):
     assert_png(run / "ch1" / "curves.png")
 
 
+def test_mnist_nielsen_tables_share_one_column_order(tmp_path, capsys):
+    write_mnist(tmp_path, n_train=20, n_test=10)
+    mnist = load("mnist_nielsen")
+    config = mnist.Config(
+        runs_dir=str(tmp_path / "runs"), mnist_dir=str(tmp_path), epochs=1, progress=False
+    )
+    summary = mnist.main(config)
+    headers = [line.split() for line in capsys.readouterr().out.splitlines() if "grad" in line]
+    assert headers[0] == headers[1] == list(mnist.COLUMNS), headers
+    assert [list(summary[name]["final"][0]) for name in ("ch1", "ch3")] == [list(mnist.COLUMNS)] * 2
+
+
 def test_mnist_nielsen_on_fashion_mnist_files(tmp_path):
     write_mnist(tmp_path, n_train=20, n_test=10)
     mnist = load("mnist_nielsen")
