@@ -33,9 +33,12 @@ order, not the same bits (tested). Under the paper's, it is ``fit`` itself,
 and manualbp stops by the same rule (`tolerance_stop`, tested against
 scikit-learn's own stops).
 
-Speed: `manualbp.tools.fashion_bench.thread_settings` times one epoch of each
-library, paired round by round, in float32 and float64, with one thread and
-with the default threads, each setting in a process of its own.
+The accuracy runs use one thread by default (--threads), so that on a shared
+machine no CPU time goes to threads waiting for each other; the per-epoch
+seconds they log are one thread's. Speed:
+`manualbp.tools.fashion_bench.thread_settings` times one epoch of each library,
+paired round by round, in float32 and float64, with one thread and with the
+default threads, each setting in a process of its own.
 
     python experiments/fashion_mlp.py                         # both protocols, 5 seeds
     python experiments/fashion_mlp.py --protocols ours --seeds 1 --activations relu tanh \\
@@ -44,6 +47,7 @@ with the default threads, each setting in a process of its own.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -79,6 +83,7 @@ class Config(experiment.RunConfig):
     alpha: float = 0.0001  # scikit-learn's L2 strength; 0 turns it off on both sides
     autodiff: tuple[str, ...] = ()  # recipes also trained with jax.grad (ours only)
     sklearn: bool = True  # train scikit-learn's MLPClassifier beside manualbp
+    threads: str = "1"  # the accuracy runs: 1 (no CPU spent waiting on a shared machine), default
     timing_rounds: int = 5  # paired timing rounds per dtype and thread setting; 0: none
     n_train: int | None = None  # the first n training images (default: all 60,000)
     fashion_mnist_dir: str | None = None  # default: $MANUALBP_FASHION_MNIST_DIR, then Debian's
@@ -312,6 +317,8 @@ def log_sides(run, labels: dict, sides: dict) -> None:
 
 
 def main(config: Config) -> dict:
+    if config.threads not in ("1", "default"):
+        raise ValueError(f"--threads: expected 1 or default, got {config.threads!r}")
     unknown = set(config.protocols) - {"ours", "paper"}
     if unknown:
         raise ValueError(f"--protocols: expected ours or paper, got {sorted(unknown)}")
@@ -329,10 +336,11 @@ def main(config: Config) -> dict:
     sets = ((X_train[: config.n_train], Y_train[: config.n_train]), test)
     run = experiment.start_run("fashion_mlp", config)
     rows = []
-    for protocol in ("ours", "paper"):
-        if protocol in config.protocols:
-            with jax.enable_x64(protocol == "paper"):
-                rows += run_protocol(run, protocol, config, sets)
+    with fashion_bench.one_thread() if config.threads == "1" else contextlib.nullcontext():
+        for protocol in ("ours", "paper"):
+            if protocol in config.protocols:
+                with jax.enable_x64(protocol == "paper"):
+                    rows += run_protocol(run, protocol, config, sets)
     summary = {"rows": rows, "n_train": len(sets[0][0])}
     if config.timing_rounds:
         summary["timing"] = fashion_bench.thread_settings(config.timing_rounds)

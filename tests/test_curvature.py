@@ -118,7 +118,7 @@ def without_second_derivative(registry) -> list[str]:
 
 
 def test_every_built_in_activation_has_its_second_derivative():
-    """The README promises σ'' for every built-in; the Hessian's recursion needs it (equation (17))."""
+    """The README promises σ'' for every built-in; the Hessian's recursion (17) needs it."""
     assert without_second_derivative(activations.ACTIVATIONS) == []
     lacking = activations.tanh._replace(name="tanh_no_second", deriv2=None)
     registry = {**activations.ACTIVATIONS, lacking.name: lacking}

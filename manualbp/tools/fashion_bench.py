@@ -237,9 +237,13 @@ def one_thread():
 
     if not hasattr(os, "sched_setaffinity"):
         raise SystemExit("--threads 1: expected os.sched_setaffinity (Linux), got none here")
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-    with threadpool_limits(1):
-        yield
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:  # XLA's pool stays as sized; processes started later get every CPU again
+        os.sched_setaffinity(0, cpus)
 
 
 def thread_settings(rounds: int) -> list[dict]:
