@@ -271,6 +271,7 @@ def seed_rows(protocol: str, name: str, results: list[dict], max_epochs: int) ->
                 "acc_sd": float(final.std(ddof=1)) if len(final) > 1 else None,
                 "acc_min": float(final.min()),
                 "acc_max": float(final.max()),
+                "acc_per_seed": final.tolist(),
                 "epochs": epochs,
                 "at_cap": sum(e == max_epochs for e in epochs) if protocol == "paper" else None,
                 "epoch_s_median": float(

@@ -68,3 +68,24 @@ def test_paired_ratios_of_the_trainers_that_ran():
 def test_float64_needs_x64():
     with pytest.raises(ValueError, match="x64"):
         fashion_bench.bench_fashion_epoch(1, dtype="float64")
+
+
+def test_thread_settings_run_each_in_a_process_of_its_own(tmp_path, monkeypatch):
+    """The four settings each start `main` in a subprocess and come back as its JSON."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("threadpoolctl")
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path))  # no files: each one skips
+    results = fashion_bench.thread_settings(rounds=1)
+    assert [(r["threads"], r["dtype"]) for r in results] == [
+        ("1", "float32"),
+        ("1", "float64"),
+        ("default", "float32"),
+        ("default", "float64"),
+    ]
+    assert all("dataset-fashion-mnist" in r["skipped"] for r in results)
+
+
+def test_thread_settings_take_no_other_flag(capsys):
+    with pytest.raises(SystemExit):
+        fashion_bench.main(["3", "--thread-settings", "--dtype", "float64"])
+    assert "--thread-settings: expected only the rounds" in capsys.readouterr().err

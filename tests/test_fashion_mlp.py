@@ -84,6 +84,7 @@ def test_both_protocols_over_seeds_on_tiny_idx_files(tmp_path):
         assert row["seeds"] == 2 and row["acc_sd"] is not None
         assert row["acc_min"] <= row["acc_mean"] <= row["acc_max"]
     assert rows["ours", "manualbp"]["epochs"] == [2, 2]
+    assert len(rows["ours", "sklearn"]["acc_per_seed"]) == 2
     paper = rows["paper", "manualbp"]
     assert all(1 <= e <= 3 for e in paper["epochs"])
     assert paper["at_cap"] == paper["epochs"].count(3)

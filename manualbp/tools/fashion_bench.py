@@ -29,6 +29,7 @@ records the process's CPU time over the wall time of the timed rounds, at most
 
     python -m manualbp.tools.fashion_bench 11
     python -m manualbp.tools.fashion_bench 5 --threads 1 --dtype float64 --trainers manual sklearn
+    python -m manualbp.tools.fashion_bench 5 --thread-settings   # the four settings, paired
 """
 
 from __future__ import annotations
@@ -274,7 +275,7 @@ def thread_settings(rounds: int) -> list[dict]:
     return results
 
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | list[dict]:
     parser = argparse.ArgumentParser(
         prog="python -m manualbp.tools.fashion_bench",
         description="One Fashion-MNIST training epoch: manualbp against scikit-learn.",
@@ -285,7 +286,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--trainers", nargs="+", choices=TRAINERS, default=list(TRAINERS))
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak")
     parser.add_argument("--json", action="store_true", help="print only the result's JSON")
+    parser.add_argument(
+        "--thread-settings",
+        action="store_true",
+        help="manual and sklearn, one thread and default × float32 and float64, each in its own "
+        "process; takes no other flag but the rounds",
+    )
     args = parser.parse_args(argv)
+    others = [args.dtype != "float32", args.threads != "default", args.no_peak, args.json]
+    if args.thread_settings and (any(others) or args.trainers != list(TRAINERS)):
+        parser.error("--thread-settings: expected only the rounds beside it, got other flags")
+    if args.thread_settings:
+        results = thread_settings(args.repeats)
+        print(json.dumps(results))
+        return results
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     threads = one_thread() if args.threads == "1" else contextlib.nullcontext()
