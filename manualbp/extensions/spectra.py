@@ -34,6 +34,7 @@ from manualbp.extensions import _krylov
 from manualbp.extensions import curvature as C
 from manualbp.extensions._spectral_programs import (
     OPERATORS,
+    SPECTRAL,
     Problem,
     SpectralMethods,
     lanczos_program,
@@ -123,6 +124,7 @@ def eigenpairs(
     steps: int | None = None,
     batch_size: int | None = None,
     preconditioner: Params | None = None,
+    methods: SpectralMethods = SPECTRAL,
 ) -> Eigenpairs:
     """The k largest (or smallest) algebraic eigenpairs of ∇²Ē or G, by equations (20)–(22).
 
@@ -139,11 +141,12 @@ def eigenpairs(
         batch_size: rows per product; the products are summed over chunks (20).
         preconditioner: a positive diagonal P shaped like params: the pairs are then
             those of P^{-1/2} A P^{-1/2}, whose eigenvalues are those of P⁻¹A.
+        methods: the Krylov pieces (default manualbp's; `verify_spectra` checks others).
 
     Returns:
         `Eigenpairs`: values (float64), vectors, the residual ‖A v − λ v‖ of each, steps.
     """
-    problem, X, Y, n = _checked(net, params, X, Y, "eigenpairs", operator, batch_size)
+    problem, X, Y, n = _checked(net, params, X, Y, "eigenpairs", operator, batch_size, methods)
     _check_count("k", k, n, "the parameter count n")
     _check_choice("which", which, ("largest", "smallest"))
     steps = min(n, max(30, 3 * k)) if steps is None else steps
@@ -177,6 +180,7 @@ def hutchinson_trace(
     method: str = "hutchinson",
     key: Array | None = None,
     batch_size: int | None = None,
+    methods: SpectralMethods = SPECTRAL,
 ) -> TraceEstimate:
     """tr ∇²Ē or tr G with its standard error, by Hutchinson (23) or Hutch++ (24).
 
@@ -187,7 +191,9 @@ def hutchinson_trace(
         key: a `jax.random` key for the probes (default ``jax.random.key(0)``).
         Others as `eigenpairs`.
     """
-    problem, X, Y, _ = _checked(net, params, X, Y, "hutchinson_trace", operator, batch_size)
+    problem, X, Y, _ = _checked(
+        net, params, X, Y, "hutchinson_trace", operator, batch_size, methods
+    )
     _check_choice("method", method, ("hutchinson", "hutch++"))
     _check_count("probes", probes, None, "", least=3 if method == "hutch++" else 1)
     head, samples = probe_program(problem, params, X, Y, None, _key(key), method, probes)
@@ -209,6 +215,7 @@ def spectral_density(
     operator: str = "hessian",
     key: Array | None = None,
     batch_size: int | None = None,
+    methods: SpectralMethods = SPECTRAL,
 ) -> SpectralDensity:
     """The spectral density of ∇²Ē or G by stochastic Lanczos quadrature, equation (25).
 
@@ -220,7 +227,9 @@ def spectral_density(
     Returns:
         `SpectralDensity`: nodes and weights; ``.on_grid(grid, width)``, ``.moments()``.
     """
-    problem, X, Y, n = _checked(net, params, X, Y, "spectral_density", operator, batch_size)
+    problem, X, Y, n = _checked(
+        net, params, X, Y, "spectral_density", operator, batch_size, methods
+    )
     _check_count("probes", probes, None, "")
     _check_count("steps", steps, n, "the parameter count n")
     alphas, betas = slq_program(problem, params, X, Y, _key(key), probes, steps)
@@ -232,7 +241,7 @@ def spectral_density(
 # --- input checks ------------------------------------------------------------------------
 
 
-def _checked(net, params, X, Y, name: str, operator: str, batch_size):
+def _checked(net, params, X, Y, name: str, operator: str, batch_size, methods):
     """(Problem, X, Y, n) after every check a spectral function needs, one line each."""
     _check_choice("operator", operator, tuple(OPERATORS))
     X, Y = validation.as_array(X, "X"), validation.as_array(Y, "Y")
@@ -245,7 +254,7 @@ def _checked(net, params, X, Y, name: str, operator: str, batch_size):
     if batch_size is not None:
         _check_count("batch_size", batch_size, None, "")
     n = sum(x.size for layer in params for x in layer)
-    return Problem(net, OPERATORS[operator], batch_size), X, Y, n
+    return Problem(net, OPERATORS[operator], batch_size, methods), X, Y, n
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
