@@ -55,7 +55,7 @@ class Config(experiment.RunConfig):
     eta_adam_cross_entropy: float = 0.02  # Adam's η for cross-entropy
     steps: int = 600  # full-batch steps per run
     every: int = 30  # steps between measurements
-    lanczos_steps: int = 20  # Krylov dimension m of each measurement
+    lanczos_steps: int = 40  # Krylov dimension m of each measurement
 
 
 BETA1, BETA2, EPS = 0.9, 0.999, 1e-7

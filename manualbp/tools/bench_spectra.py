@@ -1,6 +1,6 @@
 """Benchmark: Lanczos on the hand-derived hvp against the same Lanczos on autodiff's.
 
-Rows (docs/benchmarks.md, "Spectra"):
+Rows:
 
 * top-1 eigenvalue of ∇²Ē to relative residual ‖Hv − λv‖/|λ| ≤ 1e-4 on a
   784-100-10 net with 1,000 examples: `eigenpairs`' pipeline (the jitted
