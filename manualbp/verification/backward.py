@@ -147,15 +147,15 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     overflow = forward_overflow(wit, ref, dtype, device)
     if overflow is not None:
         return [overflow], manual[1], ref
-    found = kinks.on_kinks(net, ref.zs)
+    found = kinks.on_kinks(net, ref.z[1:])
     if found:  # the references take the hand's one-sided slope there (kinks.py)
         wit, ref, params64 = _witnesses(kinks.with_ties_broken(net, found), params, X, Y, dtype)
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
-    g = jax.vmap(net.loss.grad)(jnp.asarray(given.as_[-1], dtype), Y)
+    g = jax.vmap(net.loss.grad)(jnp.asarray(given.a[-1], dtype), Y)
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
     where = dict(dtype=dtype, device=device)
     rows = _kink_notes(block_rows(net, given, ref, wit, g, scales, **where), found)
-    rows += plug_in_rows(net, given.zs, dtype)
+    rows += plug_in_rows(net, given.z[1:], dtype)
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
     magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
     m_L = magnitudes[-1][0]
@@ -212,7 +212,7 @@ def _witnesses(net, params, X, Y, dtype):
     if jnp.dtype(dtype) == witnesses.REFERENCE_DTYPE:
         return None, witnesses.compute(net, params, X, Y, dtype), params64
     wit = witnesses.compute(net, params, X, Y, dtype)
-    ref = witnesses.compute(net, params, X, Y, witnesses.REFERENCE_DTYPE, (wit.zs, wit.as_))
+    ref = witnesses.compute(net, params, X, Y, witnesses.REFERENCE_DTYPE, (wit.z, wit.a))
     return wit, ref, params64
 
 

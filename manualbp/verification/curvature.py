@@ -203,8 +203,8 @@ def _kinks_in_batch(net: MLP, p, X) -> dict:
     """`kinks.on_kinks` on the float64 forward pass of the batch."""
     with jax.enable_x64():
         up = jax.tree.map(lambda t: jnp.asarray(np.asarray(t, np.float64)), (p, X))
-        zs, _ = forward_pass_batch(net, *up)
-        return kinks.on_kinks(net, [np.asarray(z) for z in zs])
+        z = forward_pass_batch(net, *up).z
+        return kinks.on_kinks(net, [np.asarray(z_l) for z_l in z[1:]])
 
 
 def _check_loss_hessian(net: MLP) -> None:

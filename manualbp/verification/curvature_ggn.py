@@ -25,11 +25,11 @@ from manualbp.verification.curvature_references import (
 
 def block_rows(ref, eqs) -> list:
     net, L = ref.net, ref.net.L
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    r = ref.Rzs[-1]  # any direction will do; this one is at hand
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
+    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
+    r = ref.Rz[-1]  # any direction will do; this one is at hand
     H_f_r = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, r
+        ref.z[-1], ref.a[-1], ref.Y, r
     )
     M = ref.H_terms
     rows = [
@@ -41,7 +41,7 @@ def block_rows(ref, eqs) -> list:
         needed = k < len(ref.p) - 1 or not logits_are_f(net)
         if not needed or sigma.deriv2 is None:
             continue
-        z = ref.zs[k]
+        z = ref.z[k + 1]
         if sigma.elementwise:
             sp = autodiff.elementwise_derivative(sigma.fn, z)
             reference = autodiff.elementwise_derivative(sigma.deriv, z)
@@ -55,9 +55,9 @@ def block_rows(ref, eqs) -> list:
 
 def ggn_rows(ref, eqs, key) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
     S_ref = [ref.factor(k, S_f) for k in range(n)]
-    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.zs[-1], S_f)
+    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.z[-1], S_f)
     rows = [pair("S^L", 12, net.L, S_L, S_ref[-1])]
     for k in range(n - 1):
         S = eqs.hidden_factor(S_ref[k + 1], p[k + 1].W, ref.sigma_prime[k])
@@ -66,10 +66,10 @@ def ggn_rows(ref, eqs, key) -> list:
     SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
     terms = [ref.ggn_diag_terms(k) for k in range(n)]
     for k in range(n):
-        step = eqs.ggn_diag(S_ref[k], ref.as_[k])
+        step = eqs.ggn_diag(S_ref[k], ref.a[k])
         rows += layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS), size=terms[k])
-        A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        A, G = eqs.kron_factors(S_ref[k], ref.a[k])
+        A_ref = jnp.einsum("bj,bi->ji", ref.a[k], ref.a[k]) / ref.B
         G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
         G_size = ggn_terms(ref.J[k], ref.H_terms, ref.B)
         rows += [pair("A", 15, k + 2, A, A_ref), pair("G", 15, k + 2, G, G_ref, G_size)]
@@ -92,7 +92,7 @@ def kron_rows(ref, eqs) -> list:
     rows = []
     for k, ((A, G), (A1, G1)) in enumerate(zip(factors, single, strict=True)):
         G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], ref.H_f, ref.J[k]) / ref.B
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        A_ref = jnp.einsum("bj,bi->ji", ref.a[k], ref.a[k]) / ref.B
         J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
         block = J_W.T @ ref.H_f[0] @ J_W
         G_size = ggn_terms(ref.J[k], ref.H_terms, ref.B)

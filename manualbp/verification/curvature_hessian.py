@@ -24,7 +24,7 @@ from manualbp.verification.curvature_references import (
 def hessian_rows(ref, eqs) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
     M = hessian_terms(ref)
-    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
     rows = [pair("H^L", 17, net.L, H_L, ref.Hz[-1], M[-1])]
     for k in range(n - 1):
         H = eqs.hidden_hessian(
@@ -34,9 +34,9 @@ def hessian_rows(ref, eqs) -> list:
     diag_ref = [ref.hessian_diag(k) for k in range(n)]
     diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
-        step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
+        step = eqs.hessian_diag(ref.Hz[k], ref.a[k])
         d = jnp.diagonal(M[k], axis1=1, axis2=2)
-        m = Layer(jnp.einsum("bk,bj->kj", d, ref.as_[k] ** 2) / ref.B, jnp.mean(d, axis=0))
+        m = Layer(jnp.einsum("bk,bj->kj", d, ref.a[k] ** 2) / ref.B, jnp.mean(d, axis=0))
         for field in ("W", "b"):
             actual, reference, size = (getattr(t, field) for t in (step, diag_ref[k], m))
             rows += [
@@ -58,10 +58,10 @@ def r_rows(ref, eqs, second=True) -> list:
     """(18), (19), hvp and ggn_vp; without σ'' (``second`` False) only those that need none."""
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
-    Ras = [None, *ref.Ras[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
+    Ras = [None, *ref.Ra[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
     for k in range(n):
-        Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
-        rows.append(pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
+        Rz = eqs.r_forward(Ras[k], ref.a[k], p[k].W, v[k])
+        rows.append(pair("R{z^l}", 18, k + 2, Rz, ref.Rz[k + 1]))
     if second:
         rows += r_delta_rows(ref, eqs, Ras)
     Fv = jax.jvp(ref.batch_f, (p,), (v,))[1]
@@ -79,7 +79,7 @@ def r_delta_rows(ref, eqs, Ras) -> list:
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
     Rdelta_L = jax.vmap(lambda z, a, y, r: eqs.r_output_delta(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1]
+        ref.z[-1], ref.a[-1], ref.Y, ref.Rz[-1]
     )
     size = r_delta_terms(ref)
     rows.append(pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1], size[-1]))
@@ -91,18 +91,18 @@ def r_delta_rows(ref, eqs, Ras) -> list:
             v[k + 1].W,
             ref.sigma_prime[k],
             ref.sigma_second[k],
-            ref.Rzs[k],
+            ref.Rz[k + 1],
         )
         rows.append(pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k], size[k]))
     grad_size = [
         Layer(
-            (size[k].T @ jnp.abs(ref.as_[k]) + jnp.abs(ref.deltas[k]).T @ jnp.abs(Ra)) / ref.B,
+            (size[k].T @ jnp.abs(ref.a[k]) + jnp.abs(ref.deltas[k]).T @ jnp.abs(Ra)) / ref.B,
             jnp.mean(size[k], axis=0),
         )
-        for k, Ra in enumerate([jnp.zeros_like(ref.as_[0]), *ref.Ras[1:-1]])
+        for k, Ra in enumerate([jnp.zeros_like(ref.a[0]), *ref.Ra[1:-1]])
     ]
     for k in range(n):
-        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], Ras[k])
+        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.a[k], Ras[k])
         step = jax.tree.map(lambda t: t / ref.B, step)
         rows += layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k], size=grad_size[k])
     hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)

@@ -45,15 +45,15 @@ class References:
     def __init__(self, net, p, X, Y, v, eqs, key, drawn=None):
         self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
         self.B = X.shape[0]
-        self.zs, self.as_ = forward_pass_batch(net, p, X)
+        self.z, self.a = forward_pass_batch(net, p, X)  # aligned by layer: z[k + 1] is z^{k+2}
         self.deltas = autodiff.deltas(net, p, X, Y)
         n = len(p)
-        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.zs[k], Y) for k in range(n)]
-        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.zs[k], Y) for k in range(n)]
-        f_L = self.zs[-1] if logits_are_f(net) else self.as_[-1]
+        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.z[k + 1], Y) for k in range(n)]
+        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.z[k + 1], Y) for k in range(n)]
+        f_L = self.z[-1] if logits_are_f(net) else self.a[-1]
         loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
         self.H_f = jax.vmap(jax.hessian(loss_fn))(f_L, Y)
-        self.H_terms = loss_hessian_terms(net, self.as_[-1], Y, self.H_f)
+        self.H_terms = loss_hessian_terms(net, self.a[-1], Y, self.H_f)
         self.sigma_prime = [autodiff.elementwise_derivative(s.fn, z) for s, z in self._hidden()]
         self.sigma_second = [
             autodiff.elementwise_derivative(
@@ -63,7 +63,7 @@ class References:
         ]
         # Per-example Jacobians of f in the parameters: leaves (B, N_L, *shape).
         self.J_theta = jax.vmap(jax.jacrev(self._f_of_params), (None, 0))(p, X)
-        (self.Rzs, self.Ras) = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
+        self.Rz, self.Ra = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
         self.Rdeltas = jax.jvp(lambda q: autodiff.deltas(net, q, X, Y), (p,), (v,))[1]
         grad = jax.grad(lambda q: mean_loss(net, q, X, Y))
         self.hvp = jax.jvp(grad, (p,), (v,))[1]
@@ -73,14 +73,14 @@ class References:
             keys = jax.random.split(key, self.B)
             drawn = {
                 s: jax.vmap(lambda k_, z, a, y, s=s: eqs.sampled_factor(net, k_, z, a, y, s))(
-                    keys, self.zs[-1], self.as_[-1], Y
+                    keys, self.z[-1], self.a[-1], Y
                 )
                 for s in (MC_SAMPLES, 1)
             }
         self.drawn = drawn
 
     def _hidden(self):
-        return zip(self.net.hidden, self.zs[:-1], strict=True)
+        return zip(self.net.hidden, self.z[1:-1], strict=True)
 
     def _tail(self, k, z, y):
         """(f, E) of one example as functions of z^{k+2}."""
@@ -98,12 +98,12 @@ class References:
         return lambda z, y: self._tail(k, z, y)[1]
 
     def _f_of_params(self, q, x):
-        zs, as_ = forward_pass(self.net, q, x)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
+        fwd = forward_pass(self.net, q, x)
+        return fwd.z[-1] if logits_are_f(self.net) else fwd.a[-1]
 
     def batch_f(self, q):
-        zs, as_ = forward_pass_batch(self.net, q, self.X)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
+        fwd = forward_pass_batch(self.net, q, self.X)
+        return fwd.z[-1] if logits_are_f(self.net) else fwd.a[-1]
 
     def factor(self, k, S_f):
         """S^l = (∂f/∂z^l)ᵀ S_f for layer l = k + 2, (B, N_l, C)."""
@@ -198,7 +198,7 @@ def r_delta_terms(ref) -> list:
     size = [None] * n
     top = jnp.abs(ref.Rdeltas[-1])
     if logits_are_f(ref.net):
-        top = jnp.maximum(top, jnp.einsum("bij,bj->bi", ref.H_terms, jnp.abs(ref.Rzs[-1])))
+        top = jnp.maximum(top, jnp.einsum("bij,bj->bi", ref.H_terms, jnp.abs(ref.Rz[-1])))
     size[-1] = top
     for k in reversed(range(n - 1)):
         carried = (size[k + 1] @ jnp.abs(ref.p[k + 1].W)) * jnp.abs(ref.sigma_prime[k])

@@ -26,9 +26,9 @@ def forward_overflow(wit, ref, dtype, device) -> Row | None:
     """
     if wit is None:
         return None
-    for k, (z, z64) in enumerate(zip(wit.zs, ref.zs, strict=True)):
+    for k, (z, z64) in enumerate(zip(wit.z[1:], ref.z[1:], strict=True)):
         bad = ~np.isfinite(np.asarray(z, np.float64)) | ~np.isfinite(
-            np.asarray(wit.as_[k + 1], np.float64)
+            np.asarray(wit.a[k + 1], np.float64)
         )
         if bad.any() and np.all(np.isfinite(z64)):
             largest = float(np.max(np.abs(z64)))
@@ -138,7 +138,7 @@ def _routes(ref, wit, k, dtype) -> tuple:
     one example at a time, as a hand-written loop over the batch does (T6).
     """
     side = ref if wit is None else wit
-    delta, a = np.asarray(side.deltas[k]), np.asarray(side.as_[k])
+    delta, a = np.asarray(side.deltas[k]), np.asarray(side.a[k])
     loop = Layer(sequential_mean(delta, a, dtype), sequential_mean(delta, None, dtype))
     return (_get(wit, "grads", k), loop)
 

@@ -78,7 +78,7 @@ def equation_rows(given_: Given, dtype, device) -> list:
             sigma = net.activations[k]
             inherited = ("σ'", k + 2) in failed
             rows.append(_hidden_row(k, given_, sigma, inherited, where))
-        A = np.asarray(given.as_[k], np.float64)
+        A = np.asarray(given.a[k], np.float64)
         rows.append(
             compare(
                 "∂E/∂W",
@@ -87,11 +87,11 @@ def equation_rows(given_: Given, dtype, device) -> list:
                 grads[k].W,
                 delta.T @ A / len(A),
                 (
-                    None if wit is None else weight_grad_batch(deltas[k], wit.as_[k]),
+                    None if wit is None else weight_grad_batch(deltas[k], wit.a[k]),
                     sequential_mean(delta, A, dtype),
                 ),
                 magnitude=np.abs(delta).T @ np.abs(A) / len(A),
-                candidates=_weight_forms(delta, A, np.asarray(given.as_[k + 1], np.float64)),
+                candidates=_weight_forms(delta, A, np.asarray(given.a[k + 1], np.float64)),
                 inputs={"δ^l": delta},
                 **where,
             )
@@ -128,14 +128,14 @@ def _hidden_row(k, given_: Given, sigma, inherited: bool, where):
     sigma_prime = ref.sigma_primes[k]
     forms = {}
     if inherited:
-        z = (wit if wit is not None else ref).zs[k]
+        z = (wit if wit is not None else ref).z[k + 1]
         hand = np.asarray(sigma.deriv(jnp.asarray(z, where["dtype"])), np.float64)
         forms["inherited: (1) applied right to the hand σ' (see the σ' row at this layer)"] = (
             back * hand
         )
     forms |= {
         "σ' missing": back,
-        "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.as_[k + 1], sigma),
+        "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.a[k + 1], sigma),
         "W^{l+1} not transposed": (delta_next @ W_next.T) * sigma_prime
         if W_next.shape[0] == W_next.shape[1]
         else None,
