@@ -28,12 +28,15 @@ and nowhere else among the equation rows:
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import verdict_classes
 
 import manualbp as mbp
 from manualbp import backprop, tolerance
@@ -223,7 +226,53 @@ def main() -> None:
     )
     for name, hits in catches(args.quick).items():
         print(f"{name}: caught and localized {sum(hits)} of {len(hits)}")
+    classes(args.quick)
     print(f"{time.perf_counter() - start:.0f} s")
+
+
+def _in_dtype(dtype, thunk):
+    with jax.enable_x64(dtype == jnp.float64):
+        return thunk()
+
+
+def classes(quick: bool) -> dict:
+    """The hard classes of scripts/verdict_classes.py: correct ones never fail, wrong ones do."""
+    rng = np.random.default_rng(0)
+    counts = {"correct": 0, "false alarms": 0, "exceptions": 0, "inconclusive": 0}
+    with jax.enable_x64(True):  # the float64 cases are built as float64
+        built = verdict_classes.correct_cases(rng, quick)
+        extra = verdict_classes.correct_extra(rng)
+    thunks = [(c[0], functools.partial(verdict_classes.run_correct, c)) for c in built]
+    thunks += [(name, functools.partial(_in_dtype, dtype, thunk)) for name, dtype, thunk in extra]
+    for name, thunk in thunks:
+        counts["correct"] += 1
+        try:
+            report = thunk()
+        except Exception as error:  # a verifier must never raise on a correct derivation
+            counts["exceptions"] += 1
+            print(f"  EXCEPTION {name}: {type(error).__name__}: {error}")
+            continue
+        if report.inconclusive:
+            counts["inconclusive"] += 1
+            if not all(r.diagnosis for r in report.failures):
+                print(f"  INCONCLUSIVE WITHOUT A REASON {name}")
+        elif not report.passed:
+            counts["false alarms"] += 1
+            print(f"  FALSE ALARM {name}: {report.verdict()}")
+    wrong = verdict_classes.wrong_cases(rng)
+    caught = 0
+    for name, thunk in wrong:
+        report = thunk()
+        hit = not report.passed and not report.inconclusive
+        caught += hit
+        if not hit:
+            print(f"  MISSED {name}: {report.verdict()}")
+    print(
+        f"hard classes: {counts['correct']} correct, {counts['false alarms']} false alarms, "
+        f"{counts['exceptions']} exceptions, {counts['inconclusive']} inconclusive (with a "
+        f"reason); wrong derivations caught {caught} of {len(wrong)}"
+    )
+    return counts
 
 
 if __name__ == "__main__":

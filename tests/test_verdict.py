@@ -237,3 +237,126 @@ def test_the_quick_sweep_has_no_false_alarm_and_misses_nothing():
     counts, worst = verdict_sweep.false_alarms(quick=True)
     assert counts["false alarms"] == 0 and worst <= tolerance.K
     assert all(all(hits) for hits in verdict_sweep.catches(quick=True).values())
+
+
+# --- the hard classes: correct derivations that must pass, wrong ones that must fail -----
+
+
+def nielsen_loop(net, params, X, Y):
+    """A correct per-example loop: backprop of each example, summed in order, then / B."""
+
+    def body(b, acc):
+        E, g = backprop.backprop(net, params, X[b], Y[b])
+        return acc[0] + E, jax.tree.map(jnp.add, acc[1], g)
+
+    zero = (jnp.zeros((), X.dtype), jax.tree.map(jnp.zeros_like, params))
+    E, g = jax.lax.fori_loop(0, X.shape[0], body, zero)
+    _, _, deltas = backprop.backward_with_deltas(net, params, X, Y)
+    return E / X.shape[0], jax.tree.map(lambda t: t / X.shape[0], g), deltas
+
+
+def test_a_per_example_loop_over_a_large_batch_passes():
+    report = run(mbp.MLP((4, 8, 3), "tanh", "identity", "mse"), batch=16384, backward=nielsen_loop)
+    assert report.passed, str(report)
+
+
+def test_the_sequential_witness_rounds_as_a_loop_does():
+    from manualbp.verification.witnesses import sequential_mean
+
+    terms = np.full((300, 1), 1.0)
+    assert sequential_mean(terms, None, jnp.bfloat16)[0] == 256 / 300  # bfloat16 stops at 256
+    assert sequential_mean(terms, None, np.float64)[0] == 1.0
+
+
+CUBE = mbp.Activation("cube", lambda z: z**3 / 3, lambda z: z * z)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 18, 19])
+def test_cancelling_output_next_to_a_large_sigma_prime_passes(seed):
+    report = run(mbp.MLP((4, 7, 6, 3), CUBE, CUBE, "mse"), batch=9, seed=seed)
+    assert report.passed, str(report)
+
+
+def integer_case(net, dtype=jnp.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    params = tuple(
+        Layer(jnp.asarray(rng.integers(-2, 3, (o, i)), dtype), jnp.zeros(o, dtype))
+        for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+    X = jnp.asarray(rng.integers(-2, 3, (6, net.sizes[0])), dtype)
+    Y = jnp.asarray(rng.integers(-2, 3, (6, net.sizes[-1])), dtype)
+    return params, X, Y
+
+
+def test_kinks_the_batch_lands_on_are_said_not_called_wrong():
+    relu_max = mbp.Activation(
+        "relu_max", lambda z: jnp.maximum(z, 0), lambda z: (z > 0).astype(z.dtype)
+    )
+    net = mbp.MLP((4, 6, 5, 3), relu_max, "identity", "mse")
+    report = mbp.verify(net, *integer_case(net))
+    assert report.passed, str(report)
+    assert any("kink" in r.diagnosis for r in report.rows)
+    wrong = mbp.Activation("relu2", jax.nn.relu, lambda z: 2 * (z >= 0).astype(z.dtype))
+    net = mbp.MLP((4, 6, 5, 3), wrong, "identity", "mse")
+    assert not mbp.verify(net, *integer_case(net)).passed
+
+
+def test_a_sigma_prime_cut_to_zero_in_the_tails_fails_its_grid():
+    cut = mbp.Activation("t4", jnp.tanh, lambda z: jnp.where(z > 4, 0.0, 1 - jnp.tanh(z) ** 2))
+    report = mbp.verify_activation(cut)
+    assert [r.check for r in report.failures] == ["σ' tails"], str(report)
+    assert "z = 4.5: hand 0" in report.failures[0].diagnosis
+
+
+def test_a_wrong_sigma_prime_the_batch_never_reaches_is_found_on_the_grid():
+    s = jax.nn.sigmoid
+    forgot_2 = mbp.Activation("sig2", lambda z: s(2 * z), lambda z: s(2 * z) * (1 - s(2 * z)))
+    net = mbp.MLP((4, 6, 3), forgot_2, "identity", "mse")
+    params, X, Y = numpy_case(net, 0, 6, jnp.float32)
+    params = (Layer(params[0].W, params[0].b - 15.0), params[1])  # the layer sits at z ≈ −15
+    report = mbp.verify(net, params, X, Y)
+    assert not report.passed
+    assert all("grid" in r.check for r in report.failures), str(report)
+    assert any(
+        "off by ×0.5" in r.diagnosis and "the batch's z" in r.diagnosis for r in report.failures
+    )
+
+
+def test_diagnoses_say_how_in_the_users_terms():
+    r = np.linspace(1.0, 2.0, 5)
+    assert diagnose(r * (1 + 2.4e-4), r, 1e-9) == "off by ×(1 + 0.00024)"
+    assert "rounding error" in diagnose(r + np.array([0, 0, 2e-9, 0, 0]), r, 1e-9)
+    negated = mbp.Activation("neg", jnp.tanh, lambda z: 1 - jnp.tanh(-z) ** 2 + 0.1 * z)
+    report = mbp.verify_activation(negated)
+    assert not report.passed and "worst at z = " in report.failures[0].diagnosis
+
+
+def test_a_forward_pass_without_its_bias_is_named_first():
+    net = mbp.MLP((4, 6, 3), "tanh", "identity", "mse")
+
+    def no_bias(net, params, X, Y):
+        params = tuple(Layer(p.W, jnp.zeros_like(p.b)) for p in params)
+        return backprop.backward_with_deltas(net, params, X, Y)
+
+    report = run(net, backward=no_bias)
+    assert report.failures[0].check == "E vs autodiff (the forward pass)", str(report)
+
+
+def test_a_sigma_prime_slip_is_named_and_eq_1_only_inherits_it():
+    s = jax.nn.sigmoid
+    at_a = mbp.Activation("at_a", s, lambda z: s(s(z)) * (1 - s(s(z))))
+    report = run(mbp.MLP((4, 6, 3), at_a, "identity", "mse"))
+    first = report.failures[0]
+    assert first.check == "σ'" and first.diagnosis.startswith("σ' taken at a = σ(z)"), str(report)
+    (eq1,) = [r for r in report.failures if r.equation == 1]
+    assert eq1.diagnosis.startswith("inherited")
+
+
+def test_subnormal_values_are_not_called_zero():
+    net = mbp.MLP((4, 6, 3), "tanh", "identity", "mse")
+    with jax.enable_x64():
+        params, X, Y = numpy_case(net, 0, 6, jnp.float64)
+        params = tuple(Layer(p.W, jnp.zeros_like(p.b)) for p in params)
+        report = mbp.verify(net, params, X * 1e-155, Y * 1e-155)
+    assert report.passed or report.inconclusive, str(report)
+    assert all(r.diagnosis != "zero" for r in report.rows)

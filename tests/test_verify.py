@@ -145,18 +145,23 @@ def test_devices_all_reports_per_device():
 
 @pytest.mark.parametrize("act", list(mbp.ACTIVATIONS))
 def test_every_builtin_activation_passes_its_grid(act):
-    assert mbp.verify_activation(act).passed
+    report = mbp.verify_activation(act)
+    assert report.passed, str(report)
 
 
 @pytest.mark.parametrize("loss", list(mbp.LOSSES))
 def test_every_builtin_loss_passes_its_spread(loss):
-    assert mbp.verify_loss(loss).passed
+    report = mbp.verify_loss(loss)
+    assert report.passed, str(report)
 
 
 def test_building_block_checks_fail_on_wrong_derivatives():
-    relu_wrong_at_0 = mbp.Activation("relu", jax.nn.relu, lambda z: (z >= 0).astype(z.dtype))
+    # At the kink any slope between the one-sided ones (0 and 1) is right; 2 is not.
+    relu_wrong_at_0 = mbp.Activation(
+        "relu", jax.nn.relu, lambda z: (z > 0).astype(z.dtype) + 2 * (z == 0).astype(z.dtype)
+    )
     report = mbp.verify_activation(relu_wrong_at_0)
-    assert [r.check for r in report.failures] == ["σ' at 0"]
+    assert [r.check for r in report.failures] == ["σ' at 0"], str(report)
     bce_wrong = mbp.Loss("bce", losses.binary_cross_entropy.fn, lambda y_hat, y: y_hat - y)
     assert not mbp.verify_loss(bce_wrong).passed
     softmax_no_offdiag = mbp.Activation(
