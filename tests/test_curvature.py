@@ -395,3 +395,39 @@ def test_a_net_too_large_for_the_dense_references_is_refused_clearly():
     Y = jnp.zeros((4,), jnp.int32)
     with pytest.raises(ValueError, match=r"at most 2048 entries.*got 23520 entries"):
         verify_curvature(net, params, X, Y)
+
+
+# --- the hard classes ----------------------------------------------------------------------
+
+
+def test_a_confident_softmax_classifier_passes_in_float64():
+    with jax.enable_x64():
+        net, params, X, Y = small(dtype=jnp.float64)
+        params = (*params[:-1], params[-1]._replace(W=params[-1].W * 30))
+        report = verify_curvature(net, params, X, Y, key=jax.random.key(4))
+    assert report.passed or report.inconclusive, str(report)
+    assert all("not resolved" in r.diagnosis for r in report.failures), str(report)
+
+
+def test_an_activation_without_sigma_second_skips_only_the_rows_that_need_it():
+    tanh3 = mbp.Activation("tanh3", jnp.tanh, activations.tanh.deriv)
+    net = mbp.MLP((4, 5, 3), tanh3, "softmax", "cross_entropy")
+    params = net.init(jax.random.key(1))
+    X, Y = random_batch(net, jax.random.key(2), 6)
+    report = verify_curvature(net, params, X, Y)
+    assert report.inconclusive, str(report)
+    (skipped,) = report.failures
+    assert "no σ''" in skipped.diagnosis and "'tanh3'" in skipped.diagnosis
+    assert {12, 13, 14, 15, 18} <= {r.equation for r in report.rows}
+
+
+def test_monte_carlo_that_estimates_the_wrong_thing_is_caught_statistically():
+    def not_scaled(net, key, z, a, y, samples):
+        return CURVATURE.sampled_factor(net, key, z, a, y, samples) * jnp.sqrt(samples)
+
+    net, params, X, Y = small()
+    wrong = CURVATURE._replace(sampled_factor=not_scaled)
+    report = verify_curvature(net, params, X, Y, key=jax.random.key(4), equations=wrong)
+    failing = {r.check for r in report.failures}
+    assert failing and all("statistical" in check for check in failing), str(report)
+    assert all(r.diagnosis.startswith("biased") for r in report.failures)
