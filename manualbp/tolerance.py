@@ -149,7 +149,11 @@ def allowance(witness_error: float, floor_: float) -> float:
     return K * max(witness_error, floor_)
 
 
-def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> dict:
+RHO = 0.5
+"""The batch-sum term of the floor: ρ √n ε max|g| for a sum of n terms (T6)."""
+
+
+def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None, reduced=1) -> dict:
     """The verdict for one finite array: errors, scale, allowance, in absolute terms.
 
     Args:
@@ -162,6 +166,9 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> 
         dtype: the net's dtype (its eps).
         depth: d, the layers the value passes through.
         magnitude: the size of the summed terms, if known (see above).
+        reduced: n, the length of the batch sum the value is formed by (1 for
+            none): a sum formed in any order carries up to about √n roundings
+            of its own size, so the floor adds ρ √n ε max|g⁶⁴| (T6).
 
     Returns:
         {"error", "witness_error", "scale", "allowance", "passed"}.
@@ -176,6 +183,8 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None) -> 
     # Without a witness the reference is of the net's own precision and rounds
     # too: e ≤ e_manual + e_reference, so the floor counts both.
     floor_ = floor(dtype, depth, scale) * (1 if _has_autodiff(witness) else 2)
+    largest = float(np.max(np.abs(reference), initial=0.0))
+    floor_ += F * RHO * math.sqrt(max(reduced, 1) - 1) * eps(dtype) * largest
     allowed = allowance(witness_error, floor_)
     return {
         "error": error,

@@ -31,6 +31,7 @@ def compare(
     inputs=None,
     upstream=None,
     points=None,
+    reduced: int = 1,
 ) -> Row:
     """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
 
@@ -53,6 +54,7 @@ def compare(
             NaN or inf that one of them has too is not judged here.
         points: (name, array) the value was taken at (z for a σ'), to show
             the worst entries of a miss in the user's terms.
+        reduced: the length of the batch sum the value is formed by (T6).
     """
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
@@ -69,7 +71,7 @@ def compare(
         return _failed(where, outside, judged=False)
     if others:  # further correct routes, judged where they are finite
         witness = (witness, *(np.where(np.isfinite(o), o, reference) for o in others))
-    verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude)
+    verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude, reduced)
     diagnosis = ""
     if not verdict["passed"]:
         diagnosis = _explain(actual, candidates, verdict["allowance"]) or diagnose(

@@ -58,7 +58,8 @@ def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Ro
     """
     magnitudes, m_E = magnitudes
     E, grads, deltas = manual
-    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
+    B = len(deltas[0])
+    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref), reduced=B)
     rows = [compare("E vs autodiff", None, None, E, ref.E, _get(wit, "E"), magnitude=m_E, **where)]
     for k in reversed(range(len(grads))):
         m_delta, m_W, m_b = magnitudes[k]
@@ -72,7 +73,7 @@ def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Ro
                 ref.deltas[k],
                 _get(wit, "deltas", k),
                 magnitude=m_delta,
-                **where,
+                **dict(where, reduced=1),  # one δ per example: no batch sum
             ),
             *_grad_rows(
                 "vs autodiff",
@@ -97,7 +98,9 @@ def fast_form_rows(net, params, X, Y, ref, wit, magnitudes, dtype, device) -> li
     """
     magnitudes, m_E = magnitudes
     E, grads = backprop.fast_backprop(net, params, X, Y)
-    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref))
+    where = dict(
+        dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref), reduced=len(X)
+    )
     E_wit = _get(wit, "E")
     rows = [compare("E fast form vs autodiff", None, None, E, ref.E, E_wit, magnitude=m_E, **where)]
     for k in reversed(range(len(params))):

@@ -93,6 +93,7 @@ def equation_rows(given_: Given, dtype, device) -> list:
                 magnitude=np.abs(delta).T @ np.abs(A) / len(A),
                 candidates=_weight_forms(delta, A, np.asarray(given.a[k + 1], np.float64)),
                 inputs={"δ^l": delta},
+                reduced=len(delta),
                 **where,
             )
         )
@@ -110,6 +111,7 @@ def equation_rows(given_: Given, dtype, device) -> list:
                 magnitude=np.abs(delta).mean(axis=0),
                 candidates={"summed over the batch, not averaged": delta.sum(axis=0)},
                 inputs={"δ^l": delta},
+                reduced=len(delta),
                 **where,
             )
         )

@@ -116,6 +116,8 @@ def _check(where, quantity, equation, l, part, actual, formula, candidates=None,
         depth=where.depth,
         candidates=candidates,
         magnitude=magnitude,
+        # (6), (7), (9) sum over the batch; (5) is per example
+        reduced=1 if equation in (5, None) else len(where.g64),
     )
 
 
