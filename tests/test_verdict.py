@@ -223,7 +223,11 @@ def test_finite_differences_state_their_noise_and_a_kink_inside_the_step():
     assert fd and all(r.passed for r in fd)
     assert any("kink inside the step" in r.diagnosis for r in fd)
     report = run(mbp.MLP((3, 4, 2), "tanh", "identity", "mse"), finite_differences=True)
-    assert all("noise floor" in r.diagnosis for r in report.rows if "finite" in r.check)
+    fd = [r for r in report.rows if "finite" in r.check]
+    assert all("witness: central differences" in r.diagnosis for r in fd)
+    assert all(
+        r.error_eps <= r.allowance_eps and abs(r.allowance_eps - tolerance.K) < 1e-9 for r in fd
+    )
 
 
 @pytest.mark.slow

@@ -122,8 +122,13 @@ def _verdict(k, field, measured, kinks, n, scale, eps) -> Row:
     allowed = tolerance.K * noise
     worst = int(np.argmax(error / allowed))
     passed = bool(np.all(error <= allowed))
-    unit = eps * scale if scale > 0 else 1.0
-    notes = [f"noise floor up to {np.max(noise):.1e} (ε|E|/h + curvature)"]
+    # In the witness's own units: err and allowance over the finite differences' own noise at
+    # the worst coordinate (the witness, 1), not over ε · s, which these rows never approach.
+    unit = float(noise[worst]) or 1.0
+    notes = [
+        f"witness: central differences in float64; err/ε, witness/ε, allowed/ε here in units "
+        f"of their own noise (up to {np.max(noise):.1e}: ε|E|/h + curvature)"
+    ]
     if not passed:
         notes.insert(0, diagnose(m, fd, float(np.min(allowed))) or "disagrees")
     if kink_note:
