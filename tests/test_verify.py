@@ -49,7 +49,9 @@ def test_wrong_sigma_prime_is_a_building_block_and_equation_1_at_its_layers():
     wrong_tanh = mbp.Activation("tanh", jnp.tanh, lambda z: 1 - z**2)
     net = mbp.MLP(SQUARE, ["relu", wrong_tanh, "relu"], "identity", "mse")
     report = run(net)
-    assert failing(report, "blocks") == {(None, 3)}
+    # The batch's σ' row at its layer, and the plug-in's own grid (layer None).
+    assert failing(report, "blocks") == {(None, 3), (None, None)}
+    assert all("grid (tanh)" in r.check for r in report.failures if r.layer is None)
     assert failing(report, "eq") == {(1, 3)}
 
 
