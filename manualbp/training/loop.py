@@ -36,9 +36,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from manualbp.network import MLP, Params, param_dtype
-from manualbp.training import arguments, checkpoint, history, programs
-from manualbp.training import privacy as dp
+from manualbp.training import accounting, arguments, checkpoint, history, programs
 from manualbp.training.checkpoint import to_host
+from manualbp.training.dpsgd import DPSGD
 from manualbp.training.placement import place, place_data, place_key, shardings
 
 Array = jax.Array
@@ -79,7 +79,7 @@ def train(
     compute_dtype=None,
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
-    privacy: dp.DPSGD | None = None,
+    privacy: DPSGD | None = None,
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
 
@@ -229,13 +229,14 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     statics = dict(
         net=net,
         optimizer=optimizer,
-        grad=settings.grad,
         batch_size=settings.batch_size,
         compute_dtype=settings.compute_dtype,
         batch_sharding=batch_sharding,
-        shuffle=bool(settings.shuffle),
-        privacy=settings.privacy,
     )
+    if settings.privacy is None:
+        statics.update(grad=settings.grad, shuffle=bool(settings.shuffle))
+    else:
+        statics.update(privacy=settings.privacy)
     run = _Run(
         net,
         optimizer,
@@ -307,30 +308,46 @@ def _restore(run: _Run, state: _State, saved: checkpoint.Checkpoint, checkpoint_
 
 def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
     """One compiled epoch, then its history entry; nothing of a diverged epoch is kept."""
-    params, opt_state, key, losses, finite = programs.epoch(
-        state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
-    )
-    losses = to_host(losses)
+    if run.settings.privacy is None:
+        params, opt_state, key, losses, finite = programs.epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = to_host(losses)
+    else:  # no loss: that of the private training data is not released
+        params, opt_state, key, finite, _ = programs.private_epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = None
     if not to_host(finite):
         message = history.divergence_message(epoch, losses, checkpoint_dir)
         raise history.DivergenceError(message, epoch, state.history)
     state.params, state.opt_state, state.key = params, opt_state, key
-    settings = run.settings
-    record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
+    record = {"epoch": epoch}
+    if losses is not None:
+        record["loss"] = float(np.mean(losses, dtype=np.float64))
+    n, settings = run.X.shape[0], run.settings
     record.update(
-        dp.accounting(
-            settings.privacy, epoch=epoch, n=run.X.shape[0], batch_size=settings.batch_size
-        )
+        accounting.entries(settings.privacy, epoch=epoch, n=n, batch_size=settings.batch_size)
     )
-    if run.test is not None:
-        test_loss, accuracy = map(to_host, programs.evaluate(state.params, *run.test, net=run.net))
-        record["test_loss"] = float(test_loss)
-        if run.net.classifier:
-            record["test_accuracy"] = float(accuracy)
-    if settings.check_every is not None and epoch % settings.check_every == 0:
-        rows = slice(0, settings.batch_size)
-        record["grad_check"] = history.grad_check(run.net, state.params, run.X[rows], run.Y[rows])
+    record.update(_held_out_entries(run, state.params, epoch))
     return record
+
+
+def _held_out_entries(run: _Run, params, epoch: int) -> dict:
+    """Test loss and accuracy, and on checked epochs the gradient check: on the held-out
+    data, or for a run without privacy the check on the first B training examples."""
+    entries = {}
+    if run.test is not None:
+        test_loss, accuracy = map(to_host, programs.evaluate(params, *run.test, net=run.net))
+        entries["test_loss"] = float(test_loss)
+        if run.net.classifier:
+            entries["test_accuracy"] = float(accuracy)
+    settings = run.settings
+    if settings.check_every is not None and epoch % settings.check_every == 0:
+        X, Y = (run.X, run.Y) if settings.privacy is None else run.test
+        rows = slice(0, settings.batch_size)
+        entries["grad_check"] = history.grad_check(run.net, params, X[rows], Y[rows])
+    return entries
 
 
 def _after_epoch(state: _State, record: dict, checkpoint_dir) -> None:
