@@ -20,8 +20,10 @@ from manualbp.training import poisson
 
 ADJACENCY = "add-or-remove-one"
 
-# The σ calibration searches below; a target that needs more is refused.
-MAX_NOISE_MULTIPLIER = 1e3
+# The σ range calibration searches: a target that needs more noise is refused; one
+# that less would reach gets the least (the PLD of weaker noise is costly to build,
+# and the guarantee is too weak to want).
+MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER = 0.3, 1e3
 
 
 def _package():
@@ -71,7 +73,8 @@ def epsilon(
 def calibrate_noise(
     target_epsilon: float, delta: float, *, rate: float, steps: int, accountant: str = "pld"
 ) -> float:
-    """The least σ (within dp-accounting's tolerance) whose T steps at rate q give ε ≤ target.
+    """The least σ (within dp-accounting's tolerance) whose T steps at rate q give ε ≤ target,
+    searched in [MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER].
 
     Raises:
         ValueError: the target is not a finite ε > 0, or no σ ≤ MAX_NOISE_MULTIPLIER
@@ -85,13 +88,15 @@ def calibrate_noise(
             f"ε = {target:g} at δ = {delta:g} for q = {rate:g} and {steps} steps; allow a "
             "larger ε or δ, or fewer steps"
         )
+    if epsilon(MIN_NOISE_MULTIPLIER, rate, steps, delta, accountant) <= target:
+        return MIN_NOISE_MULTIPLIER
     with _quiet():
         sigma = dp.calibrate_dp_mechanism(
             lambda: _accountant(accountant),
             lambda s: dp_event(s, rate, steps),
             target,
             delta,
-            dp.ExplicitBracketInterval(1e-3, MAX_NOISE_MULTIPLIER),
+            dp.ExplicitBracketInterval(MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER),
             tol=1e-4,
         )
     return float(sigma)
