@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 from test_data import write_mnist
 
-from manualbp.tools import cli, experiment, train_cli
+from manualbp.tools import cli, experiment, plots, train_cli
 from manualbp.tools.console import UserError
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
@@ -142,7 +142,7 @@ def test_metrics_are_strict_json(tmp_path):
 
 
 def test_format_table():
-    table = experiment.format_table([{"grad": "manual", "loss": 0.123456}, {"grad": "autodiff"}])
+    table = plots.format_table([{"grad": "manual", "loss": 0.123456}, {"grad": "autodiff"}])
     lines = table.splitlines()
     assert lines[0].split() == ["grad", "loss"] and "0.1235" in lines[2]
     assert len(lines) == 4

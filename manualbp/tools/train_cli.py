@@ -1,7 +1,8 @@
 """``manualbp train``: train an MLP on a built-in data set from the command line.
 
 The flags are `TrainConfig`'s fields (`experiment.parse_config`); the run folder,
-the side-by-side training and the curves come from `manualbp.tools.experiment`.
+the side-by-side training and the curves come from `manualbp.tools.runs` and
+`manualbp.tools.side_by_side`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ from typing import Literal
 import jax
 import numpy as np
 
+from manualbp.tools.configs import RunConfig, parse_config
 from manualbp.tools.console import UserError
-from manualbp.tools.experiment import (
-    RunConfig,
-    curve_gap,
-    parse_config,
-    print_table,
-    run_folder,
-    summary_rows,
-    train_side_by_side,
-)
+from manualbp.tools.plots import print_table
+from manualbp.tools.runs import run_folder
+from manualbp.tools.side_by_side import curve_gap, summary_rows, train_side_by_side
 
 Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist", "fashion-mnist"]
 DATASETS = typing.get_args(Dataset)

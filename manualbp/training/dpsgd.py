@@ -163,10 +163,10 @@ def clipped_sum(net: MLP, params: Params, X: Array, Y: Array, mask: Array, clip:
     """
     l2_clip, clip_factors = clip
     _, norms, deltas = backward_with_deltas(net, params, X, Y, per_example.NORMS)
-    _, as_ = forward_pass_batch(net, params, X)
+    a = forward_pass_batch(net, params, X).a
     c = jnp.where(mask, clip_factors(norms, l2_clip, X.dtype), 0)
     sums = []
-    for delta, a_prev in zip(deltas, as_[:-1], strict=True):
+    for delta, a_prev in zip(deltas, a[:-1], strict=True):
         rows = (c[:, None] * delta.astype(c.dtype)).astype(delta.dtype)
         sums.append(Layer(W=weight_grad_sum(rows, a_prev), b=jnp.sum(rows, axis=0)))
     return tuple(sums)
