@@ -35,6 +35,7 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
+    privacy=None,
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
@@ -43,7 +44,7 @@ def train_side_by_side(
     metric with every path on it. With ``checkpoint_dir``, each path saves to
     and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
     finished checkpoint is announced on stderr (only the epochs trained now
-    are logged).
+    are logged). ``privacy`` (an `mbp.DPSGD`) trains each path with DP-SGD.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -69,6 +70,7 @@ def train_side_by_side(
             progress=progress,
             checkpoint_dir=directory,
             callback=lambda record, grad=grad: run.log(grad=grad, **record),
+            privacy=privacy,
         )
         seconds[grad] = time.perf_counter() - started
     metrics = [m for m in metrics if m in results[grads[0]].history[0]]
