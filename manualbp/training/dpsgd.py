@@ -1,6 +1,6 @@
 """DP-SGD's settings and its noised step: a Poisson sample, clipped, summed, noised, scaled.
 
-One step (docs/derivation.md, equation (10)), for the Poisson sample S of
+One step (docs/derivation.md, equation (9′)), for the Poisson sample S of
 `poisson` (each example independently with rate q) and the expected batch
 size B̄ = q n:
 
@@ -204,7 +204,7 @@ class StepInputs(NamedTuple):
 
 
 def add_noise(total: Params, key: Array, std) -> Params:
-    """Eq. (10)'s noise: each coordinate of the clipped sum plus N(0, std²), in its dtype."""
+    """Eq. (9′)'s noise: each coordinate of the clipped sum plus N(0, std²), in its dtype."""
     leaves, tree = jax.tree.flatten(total)
     noisy = [
         g + jnp.asarray(std, g.dtype) * jax.random.normal(k, g.shape, g.dtype)

@@ -1,6 +1,6 @@
 """Differential privacy for `train`, in one place: the settings, the sampler, ε, σ, the audit.
 
-`mbp.privacy` is this module. DP-SGD's step is in `dpsgd` (equation (10) of
+`mbp.privacy` is this module. DP-SGD's step is in `dpsgd` (equation (9′) of
 docs/derivation.md), Poisson sampling in `poisson`, the accounting by
 dp-accounting in `accounting` and the one-run audit in `audit`. Two data
 sets are neighbours when one is the other plus one example

@@ -141,7 +141,7 @@ def private_epoch(
     privacy,
     mechanism=dpsgd.MECHANISM,
 ):
-    """⌊n / B̄⌋ DP-SGD steps (eq. (10)), each on a Poisson sample at rate q = B̄ / n.
+    """⌊n / B̄⌋ DP-SGD steps (eq. (9′)), each on a Poisson sample at rate q = B̄ / n.
 
     ``canaries`` (audit only): (coordinates, norm, included) of white-box
     gradient canaries, each of the included ones sampled at rate q like an
