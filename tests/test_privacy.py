@@ -368,3 +368,26 @@ def _net_and_params():
 
 
 _CLIP = (1.0, per_example.clip_factors)
+
+
+def test_dp_sgd_experiment(tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("jax_privacy")
+    from test_experiments import load, only_run
+
+    dp_sgd = load("dp_sgd")
+    config = dp_sgd.Config(
+        runs_dir=str(tmp_path), dataset="digits", hidden_width=8, epochs=1, batch_size=64,
+        noise_multipliers=(1.0,), audit_n=200, audit_batch_size=20, audit_epochs=1,
+        canaries=50, timing_repeats=2,
+    )  # fmt: skip
+    summary = dp_sgd.main(config)
+    run = only_run(tmp_path, "dp_sgd")
+    assert [row["privacy"] for row in summary["final"]] == ["none", "σ=1"]
+    assert summary["final"][0]["epsilon"] is None and summary["final"][1]["epsilon"] > 0
+    assert [row["mechanism"] for row in summary["audit"]][0] == "σ=1"
+    assert len(summary["audit"]) == 1 + len(dp_sgd.BROKEN)
+    assert summary["adjacency"] == "add-or-remove-one"
+    assert summary["step"]["max_rel_difference"] < 1e-4
+    for name in ("accuracy_vs_epsilon.png", "audit.png"):
+        assert (run / name).read_bytes().startswith(b"\x89PNG")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from manualbp.training import accounting
 from manualbp.training.accounting import ADJACENCY, calibrate_noise
 from manualbp.training.audit import AuditResult, AuditSettings, audit
-from manualbp.training.dpsgd import DPSGD, MECHANISM, Mechanism
+from manualbp.training.dpsgd import DPSGD, MECHANISM, Mechanism, physical_size
 from manualbp.training.poisson import drawn_rate, poisson_batches
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "calibrate_noise",
     "drawn_rate",
     "epsilon",
+    "physical_size",
     "poisson_batches",
 ]
 
