@@ -103,8 +103,9 @@ def train(
         eval_data: optional (X_test, Y_test), evaluated after every epoch.
         check_every: every this many epochs, compare the manual and autodiff
             gradients at the current parameters on the first ``batch_size``
-            training examples, with `manualbp.tolerance`'s rule, and record
-            the outcome in the history. The check never stops training.
+            training examples (with ``privacy``, of ``eval_data``), with
+            `manualbp.tolerance`'s rule, and record the outcome in the
+            history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
             (`manualbp.training.checkpoint`). It is checked writable and locked for
             this run before the first epoch. If it already holds a checkpoint
@@ -131,22 +132,27 @@ def train(
         callback: called with each epoch's history entry, after its
             checkpoint is written.
         privacy: ``mbp.DPSGD(l2_clip=C, noise_multiplier=σ)`` trains with
-            DP-SGD: each step's gradient is the clipped mean (1/B) Σ_b
-            min(1, C / ‖g_b‖) g_b plus Gaussian noise of standard deviation
-            σ C / B, drawn from the run's key (`manualbp.training.privacy`,
-            equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
-            dp-accounting package; the accountant assumes Poisson sampling
-            of the fixed-size shuffled batches (see that module).
+            DP-SGD (`manualbp.training.dpsgd`, docs/derivation.md equation
+            (9′)): each step is a Poisson sample, every example included
+            independently with rate q = batch_size / n, so ``batch_size`` is
+            the expected batch size B̄; each example's gradient is clipped to
+            C, noise N(0, σ²C²) is added to the clipped sum, and the sum is
+            divided by B̄. The history's ε is dp-accounting's bound for exactly
+            that sampling, under add-or-remove-one adjacency. Needs
+            ``grad="manual"``, ``shuffle=True`` and the dp-accounting package;
+            the history then holds no training loss, and ``check_every``
+            checks on ``eval_data`` (required).
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
-        with one dict per epoch: ``epoch`` (1-based); ``loss``, the mean over
-        the epoch's steps of each mini-batch's loss before its update; with
-        ``eval_data``, ``test_loss`` and, when ``net.classifier``,
-        ``test_accuracy``; on checked epochs ``grad_check`` =
-        {``max_rel_error``, ``rtol``, ``passed``}; with ``privacy``,
-        ``epsilon`` at ``delta``, for every step so far. Every value is a plain
-        Python number, so the history is JSON-able.
+        with one dict per epoch: ``epoch`` (1-based); without ``privacy``,
+        ``loss``, the mean over the epoch's steps of each mini-batch's loss
+        before its update; with ``eval_data``, ``test_loss`` and, when
+        ``net.classifier``, ``test_accuracy``; on checked epochs
+        ``grad_check`` = {``max_rel_error``, ``rtol``, ``passed``}; with
+        ``privacy``, ``epsilon`` at ``delta`` after ``steps`` steps, the
+        ``accountant`` and the ``adjacency``. Every value is a plain Python
+        value, so the history is JSON-able.
 
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
