@@ -35,6 +35,7 @@ from manualbp.verification import (
     verify_curvature,
     verify_extensions,
     verify_loss,
+    verify_spectra,
 )
 
 __version__ = "0.1.0"
@@ -73,4 +74,5 @@ __all__ = [
     "verify_curvature",
     "verify_extensions",
     "verify_loss",
+    "verify_spectra",
 ]
