@@ -399,3 +399,43 @@ def test_dp_sgd_experiment(tmp_path):
     assert summary["step"]["max_rel_difference"] < 1e-4
     for name in ("accuracy_vs_epsilon.png", "audit.png"):
         assert (run / name).read_bytes().startswith(b"\x89PNG")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--dp-clip", "1", "--dp-noise", "1"], "--grad manual"),
+        (["--grad", "manual", "--dp-noise", "1"], "needs --dp-clip"),
+        (["--grad", "manual", "--dp-clip", "1"], "exactly one of"),
+        (["--grad", "manual", "--dp-clip", "1", "--dp-epsilon", "1e-7"], "no noise multiplier"),
+    ],
+)
+def test_cli_privacy_flags_that_do_not_fit_are_one_line_and_leave_no_run(flags, match, tmp_path):
+    from manualbp.tools import train_cli
+
+    argv = ["--dataset", "moons", "--n", "200", "--epochs", "1", "--runs-dir", str(tmp_path)]
+    with pytest.raises((ValueError, train_cli.UserError), match=match) as raised:
+        train_cli.main(argv + flags)
+    assert "\n" not in str(raised.value)
+    assert not list(tmp_path.glob("train/*"))  # nothing half-written
+
+
+def test_cli_private_run_writes_no_training_loss(tmp_path, capsys):
+    import json
+
+    from manualbp.tools import train_cli
+
+    argv = ["--dataset", "moons", "--n", "200", "--epochs", "2", "--runs-dir", str(tmp_path)]
+    argv += ["--grad", "manual", "--dp-clip", "1", "--dp-noise", "1", "--batch-size", "20"]
+    assert train_cli.main(argv) == 0
+    assert "add-or-remove-one" in capsys.readouterr().out
+    (run,) = tmp_path.glob("train/*")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(
+        "loss" not in r and r["adjacency"] == "add-or-remove-one" for r in records
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert all("loss" not in row for row in summary["final"])
