@@ -6,16 +6,13 @@ folder; `curve_gap`, `split_epoch` and `summary_rows` compare the two histories.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from manualbp.tools.runs import Run
 
@@ -35,6 +32,7 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
+    resume: str = "same",
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
@@ -43,7 +41,7 @@ def train_side_by_side(
     metric with every path on it. With ``checkpoint_dir``, each path saves to
     and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
     finished checkpoint is announced on stderr (only the epochs trained now
-    are logged).
+    are logged); ``resume`` is `mbp.train`'s.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -68,6 +66,7 @@ def train_side_by_side(
             eval_data=eval_data,
             progress=progress,
             checkpoint_dir=directory,
+            resume=resume,
             callback=lambda record, grad=grad: run.log(grad=grad, **record),
         )
         seconds[grad] = time.perf_counter() - started
@@ -105,12 +104,7 @@ def completed_epochs(directory: str | Path) -> int:
     """The epoch count a manualbp checkpoint in ``directory`` records; 0 if none is readable."""
     from manualbp.training import checkpoint
 
-    try:
-        with np.load(checkpoint.path_in(directory), allow_pickle=False) as stored:
-            epoch = json.loads(stored["meta"].tobytes().decode())["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
-        return 0
-    return epoch if isinstance(epoch, int) and epoch > 0 else 0
+    return checkpoint.completed_epochs(directory)  # never blocks on a FIFO, reads no arrays
 
 
 def curve_gap(histories: Mapping[str, list[dict]], metric: str = "loss") -> float:
