@@ -7,7 +7,8 @@
 
 `verify` exits 1 when any check fails; every command exits 2 with one line on
 standard error for a usage or input error, and 1 for a run that fails
-(`manualbp.tools.console` maps each error to its status).
+(`manualbp.tools.console` maps each error to its status). Every argument is
+checked before any work.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import argparse
 import functools
 import importlib
 import json
-import os
 import sys
 import time
 
-from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS, Activation
-from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS, Loss
+from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS
+from manualbp.tools import limits, plugins
 from manualbp.tools.console import (
+    Parser,
     Progress,
     UserError,
     guarded,
@@ -33,29 +35,7 @@ from manualbp.tools.console import (
 CATALOGUE_SIZES = (5, 7, 6, 3)
 """Two hidden layers, so equation (1) is checked at a layer fed by another hidden layer."""
 
-
-def _plugin(spec: str, kind: type, builtins: dict, what: str):
-    """A built-in name, or ``module:attribute`` naming an `Activation` / `Loss` object."""
-    if ":" not in spec:
-        if spec not in builtins:
-            raise UserError(
-                f"unknown {what} {spec!r}; expected one of {', '.join(builtins)} "
-                "or module:attribute"
-            )
-        return spec
-    module_name, _, attribute = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # a plug-in may raise anything on import: SyntaxError, ...
-        raise UserError(
-            f"cannot import {module_name!r} for {what} {spec!r}: {type(error).__name__}: {error}"
-        ) from None
-    obj = getattr(module, attribute, None)
-    if not isinstance(obj, kind):
-        raise UserError(f"{spec!r} is {type(obj).__name__}, expected an mbp.{kind.__name__} object")
-    return obj
+NET_FLAGS = ("sizes", "hidden", "output", "loss")
 
 
 def _verify_parser(parser: argparse.ArgumentParser) -> None:
@@ -63,23 +43,31 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
         "Check manual backprop against autodiff, equation by equation and layer by layer. "
         "With no net flags, verify the whole built-in catalogue."
     )
-    parser.add_argument(
-        "--sizes", **list_argument(int, metavar="N"), help="layer widths: 4,8,3 or 4 8 3"
-    )
+    parser.add_argument("--sizes", **list_argument(int), help="layer widths: 4,8,3 or 4 8 3")
     parser.add_argument(
         "--hidden",
-        help="hidden activation(s): a name, module:attribute, or a comma-separated list",
+        **list_argument(str),
+        help="hidden activation(s): a name or module:attribute, one for every hidden layer "
+        "or one each (commas or spaces)",
     )
-    parser.add_argument("--output", help="output function: a name or module:attribute")
-    parser.add_argument("--loss", help="loss: a name or module:attribute")
-    parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
+    parser.add_argument(
+        "--output", metavar="NAME", help="output function: a name or module:attribute"
+    )
+    parser.add_argument("--loss", metavar="NAME", help="loss: a name or module:attribute")
+    parser.add_argument(
+        "--batch-size", type=int, default=8, metavar="INT", help="examples in the batch (default 8)"
+    )
+    # The flag's earlier name, kept working; --batch-size is the one name for every command.
+    parser.add_argument("--batch", dest="batch_size", type=int, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dtype",
         default="float32",
         choices=("float32", "float64", "bfloat16", "float16"),
         help="parameter and compute dtype (default float32)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed for params and data")
+    parser.add_argument(
+        "--seed", type=int, default=0, metavar="INT", help="seed for params and data"
+    )
     parser.add_argument("--fd", action="store_true", help="add float64 finite differences")
     parser.add_argument(
         "--devices",
@@ -96,7 +84,48 @@ def _verify_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extensions",
         action="store_true",
-        help="verify the per-example extensions, equations (5)-(9), over the catalogue",
+        help="verify the per-example extensions, equations (5)-(9): over the catalogue, "
+        "or on the net the net flags describe",
+    )
+
+
+def _check_verify(args) -> None:
+    """Every argument of ``manualbp verify``, before any work."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size: expected a positive batch size, got {args.batch_size}")
+    limits.check_seed(args.seed)
+    if args.sizes is not None:
+        limits.check_sizes(args.sizes)
+    if args.extensions:
+        refused = [
+            flag for flag, on in (("--fd", args.fd), ("--devices all", args.devices == "all")) if on
+        ]
+        if refused:
+            raise UserError(
+                f"--extensions: {' and '.join(refused)} do not apply to the extensions "
+                "(their witness is vmap of jax.grad on the default device); drop them"
+            )
+        if args.dtype not in ("float32", "float64"):
+            raise UserError(f"--extensions: expected --dtype float32 or float64, got {args.dtype}")
+    # The float64 witness and the finite differences hold copies of their own.
+    sizes = args.sizes or CATALOGUE_SIZES
+    limits.check_fits(
+        limits.net_bytes(sizes, args.batch_size),
+        f"a net of sizes {tuple(sizes)} on a batch of {args.batch_size}",
+        "--sizes/--batch-size",
+    )
+
+
+def _single_net(args):
+    """The net the net flags describe (defaults: tanh, identity, mse on the catalogue sizes)."""
+    from manualbp.network import MLP
+
+    hidden = plugins.hidden_activations(args.hidden or ("tanh",))
+    return MLP(
+        args.sizes or CATALOGUE_SIZES,
+        hidden=hidden[0] if len(hidden) == 1 else hidden,
+        output=plugins.output_activation(args.output or "identity"),
+        loss=plugins.loss_function(args.loss or "mse"),
     )
 
 
@@ -105,53 +134,50 @@ def _run_verify(args) -> int:
     import jax.numpy as jnp
 
     from manualbp.data import random_batch
-    from manualbp.network import MLP
-    from manualbp.verification import verify, verify_activation, verify_loss
+    from manualbp.verification import verify
 
-    if args.batch < 1:
-        raise UserError(f"--batch: expected a positive batch size, got {args.batch}")
-    if args.extensions:
-        return _extensions(args)
-    single = any(v is not None for v in (args.sizes, args.hidden, args.output, args.loss))
+    _check_verify(args)
+    single = any(getattr(args, flag) is not None for flag in NET_FLAGS)
     dtype = jnp.dtype(args.dtype)
     devices = None if args.devices == "default" else "all"
 
     def check(net):
         key_params, key_data = jax.random.split(jax.random.key(args.seed))
         params = net.init(key_params, dtype, scheme="nielsen_scaled")
-        X, Y = random_batch(net, key_data, args.batch, dtype)
+        X, Y = random_batch(net, key_data, args.batch_size, dtype)
         return verify(
             net, params, X, Y, finite_differences=args.fd, devices=devices, seed=args.seed
         )
 
+    if args.extensions:
+        return _extensions(args, single)
     with jax.enable_x64(args.dtype == "float64" or args.fd):
         if single:
-            hidden = args.hidden or "tanh"
-            hidden = [_plugin(h, Activation, ACTIVATIONS, "activation") for h in hidden.split(",")]
-            net = MLP(
-                args.sizes or CATALOGUE_SIZES,
-                hidden=hidden[0] if len(hidden) == 1 else hidden,
-                output=_plugin(args.output or "identity", Activation, ACTIVATIONS, "activation"),
-                loss=_plugin(args.loss or "mse", Loss, LOSSES, "loss"),
-            )
-            reports = [
-                verify_activation(sigma, dtype)
-                for sigma in dict.fromkeys(net.activations)  # each once, in layer order
-                if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]
-            ]
-            if net.loss.name not in LOSSES or net.loss is not LOSSES[net.loss.name]:
-                reports.append(verify_loss(net.loss, dtype))
-            reports.append(check(net))
-            print("\n\n".join(str(report) for report in reports))
-            passed = all(report.passed for report in reports)
-            _write_json(
-                args.json,
-                reports[-1].to_dict()
-                if len(reports) == 1
-                else {"passed": passed, "subjects": [r.to_dict() for r in reports]},
-            )
-            return 0 if passed else 1
+            return _verify_one(args, _single_net(args), dtype, check)
         return _catalogue(args, dtype, check)
+
+
+def _verify_one(args, net, dtype, check) -> int:
+    """A plug-in's own grid first (activation, loss), then the net, equation by equation."""
+    from manualbp.verification import verify_activation, verify_loss
+
+    reports = [
+        verify_activation(sigma, dtype)
+        for sigma in dict.fromkeys(net.activations)  # each once, in layer order
+        if sigma.name not in ACTIVATIONS or sigma is not ACTIVATIONS[sigma.name]
+    ]
+    if net.loss.name not in LOSSES or net.loss is not LOSSES[net.loss.name]:
+        reports.append(verify_loss(net.loss, dtype))
+    reports.append(check(net))
+    print("\n\n".join(str(report) for report in reports))
+    passed = all(report.passed for report in reports)
+    _write_json(
+        args.json,
+        reports[-1].to_dict()
+        if len(reports) == 1
+        else {"passed": passed, "subjects": [r.to_dict() for r in reports]},
+    )
+    return 0 if passed else 1
 
 
 def _catalogue(args, dtype, check) -> int:
@@ -162,7 +188,7 @@ def _catalogue(args, dtype, check) -> int:
     print(
         f"manualbp verify: {len(subjects)} subjects: {len(ACTIVATIONS)} activations and "
         f"{len(LOSSES)} losses on their grids, then {n_nets} nets of sizes {CATALOGUE_SIZES} "
-        f"(each hidden activation × (output, loss) pair), batch {args.batch}, {dtype}",
+        f"(each hidden activation × (output, loss) pair), batch {args.batch_size}, {dtype}",
         file=sys.stderr,
         flush=True,
     )
@@ -183,7 +209,7 @@ def _catalogue(args, dtype, check) -> int:
     verdict = "PASSED" if not failed else "FAILED"
     print(
         f"{verdict}: {len(reports) - len(failed)} of {len(reports)} subjects, {n_checks} checks, "
-        f"sizes {CATALOGUE_SIZES}, batch {args.batch}, {dtype}, "
+        f"sizes {CATALOGUE_SIZES}, batch {args.batch_size}, {dtype}, "
         f"{time.perf_counter() - start:.1f} s"
     )
     _write_json(
@@ -213,14 +239,39 @@ def _catalogue_subjects(dtype, check) -> list[tuple[str, object]]:
     return blocks + nets
 
 
-def _extensions(args) -> int:
-    from manualbp.table import format_table
-    from manualbp.verification.extensions import catalogue_extensions
+def _extensions(args, single: bool) -> int:
+    """`verify_extensions` on the net the flags describe, or over the catalogue with progress."""
+    import jax
 
-    if args.dtype not in ("float32", "float64"):
-        raise UserError(f"--extensions: expected --dtype float32 or float64, got {args.dtype}")
-    reports = catalogue_extensions(args.dtype)
-    summary = [_summary_row(r.meta["subject"], r) for r in reports]
+    from manualbp.data import random_batch
+    from manualbp.network import MLP
+    from manualbp.table import format_table
+    from manualbp.verification import verify_extensions
+
+    float64 = args.dtype == "float64"
+    if single:
+        nets = [_single_net(args)]
+    else:
+        nets = [
+            MLP(CATALOGUE_SIZES, hidden=hidden, output=output, loss=loss)
+            for hidden in HIDDEN_ACTIVATIONS
+            for output, loss in OUTPUT_LOSS_PAIRS
+        ]
+        print(
+            f"manualbp verify --extensions: {len(nets)} nets of sizes {CATALOGUE_SIZES} (each "
+            f"hidden activation × (output, loss) pair), batch {args.batch_size}, {args.dtype}",
+            file=sys.stderr,
+            flush=True,
+        )
+    reports = []
+    with jax.enable_x64(float64), Progress(len(nets), "verify --extensions") as progress:
+        for net in nets:
+            key_params, key_data = jax.random.split(jax.random.key(args.seed))
+            params = net.init(key_params, args.dtype, scheme="nielsen_scaled")
+            X, Y = random_batch(net, key_data, args.batch_size, args.dtype)
+            reports.append(verify_extensions(net, params, X, Y, float64=float64))
+            progress.step(f"{'ok' if reports[-1].passed else 'FAIL':<4} {_subject(net)}")
+    summary = [_summary_row(_subject(net), r) for net, r in zip(nets, reports, strict=True)]
     print(format_table(summary, ["", "subject", "checks", "worst rel_err/tol", "first failure"]))
     failed = [r for r in reports if not r.passed]
     for report in failed:
@@ -228,6 +279,11 @@ def _extensions(args) -> int:
     print(f"{'FAILED' if failed else 'PASSED'}: {len(reports) - len(failed)} of {len(reports)}")
     _write_json(args.json, {"passed": not failed, "subjects": [r.to_dict() for r in reports]})
     return 1 if failed else 0
+
+
+def _subject(net) -> str:
+    hidden = dict.fromkeys(a.name for a in net.activations[:-1])
+    return f"{','.join(hidden)} → {net.activations[-1].name} + {net.loss.name}"
 
 
 def _summary_row(subject, report):
@@ -255,20 +311,32 @@ def _write_json(path, payload) -> None:
             f.write(text + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="manualbp", description=__doc__.splitlines()[0])
+def _parser() -> Parser:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        number = version("manualbp")
+    except PackageNotFoundError:  # run from a clone that was never installed
+        number = "unknown (not installed)"
+    parser = Parser(prog="manualbp", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"manualbp {number}")
     commands = parser.add_subparsers(dest="command", metavar="{verify,train,bench}")
     _verify_parser(commands.add_parser("verify", help="check manual backprop against autodiff"))
     commands.add_parser("train", help="train on a data set (see manualbp train -h)", add_help=False)
     commands.add_parser(
         "bench", help="benchmark manual vs autodiff (see manualbp bench -h)", add_help=False
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("train", "bench"):
         module = importlib.import_module(
             "manualbp.tools.train_cli" if argv[0] == "train" else "manualbp.tools.bench_cli"
         )
         return guarded(f"manualbp {argv[0]}", lambda: module.main(argv[1:]))
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from manualbp.tools.console import guarded, list_argument
+from manualbp.tools.console import Parser, guarded, list_argument, metavar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ def _argument(name: str, hint: Any, default: Any) -> dict[str, Any]:
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return list_argument(args[0])
     if hint in (int, float, str):
-        return {"type": hint, "metavar": hint.__name__.upper()}
+        return {"type": hint, "metavar": metavar(hint, name)}
     raise TypeError(f"{name}: unsupported config field type {hint}")
 
 
@@ -103,7 +103,7 @@ def build_parser(
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"expected a dataclass, got {cls!r}")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description=description and inspect.cleandoc(description),
         formatter_class=argparse.RawDescriptionHelpFormatter,

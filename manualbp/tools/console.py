@@ -10,34 +10,62 @@ error (a flag, a path, a plug-in, inputs that do not fit the net); 130 interrupt
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from manualbp.training import DivergenceError
+from manualbp.training.checkpoint import CheckpointWriteError
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+"""A full disk, a file over ``ulimit -f``, a quota: the run failed (1), the flags were fine."""
 
 
 class UserError(Exception):
     """A mistake in the command line or the inputs: one line, exit status 2."""
 
 
-def list_argument(kind: type, metavar: str | None = None) -> dict:
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and a hint, not the usage block.
+
+    Subcommand parsers made with ``add_subparsers`` are of this class too.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n{self.prog}: see {self.prog} --help\n")
+
+
+METAVARS = {int: "INT", float: "FLOAT", str: "NAME"}
+"""One metavar style for every command: what the value is, in capitals; files are PATH."""
+
+
+def metavar(kind: type, name: str = "") -> str:
+    """The metavar of a flag called ``name`` taking ``kind``: INT, FLOAT, NAME or PATH."""
+    if kind is str and (name.endswith(("_dir", "dir", "path")) or name in ("json", "markdown")):
+        return "PATH"
+    return METAVARS.get(kind, kind.__name__.upper())
+
+
+def list_argument(kind: type) -> dict:
     """argparse keyword arguments for a list flag: ``--sizes 4,8,3``, ``4 8 3`` or ``4,8 3``.
 
-    The parsed value is one tuple of ``kind``.
+    The parsed value is one tuple of ``kind``; an empty list (``--sizes ,``) is
+    a usage error, never silently the default.
     """
     return {
         "type": _comma_separated(kind),
         "nargs": "+",
         "action": _Joined,
-        "metavar": metavar or kind.__name__.upper(),
+        "metavar": metavar(kind),
     }
 
 
 def _comma_separated(kind: type) -> Callable[[str], list]:
     def parse(text: str) -> list:
         try:
-            return [kind(part) for part in text.split(",") if part.strip()]
+            return [kind(part.strip()) for part in text.split(",") if part.strip()]
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"invalid {kind.__name__} value {text!r}: expected values separated by commas "
@@ -51,7 +79,10 @@ class _Joined(argparse.Action):
     """Join the comma-separated pieces of a ``nargs="+"`` flag into one tuple."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, tuple(value for piece in values for value in piece))
+        joined = tuple(value for piece in values for value in piece)
+        if not joined:
+            parser.error(f"argument {option_string}: expected at least one value, got none")
+        setattr(namespace, self.dest, joined)
 
 
 def output_path(text: str) -> str:
@@ -126,13 +157,28 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
     """Run ``command``; an error becomes one line on standard error and its exit status."""
     try:
         return command()
+    except CheckpointWriteError as error:
+        cause = error.__cause__
+        full = isinstance(cause, OSError) and cause.errno in OUT_OF_SPACE
+        return _say(prog, error, 1 if full else 2, "the run failed: " if full else "")
     except (UserError, ValueError, TypeError) as error:
         return _say(prog, error, 2)
-    except (DivergenceError, OSError) as error:
+    except OSError as error:
+        return _say(prog, _os_error(error), 1, "the run failed: ")
+    except DivergenceError as error:
         return _say(prog, error, 1, "the run failed: ")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130  # the shell's status for a process ended by SIGINT
+
+
+def _os_error(error: OSError) -> str:
+    """An OS error in one short line: the reason and the file's last name, not a whole path."""
+    if error.filename is None:
+        return str(error)
+    name = Path(os.fsdecode(error.filename)).name
+    name = name if len(name) <= 40 else f"{name[:20]}...{name[-12:]}"
+    return f"{error.strerror or error} ({name})"
 
 
 def _say(prog: str, error: Exception, status: int, lead: str = "") -> int:

@@ -35,15 +35,17 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
+    check_every: int | None = None,
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
     Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
     of ``metrics`` (those the history has) go to ``curves.png``, one axis per
     metric with every path on it. With ``checkpoint_dir``, each path saves to
-    and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
-    finished checkpoint is announced on stderr (only the epochs trained now
-    are logged).
+    and resumes from ``<checkpoint_dir>/<grad>/``; only the epochs trained now
+    are logged. A resume is announced once it is accepted, never before: by
+    `mbp.train` itself with ``progress``, else here after the path finished.
+    ``check_every`` is `mbp.train`'s gradient check.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -53,8 +55,12 @@ def train_side_by_side(
     results, seconds = {}, {}
     for grad in grads:
         directory = None if checkpoint_dir is None else str(Path(checkpoint_dir) / grad)
-        if directory is not None:
-            announce_checkpoint(directory, epochs, grad)
+        logged = []
+
+        def log(record, grad=grad, logged=logged):
+            logged.append(record["epoch"])
+            run.log(grad=grad, **record)
+
         started = time.perf_counter()
         results[grad] = mbp.train(
             net,
@@ -66,11 +72,14 @@ def train_side_by_side(
             key=key,
             grad=grad,
             eval_data=eval_data,
+            check_every=check_every,
             progress=progress,
             checkpoint_dir=directory,
-            callback=lambda record, grad=grad: run.log(grad=grad, **record),
+            callback=log,
         )
         seconds[grad] = time.perf_counter() - started
+        if not progress and (not logged or logged[0] > 1):
+            print(_resumed_line(grad, directory, logged, epochs), file=sys.stderr)
     metrics = [m for m in metrics if m in results[grads[0]].history[0]]
     panels = {
         metric: {grad: [h[metric] for h in results[grad].history] for grad in grads}
@@ -80,35 +89,32 @@ def train_side_by_side(
     return {**results, "seconds": seconds}
 
 
-def announce_checkpoint(directory: str, epochs: int, grad: str) -> int:
-    """Say on stderr that ``mbp.train`` will resume the checkpoint in ``directory``, if any.
+def _resumed_line(grad: str, directory: str, logged: list[int], epochs: int) -> str:
+    if not logged:
+        return f"{grad}: the checkpoint in {directory} already held all {epochs} epochs"
+    after = logged[0] - 1
+    return f"{grad}: resumed from the checkpoint in {directory} after epoch {after} of {epochs}"
 
-    Returns the epochs it has completed (0 for none). An unreadable checkpoint
-    is not judged here: ``mbp.train`` refuses it with the reason.
-    """
-    done = completed_epochs(directory)
-    if done >= epochs:
-        print(
-            f"{grad}: the checkpoint in {directory} has completed {done} of {epochs} epochs; "
-            "nothing to train (move it away, or raise --epochs, to train more)",
-            file=sys.stderr,
-        )
-    elif done:
-        print(
-            f"{grad}: resuming the checkpoint in {directory} after epoch {done} of {epochs}",
-            file=sys.stderr,
-        )
-    return done
+
+META_LIMIT = 1 << 20
+"""The largest checkpoint metadata read to count its epochs: a few kB in a real one."""
 
 
 def completed_epochs(directory: str | Path) -> int:
     """The epoch count a manualbp checkpoint in ``directory`` records; 0 if none is readable."""
     from manualbp.training import checkpoint
 
+    path = checkpoint.path_in(directory)
     try:
-        with np.load(checkpoint.path_in(directory), allow_pickle=False) as stored:
+        # Only a regular file, and a metadata member of sane size, is read at all.
+        if not Path(path).is_file():
+            return 0
+        with zipfile.ZipFile(path) as archive:
+            if archive.getinfo("meta.npy").file_size > META_LIMIT:
+                return 0
+        with np.load(path, allow_pickle=False) as stored:
             epoch = json.loads(stored["meta"].tobytes().decode())["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, TypeError, EOFError, RecursionError, zipfile.BadZipFile):
         return 0
     return epoch if isinstance(epoch, int) and epoch > 0 else 0
 
