@@ -102,7 +102,8 @@ def _check_verify(args) -> None:
         ]
         if refused:
             raise UserError(
-                f"--extensions: {' and '.join(refused)} do not apply to the extensions "
+                f"--extensions: {' and '.join(refused)} "
+                f"{'does' if len(refused) == 1 else 'do'} not apply to the extensions "
                 "(their witness is vmap of jax.grad on the default device); drop them"
             )
         if args.dtype not in ("float32", "float64"):
