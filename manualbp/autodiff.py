@@ -9,7 +9,15 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from manualbp.network import MLP, Layer, Params, example_loss, forward_pass_batch, mean_loss
+from manualbp.network import (
+    MLP,
+    Forward,
+    Layer,
+    Params,
+    example_loss,
+    forward_pass_batch,
+    mean_loss,
+)
 
 Array = jax.Array
 
@@ -46,18 +54,21 @@ def value_grad_and_deltas(net: MLP, params: Params, X: Array, Y: Array):
     is δ^l / B (the mean's 1/B), so it is scaled back by B.
 
     Returns:
-        (E, grads, deltas, (zs, as_)), the last as `network.forward_pass_batch` returns them.
+        (E, grads, deltas, forward), the last a `network.Forward` as
+        `network.forward_pass_batch` returns it.
     """
     B = X.shape[0]
     offsets = tuple(jnp.zeros((B, n), X.dtype) for n in net.sizes[1:])
 
     def mean_E(params, offsets):
-        zs, as_ = [], [X]
+        z, a = [None], [X]
         for (W, b), sigma, offset in zip(params, net.activations, offsets, strict=True):
-            zs.append(as_[-1] @ W.T + b[None, :] + offset)
-            as_.append(sigma.fn(zs[-1]))
-        E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
-        return E, (zs, as_)
+            z.append(a[-1] @ W.T + b[None, :] + offset)
+            a.append(sigma.fn(z[-1]))
+        E = jnp.mean(
+            jax.vmap(lambda z_L, y_hat, y: example_loss(net, z_L, y_hat, y))(z[-1], a[-1], Y)
+        )
+        return E, Forward(tuple(z), tuple(a))
 
     (E, forward), (grads, scaled) = jax.value_and_grad(mean_E, argnums=(0, 1), has_aux=True)(
         params, offsets
@@ -92,9 +103,9 @@ def gradient_magnitudes(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     (1/B) Σ_b |δ^l_b| |a^{l-1}_b|ᵀ, and ∂E/∂b^l sums (1/B) Σ_b |δ^l_b|, with the
     true δ^l of `deltas`. Same structure as params.
     """
-    _, as_ = forward_pass_batch(net, params, X)
+    a = forward_pass_batch(net, params, X).a
     B = X.shape[0]
     return tuple(
         Layer(W=jnp.abs(delta).T @ jnp.abs(a_prev) / B, b=jnp.mean(jnp.abs(delta), axis=0))
-        for delta, a_prev in zip(deltas(net, params, X, Y), as_[:-1], strict=True)
+        for delta, a_prev in zip(deltas(net, params, X, Y), a[:-1], strict=True)
     )

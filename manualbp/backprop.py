@@ -91,16 +91,16 @@ def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Param
     Returns:
         (E, grads), grads with the structure of params.
     """
-    zs, as_ = forward_pass(net, params, x)  # step 1; zs[k] = z^{k+2}, as_[k] = a^{k+1}
-    delta = delta_L(net, zs[-1], as_[-1], y)  # step 2
+    fwd = forward_pass(net, params, x)  # step 1
+    delta = delta_L(net, fwd.z[-1], fwd.a[-1], y)  # step 2
     grads = [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
-        grads[k] = Layer(W=weight_grad(delta, as_[k]), b=bias_grad(delta))  # step 4
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2, from L down to 2
+        dW, db = weight_grad(delta, fwd.a[k]), bias_grad(delta)  # step 4; fwd.a[k] = a^{l-1}
+        grads[k] = Layer(W=dW, b=db)
         if k > 0:  # step 3: δ^{l-1}; none is needed for the input layer
-            delta = hidden_delta(
-                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
-            )
-    return example_loss(net, zs[-1], as_[-1], y), tuple(grads)
+            sigma_prime_z = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
+            delta = hidden_delta(delta, params[k].W, sigma_prime_z)
+    return example_loss(net, fwd.z[-1], fwd.a[-1], y), tuple(grads)
 
 
 # --- the batched form -----------------------------------------------------------
@@ -166,17 +166,17 @@ def backward_with_deltas(
         (mean E, grads of mean E, deltas) with ``deltas[k]`` = Δ^{k+2}, shape
         (B, N_{k+2}), one δ per example.
     """
-    zs, as_ = forward_pass_batch(net, params, X)  # step 1
-    delta = equations.output_delta(net, zs[-1], as_[-1], Y)  # step 2
+    fwd = forward_pass_batch(net, params, X)  # step 1
+    delta = equations.output_delta(net, fwd.z[-1], fwd.a[-1], Y)  # step 2
     grads, deltas = [None] * len(params), [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2, from L down to 2
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2, from L down to 2
         deltas[k] = delta
-        grads[k] = Layer(W=equations.weight_grad(delta, as_[k]), b=equations.bias_grad(delta))
+        dW, db = equations.weight_grad(delta, fwd.a[k]), equations.bias_grad(delta)
+        grads[k] = Layer(W=dW, b=db)
         if k > 0:  # step 3; none is needed for the input layer
-            delta = equations.hidden_delta(
-                delta, params[k].W, sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
-            )
-    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+            sigma_prime_z = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
+            delta = equations.hidden_delta(delta, params[k].W, sigma_prime_z)
+    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(fwd.z[-1], fwd.a[-1], Y))
     return E, tuple(grads), tuple(deltas)
 
 

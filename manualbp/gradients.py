@@ -48,8 +48,7 @@ def like_params(grads: Params, params: Params) -> Params:
 
 @functools.partial(jax.jit, static_argnums=0)
 def _forward(net: MLP, params: Params, X: Array) -> Array:
-    _, as_ = forward_pass_batch(net, *in_compute_dtype(net, params, X))
-    return as_[-1]
+    return forward_pass_batch(net, *in_compute_dtype(net, params, X)).a[-1]
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -281,32 +281,42 @@ def layer_forward(W: Array, b: Array, a_prev: Array, sigma: Activation) -> tuple
     return z, sigma.fn(z)
 
 
-def forward_pass(net: MLP, params: Params, x: Array) -> tuple[list[Array], list[Array]]:
-    """Step 1 for one example x (N_1,): every z^l and a^l.
+class Forward(NamedTuple):
+    """Step 1's record: z^l and a^l of every layer l = 1..L, one index per layer.
 
-    Returns:
-        (zs, as_) with ``zs[k]`` = z^{k+2} and ``as_[k]`` = a^{k+1}, so
-        ``as_[0]`` is a^1 = x and ``as_[-1]`` is ŷ = a^L.
+    ``z[i]`` and ``a[i]`` belong to the same layer, l = i + 1: ``a[0]`` is
+    a^1 = x and ``z[0]`` is None (the input layer computes nothing);
+    ``z[-1]`` is z^L and ``a[-1]`` is ŷ = a^L. Layer l's parameters are
+    ``params[l - 2]``, so in a loop over ``params[k]`` (layer l = k + 2) the
+    layer's own values are ``z[k + 1]``, ``a[k + 1]`` and its input a^{l-1}
+    is ``a[k]``.
     """
-    zs, as_ = [], [x]
+
+    z: tuple
+    a: tuple
+
+
+def forward_pass(net: MLP, params: Params, x: Array) -> Forward:
+    """Step 1 for one example x (N_1,): every z^l and a^l, aligned by layer (`Forward`)."""
+    z, a = [None], [x]
     for (W, b), sigma in zip(params, net.activations, strict=True):
-        z, a = layer_forward(W, b, as_[-1], sigma)
-        zs.append(z)
-        as_.append(a)
-    return zs, as_
+        z_l, a_l = layer_forward(W, b, a[-1], sigma)
+        z.append(z_l)
+        a.append(a_l)
+    return Forward(tuple(z), tuple(a))
 
 
-def forward_pass_batch(net: MLP, params: Params, X: Array) -> tuple[list[Array], list[Array]]:
+def forward_pass_batch(net: MLP, params: Params, X: Array) -> Forward:
     """Step 1 for a batch X (B, N_1): rows are examples, Z^l = A^{l-1} (W^l)ᵀ + b^l.
 
-    The same layout as `forward_pass`, each array with a leading batch axis.
+    The same `Forward` as `forward_pass`, each array with a leading batch axis.
     """
-    zs, as_ = [], [X]
+    z, a = [None], [X]
     for (W, b), sigma in zip(params, net.activations, strict=True):
-        z = as_[-1] @ W.T + b[None, :]
-        zs.append(z)
-        as_.append(sigma.fn(z))
-    return zs, as_
+        z_l = a[-1] @ W.T + b[None, :]
+        z.append(z_l)
+        a.append(sigma.fn(z_l))
+    return Forward(tuple(z), tuple(a))
 
 
 def example_loss(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
@@ -319,8 +329,8 @@ def example_loss(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
 
 def mean_loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
     """The batch mean of E for X (B, N_1) and targets Y (B, N_L)."""
-    zs, as_ = forward_pass_batch(net, params, X)
-    return jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(zs[-1], as_[-1], Y))
+    fwd = forward_pass_batch(net, params, X)
+    return jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(fwd.z[-1], fwd.a[-1], Y))
 
 
 def as_targets(net: MLP, Y: Array, dtype) -> Array:

@@ -117,29 +117,31 @@ def mutant(equation, layer, wrong):
     """A backward pass whose equation ``equation`` at ``layer`` returns ``wrong(value, inputs)``."""
 
     def backward(net, params, X, Y):
-        zs, as_ = forward_pass_batch(net, params, X)
+        fwd = forward_pass_batch(net, params, X)
         L = net.L
-        delta = backprop.delta_L_batch(net, zs[-1], as_[-1], Y)
+        delta = backprop.delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
         if (equation, layer) == (4, L):
             delta = wrong(delta, None)
         grads, deltas = [None] * len(params), [None] * len(params)
         for k in reversed(range(len(params))):
             l = k + 2
             deltas[k] = delta
-            dW = backprop.weight_grad_batch(delta, as_[k])
+            dW = backprop.weight_grad_batch(delta, fwd.a[k])
             db = backprop.bias_grad_batch(delta)
             if (equation, layer) == (2, l):
-                dW = wrong(dW, (delta, as_[k]))
+                dW = wrong(dW, (delta, fwd.a[k]))
             if (equation, layer) == (3, l):
                 db = wrong(db, (delta,))
             grads[k] = Layer(dW, db)
             if k > 0:
-                sp = backprop.sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+                sp = backprop.sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
                 delta = backprop.hidden_delta_batch(delta, params[k].W, sp)
                 if (equation, layer) == (1, l - 1):
                     delta = wrong(delta, (deltas[k], params[k].W, sp))
         E = jnp.mean(
-            jax.vmap(lambda z, a, y: mbp.network.example_loss(net, z, a, y))(zs[-1], as_[-1], Y)
+            jax.vmap(lambda z, a, y: mbp.network.example_loss(net, z, a, y))(
+                fwd.z[-1], fwd.a[-1], Y
+            )
         )
         return E, tuple(grads), tuple(deltas)
 

@@ -148,10 +148,9 @@ def test_kflr_is_the_ggn_block_for_one_example():
     def logits(W, k):
         q = list(params)
         q[k] = q[k]._replace(W=W)
-        zs, _ = mbp.network.forward_pass_batch(net, tuple(q), X)
-        return zs[-1][0]
+        return mbp.network.forward_pass_batch(net, tuple(q), X).z[-1][0]
 
-    z_L = mbp.network.forward_pass_batch(net, params, X)[0][-1][0]
+    z_L = mbp.network.forward_pass_batch(net, params, X).z[-1][0]
     H = net.fused_loss.hessian(z_L, Yt[0])
     for k, (A, G) in enumerate(mbp.extensions.kflr(net, params, X, Y)):
         J = jax.jacrev(logits)(params[k].W, k).reshape(3, -1)

@@ -46,13 +46,14 @@ dW2 = jnp.array([[0.0, 0.0], [2.0, 4.0]])  # eq. (2): δ^2 xᵀ = [0, 2]ᵀ [1, 
 db2 = jnp.array([0.0, 2.0])  # eq. (3): δ^2
 
 
-def test_forward_pass_stores_every_z_and_a():
-    zs, as_ = forward_pass(NET, PARAMS, x)
-    np.testing.assert_array_equal(zs[0], z2)
-    np.testing.assert_array_equal(zs[1], z3)
-    np.testing.assert_array_equal(as_[0], x)
-    np.testing.assert_array_equal(as_[1], a2)
-    np.testing.assert_array_equal(as_[2], z3)
+def test_forward_pass_stores_every_z_and_a_aligned_by_layer():
+    fwd = forward_pass(NET, PARAMS, x)  # index i is layer l = i + 1
+    assert fwd.z[0] is None  # the input layer a^1 = x computes no z
+    np.testing.assert_array_equal(fwd.a[0], x)
+    np.testing.assert_array_equal(fwd.z[1], z2)
+    np.testing.assert_array_equal(fwd.a[1], a2)
+    np.testing.assert_array_equal(fwd.z[2], z3)
+    np.testing.assert_array_equal(fwd.a[2], z3)
 
 
 def test_loss_gradient():

@@ -102,8 +102,8 @@ def test_per_example_deltas_are_the_batched_backwards():
     _, _, ext_deltas = backward_with_deltas(NET, params, X, Y, per_example.NORMS)
     for a, b in zip(deltas, ext_deltas, strict=True):
         np.testing.assert_array_equal(a, b)
-    zs, as_ = mbp.network.forward_pass_batch(NET, params, X)
-    np.testing.assert_array_equal(ext_deltas[-1], delta_L_batch(NET, zs[-1], as_[-1], Y))
+    fwd = mbp.network.forward_pass_batch(NET, params, X)
+    np.testing.assert_array_equal(ext_deltas[-1], delta_L_batch(NET, fwd.z[-1], fwd.a[-1], Y))
 
 
 def test_extensions_never_start_autodiff(autodiff_forbidden):

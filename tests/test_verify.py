@@ -85,17 +85,18 @@ def test_sum_instead_of_mean_in_equation_2():
 
 def off_by_one_backward(net, params, X, Y):
     """A hand-written backward pass whose equation (2) takes a^l where a^{l-1} belongs."""
-    zs, as_ = forward_pass_batch(net, params, X)
-    delta = backprop.delta_L_batch(net, zs[-1], as_[-1], Y)
+    fwd = forward_pass_batch(net, params, X)
+    delta = backprop.delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
     grads, deltas = [None] * len(params), [None] * len(params)
-    for k in reversed(range(len(params))):
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
         deltas[k] = delta
-        a = as_[k + 1] if as_[k + 1].shape[1] == as_[k].shape[1] else as_[k]
+        a_l, a_prev = fwd.a[k + 1], fwd.a[k]
+        a = a_l if a_l.shape[1] == a_prev.shape[1] else a_prev
         grads[k] = Layer(delta.T @ a / B, jnp.mean(delta, axis=0))
         if k > 0:
-            sp = backprop.sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            sp = backprop.sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
             delta = backprop.hidden_delta_batch(delta, params[k].W, sp)
-    E = jnp.mean(jax.vmap(net.loss.fn)(as_[-1], Y))
+    E = jnp.mean(jax.vmap(net.loss.fn)(fwd.a[-1], Y))
     return E, tuple(grads), tuple(deltas)
 
 

@@ -37,7 +37,7 @@ from manualbp.backprop import (
 )
 from manualbp.extensions.curvature_equations import CURVATURE, logits_are_f
 from manualbp.gradients import in_compute_dtype, like_params
-from manualbp.network import MLP, Layer, Params, forward_pass_batch
+from manualbp.network import MLP, Forward, Layer, Params, forward_pass_batch
 
 Array = jax.Array
 
@@ -51,94 +51,99 @@ def _per_example(net, fn, *arrays):
     return jax.vmap(lambda *row: fn(net, *row))(*arrays)
 
 
-def backprop_factor(net, params, zs, as_, S_L, per_layer, eqs=CURVATURE) -> list:
+def backprop_factor(net, params, fwd, S_L, per_layer, eqs=CURVATURE) -> list:
     """S^l for l = L..2 by (13) from S^L, and ``per_layer(S^l, A^{l-1})`` of each."""
     S, out = S_L, [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2
-        out[k] = per_layer(S, as_[k])
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
+        out[k] = per_layer(S, fwd.a[k])
         if k > 0:
-            sp = sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            sp = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
             S = eqs.hidden_factor(S, params[k].W, sp)
     return out
 
 
-def ggn_factor_L(net, zs, as_, Y, eqs=CURVATURE) -> Array:
+def ggn_factor_L(net, fwd, Y, eqs=CURVATURE) -> Array:
     """S^L of every example by (11), (12): (B, N_L, N_L)."""
-    S_f = _per_example(net, eqs.loss_factor, zs[-1], as_[-1], Y)
-    return _per_example(net, eqs.output_factor, zs[-1], S_f)
+    S_f = _per_example(net, eqs.loss_factor, fwd.z[-1], fwd.a[-1], Y)
+    return _per_example(net, eqs.output_factor, fwd.z[-1], S_f)
 
 
-def sampled_factor_L(net, zs, as_, Y, key, samples, eqs=CURVATURE) -> Array:
+def sampled_factor_L(net, fwd, Y, key, samples, eqs=CURVATURE) -> Array:
     """S̃^L of every example by (16), (12): (B, N_L, samples), one key per example."""
     keys = jax.random.split(key, Y.shape[0])
     S_f = jax.vmap(lambda k, z, a, y: eqs.sampled_factor(net, k, z, a, y, samples))(
-        keys, zs[-1], as_[-1], Y
+        keys, fwd.z[-1], fwd.a[-1], Y
     )
-    return _per_example(net, eqs.output_factor, zs[-1], S_f)
+    return _per_example(net, eqs.output_factor, fwd.z[-1], S_f)
 
 
 def diag_ggn_layers(net, params, X, Y, eqs=CURVATURE, *, key=None, samples=0) -> Params:
     """diag G by (11)–(14); with ``key``, its Monte Carlo estimate by (16)."""
-    zs, as_ = forward_pass_batch(net, params, X)
+    fwd = forward_pass_batch(net, params, X)
     if key is None:
-        S_L = ggn_factor_L(net, zs, as_, Y, eqs)
+        S_L = ggn_factor_L(net, fwd, Y, eqs)
     else:
-        S_L = sampled_factor_L(net, zs, as_, Y, key, samples, eqs)
-    return tuple(backprop_factor(net, params, zs, as_, S_L, eqs.ggn_diag, eqs))
+        S_L = sampled_factor_L(net, fwd, Y, key, samples, eqs)
+    return tuple(backprop_factor(net, params, fwd, S_L, eqs.ggn_diag, eqs))
 
 
 def kron_layers(net, params, X, Y, eqs=CURVATURE, *, key=None) -> tuple:
     """(A, G) of (15) per layer; with ``key``, G from one sampled column per example."""
-    zs, as_ = forward_pass_batch(net, params, X)
+    fwd = forward_pass_batch(net, params, X)
     if key is None:
-        S_L = ggn_factor_L(net, zs, as_, Y, eqs)
+        S_L = ggn_factor_L(net, fwd, Y, eqs)
     else:
-        S_L = sampled_factor_L(net, zs, as_, Y, key, 1, eqs)
-    factors = backprop_factor(net, params, zs, as_, S_L, eqs.kron_factors, eqs)
+        S_L = sampled_factor_L(net, fwd, Y, key, 1, eqs)
+    factors = backprop_factor(net, params, fwd, S_L, eqs.kron_factors, eqs)
     return tuple(factors)
 
 
 def diag_hessian_layers(net, params, X, Y, eqs=CURVATURE) -> Params:
     """diag ∇²Ē by (17): H^L, then H^l from H^{l+1} and the example's own δ^{l+1}."""
-    zs, as_ = forward_pass_batch(net, params, X)
-    H = _per_example(net, eqs.output_hessian, zs[-1], as_[-1], Y)
-    delta = delta_L_batch(net, zs[-1], as_[-1], Y)
+    fwd = forward_pass_batch(net, params, X)
+    H = _per_example(net, eqs.output_hessian, fwd.z[-1], fwd.a[-1], Y)
+    delta = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
     out = [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2
-        out[k] = eqs.hessian_diag(H, as_[k])
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
+        out[k] = eqs.hessian_diag(H, fwd.a[k])
         if k > 0:
             sigma, W = net.activations[k - 1], params[k].W
-            sp = sigma_prime(sigma, zs[k - 1], as_[k])
-            H = eqs.hidden_hessian(H, delta, W, sp, sigma.deriv2(zs[k - 1]))
+            sp = sigma_prime(sigma, fwd.z[k], fwd.a[k])
+            H = eqs.hidden_hessian(H, delta, W, sp, sigma.deriv2(fwd.z[k]))
             delta = hidden_delta_batch(delta, W, sp)
     return tuple(out)
 
 
-def r_forward_pass(net, params, as_, zs, v, eqs=CURVATURE) -> tuple[list, list]:
-    """R{z^l} for l = 2..L and R{a^l} for l = 1..L−1 by (18); R{a^1} = R{x} = 0 is None."""
-    Rzs, Ras = [], [None]
-    for k, (W, _) in enumerate(params):
-        Rzs.append(eqs.r_forward(Ras[-1], as_[k], W, v[k]))
-        if k < len(params) - 1:
-            Ras.append(sigma_prime(net.activations[k], zs[k], as_[k + 1]) * Rzs[-1])
-    return Rzs, Ras
+def r_forward_pass(net, params, fwd, v, eqs=CURVATURE) -> Forward:
+    """R{z^l} and R{a^l} for l = 1..L by (18), aligned by layer as `Forward` is.
+
+    R{z^1} is None and R{a^1} = R{x} = 0 is None; R{a^L} is not needed and not formed (None).
+    """
+    Rz, Ra = [None], [None]
+    for k, (W, _) in enumerate(params):  # params[k] is layer l = k + 2
+        Rz.append(eqs.r_forward(Ra[k], fwd.a[k], W, v[k]))
+        last = k == len(params) - 1
+        Ra.append(
+            None if last else sigma_prime(net.activations[k], fwd.z[k + 1], fwd.a[k + 1]) * Rz[-1]
+        )
+    return Forward(tuple(Rz), tuple(Ra))
 
 
 def hvp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     """∇²Ē v by the R-operator: (18) forward, (19) backward, with 1/B applied once to δ^L."""
     B = X.shape[0]
-    zs, as_ = forward_pass_batch(net, params, X)
-    Rzs, Ras = r_forward_pass(net, params, as_, zs, v, eqs)
-    delta = delta_L_batch(net, zs[-1], as_[-1], Y) / B
-    Rdelta = _per_example(net, eqs.r_output_delta, zs[-1], as_[-1], Y, Rzs[-1]) / B
+    fwd = forward_pass_batch(net, params, X)
+    R = r_forward_pass(net, params, fwd, v, eqs)
+    delta = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y) / B
+    Rdelta = _per_example(net, eqs.r_output_delta, fwd.z[-1], fwd.a[-1], Y, R.z[-1]) / B
     out = [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2
-        out[k] = eqs.r_grad(Rdelta, delta, as_[k], Ras[k])
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
+        out[k] = eqs.r_grad(Rdelta, delta, fwd.a[k], R.a[k])
         if k > 0:
             sigma, W = net.activations[k - 1], params[k].W
-            sp = sigma_prime(sigma, zs[k - 1], as_[k])
+            sp = sigma_prime(sigma, fwd.z[k], fwd.a[k])
             Rdelta = eqs.r_hidden_delta(
-                Rdelta, delta, W, v[k].W, sp, sigma.deriv2(zs[k - 1]), Rzs[k - 1]
+                Rdelta, delta, W, v[k].W, sp, sigma.deriv2(fwd.z[k]), R.z[k]
             )
             delta = hidden_delta_batch(delta, W, sp)
     return tuple(out)
@@ -147,16 +152,16 @@ def hvp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
 def ggn_vp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     """G v: R{f} = J v by (18), u = H R{f} / B by (11), then Jᵀ u by (12), (1)–(3)."""
     B = X.shape[0]
-    zs, as_ = forward_pass_batch(net, params, X)
-    Rzs, _ = r_forward_pass(net, params, as_, zs, v, eqs)
-    Rf = Rzs[-1] if logits_are_f(net) else _output_jvp(net, zs[-1], Rzs[-1])
-    u = _per_example(net, eqs.loss_hessian_dot, zs[-1], as_[-1], Y, Rf) / B
-    delta = _per_example(net, eqs.output_factor, zs[-1], u[:, :, None])[:, :, 0]
+    fwd = forward_pass_batch(net, params, X)
+    Rz_L = r_forward_pass(net, params, fwd, v, eqs).z[-1]
+    Rf = Rz_L if logits_are_f(net) else _output_jvp(net, fwd.z[-1], Rz_L)
+    u = _per_example(net, eqs.loss_hessian_dot, fwd.z[-1], fwd.a[-1], Y, Rf) / B
+    delta = _per_example(net, eqs.output_factor, fwd.z[-1], u[:, :, None])[:, :, 0]
     out = [None] * len(params)
-    for k in reversed(range(len(params))):  # layer l = k + 2
-        out[k] = Layer(W=weight_grad_sum(delta, as_[k]), b=bias_grad_sum(delta))
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
+        out[k] = Layer(W=weight_grad_sum(delta, fwd.a[k]), b=bias_grad_sum(delta))
         if k > 0:
-            sp = sigma_prime(net.activations[k - 1], zs[k - 1], as_[k])
+            sp = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
             delta = hidden_delta_batch(delta, params[k].W, sp)
     return tuple(out)
 

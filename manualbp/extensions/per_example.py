@@ -143,11 +143,11 @@ def clipped_mean_grad(
     """(Ē, g) by (5), (8) and (9), in the dtype of params, X and Y (all one)."""
     E, norms, deltas = backward_with_deltas(net, params, X, Y, NORMS)
     # A^{l-1}: the forward pass backward_with_deltas ran; under jit XLA computes it once.
-    _, as_ = forward_pass_batch(net, params, X)
+    a = forward_pass_batch(net, params, X).a
     c = clip_factors(norms, l2_clip)
     grads = tuple(
         Layer(W=clipped_weight_grad(c, delta, a_prev), b=clipped_bias_grad(c, delta))
-        for delta, a_prev in zip(deltas, as_[:-1], strict=True)
+        for delta, a_prev in zip(deltas, a[:-1], strict=True)
     )
     return E, grads
 

@@ -51,8 +51,8 @@ def programs(net: mbp.MLP, X, Y) -> dict:
     loss_of_f = net.fused_loss.fn if lf else net.loss.fn
 
     def f_single(q, x):
-        zs, as_ = forward_pass(net, q, x)
-        return zs[-1] if lf else as_[-1]
+        fwd = forward_pass(net, q, x)
+        return fwd.z[-1] if lf else fwd.a[-1]
 
     def f_batch(q):
         return jax.vmap(f_single, (None, 0))(q, X)
@@ -67,8 +67,8 @@ def programs(net: mbp.MLP, X, Y) -> dict:
         return jax.vjp(f_batch, p)[1](HJv)[0]
 
     def autodiff_diag_ggn(p, v):
-        zs, as_ = mbp.network.forward_pass_batch(net, p, X)
-        S_f = jax.vmap(lambda z, a, y: CURVATURE.loss_factor(net, z, a, y))(zs[-1], as_[-1], Y)
+        fwd = mbp.network.forward_pass_batch(net, p, X)
+        S_f = jax.vmap(lambda z, a, y: CURVATURE.loss_factor(net, z, a, y))(fwd.z[-1], fwd.a[-1], Y)
 
         def one(x, S):
             pullback = jax.vjp(lambda q: f_single(q, x), p)[1]

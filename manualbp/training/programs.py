@@ -120,8 +120,7 @@ def evaluate(params, X, Y, *, net):
     E = mean_loss(net, params, X, Y)
     if not net.classifier:
         return E, jnp.nan
-    _, as_ = forward_pass_batch(net, params, X)
-    y_hat = as_[-1]
+    y_hat = forward_pass_batch(net, params, X).a[-1]
     if net.output is activations.softmax:
         correct = jnp.argmax(y_hat, axis=1) == jnp.argmax(Y, axis=1)
     else:  # sigmoid outputs, one yes/no decision per output

@@ -148,7 +148,7 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     if overflow is not None:
         return [overflow], manual[1], ref
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
-    g = jax.vmap(net.loss.grad)(jnp.asarray(given.as_[-1], dtype), Y)
+    g = jax.vmap(net.loss.grad)(jnp.asarray(given.a[-1], dtype), Y)
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
     where = dict(dtype=dtype, device=device)
     rows = block_rows(net, given, ref, wit, g, scales, **where)
@@ -170,7 +170,7 @@ def _witnesses(net, params, X, Y, dtype):
     if jnp.dtype(dtype) == witnesses.REFERENCE_DTYPE:
         return None, witnesses.compute(net, params, X, Y, dtype), params64
     wit = witnesses.compute(net, params, X, Y, dtype)
-    ref = witnesses.compute(net, params, X, Y, witnesses.REFERENCE_DTYPE, (wit.zs, wit.as_))
+    ref = witnesses.compute(net, params, X, Y, witnesses.REFERENCE_DTYPE, (wit.z, wit.a))
     return wit, ref, params64
 
 

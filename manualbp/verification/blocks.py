@@ -49,12 +49,12 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
                 ref.dE_dyhat,
                 None if wit is None else wit.dE_dyhat,
                 candidates=_null_direction(net, g, ref),
-                inputs={"ŷ": given.as_[-1]},
+                inputs={"ŷ": given.a[-1]},
                 **where,
             )
         )
     for k, sigma in enumerate(net.activations):
-        z = jnp.asarray(given.zs[k], dtype)
+        z = jnp.asarray(given.z[k + 1], dtype)  # z^l of layer l = k + 2
         reference = ref.sigma_primes[k]
         witness = None if wit is None else wit.sigma_primes[k]
         if sigma.elementwise:
@@ -62,7 +62,7 @@ def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
                 _sigma_row("σ'", k + 2, sigma.deriv(z), reference, witness, scales[k], where)
             )
             if sigma.deriv_from_output is not None:
-                a = jnp.asarray(given.as_[k + 1], dtype)
+                a = jnp.asarray(given.a[k + 1], dtype)
                 manual = sigma.deriv_from_output(a)
                 rows.append(
                     _sigma_row("σ'(a)", k + 2, manual, reference, witness, scales[k], where)

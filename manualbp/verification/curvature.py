@@ -214,12 +214,12 @@ class _References:
     def __init__(self, net, p, X, Y, v, eqs, key, drawn=None):
         self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
         self.B = X.shape[0]
-        self.zs, self.as_ = forward_pass_batch(net, p, X)
+        self.z, self.a = forward_pass_batch(net, p, X)  # aligned by layer: z[k + 1] is z^{k+2}
         self.deltas = autodiff.deltas(net, p, X, Y)
         n = len(p)
-        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.zs[k], Y) for k in range(n)]
-        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.zs[k], Y) for k in range(n)]
-        f_L = self.zs[-1] if logits_are_f(net) else self.as_[-1]
+        self.J = [jax.vmap(jax.jacrev(self._tail_f(k)))(self.z[k + 1], Y) for k in range(n)]
+        self.Hz = [jax.vmap(jax.hessian(self._tail_E(k)))(self.z[k + 1], Y) for k in range(n)]
+        f_L = self.z[-1] if logits_are_f(net) else self.a[-1]
         loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
         self.H_f = jax.vmap(jax.hessian(loss_fn))(f_L, Y)
         self.sigma_prime = [autodiff.elementwise_derivative(s.fn, z) for s, z in self._hidden()]
@@ -231,7 +231,7 @@ class _References:
         ]
         # Per-example Jacobians of f in the parameters: leaves (B, N_L, *shape).
         self.J_theta = jax.vmap(jax.jacrev(self._f_of_params), (None, 0))(p, X)
-        (self.Rzs, self.Ras) = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
+        self.Rz, self.Ra = jax.jvp(lambda q: forward_pass_batch(net, q, X), (p,), (v,))[1]
         self.Rdeltas = jax.jvp(lambda q: autodiff.deltas(net, q, X, Y), (p,), (v,))[1]
         grad = jax.grad(lambda q: mean_loss(net, q, X, Y))
         self.hvp = jax.jvp(grad, (p,), (v,))[1]
@@ -241,14 +241,14 @@ class _References:
             keys = jax.random.split(key, self.B)
             drawn = {
                 s: jax.vmap(lambda k_, z, a, y, s=s: eqs.sampled_factor(net, k_, z, a, y, s))(
-                    keys, self.zs[-1], self.as_[-1], Y
+                    keys, self.z[-1], self.a[-1], Y
                 )
                 for s in (MC_SAMPLES, 1)
             }
         self.drawn = drawn
 
     def _hidden(self):
-        return zip(self.net.hidden, self.zs[:-1], strict=True)
+        return zip(self.net.hidden, self.z[1:-1], strict=True)
 
     def _tail(self, k, z, y):
         """(f, E) of one example as functions of z^{k+2}."""
@@ -266,12 +266,12 @@ class _References:
         return lambda z, y: self._tail(k, z, y)[1]
 
     def _f_of_params(self, q, x):
-        zs, as_ = forward_pass(self.net, q, x)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
+        fwd = forward_pass(self.net, q, x)
+        return fwd.z[-1] if logits_are_f(self.net) else fwd.a[-1]
 
     def batch_f(self, q):
-        zs, as_ = forward_pass_batch(self.net, q, self.X)
-        return zs[-1] if logits_are_f(self.net) else as_[-1]
+        fwd = forward_pass_batch(self.net, q, self.X)
+        return fwd.z[-1] if logits_are_f(self.net) else fwd.a[-1]
 
     def factor(self, k, S_f):
         """S^l = (∂f/∂z^l)ᵀ S_f for layer l = k + 2, (B, N_l, C)."""
@@ -311,11 +311,11 @@ def _layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1) ->
 
 def _block_rows(ref, eqs) -> list:
     net, L = ref.net, ref.net.L
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
-    r = ref.Rzs[-1]  # any direction will do; this one is at hand
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
+    H_f = jax.vmap(lambda z, a, y: eqs.loss_hessian(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
+    r = ref.Rz[-1]  # any direction will do; this one is at hand
     H_f_r = jax.vmap(lambda z, a, y, r: eqs.loss_hessian_dot(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, r
+        ref.z[-1], ref.a[-1], ref.Y, r
     )
     rows = [
         _pair("H_f", 11, L, H_f, ref.H_f),
@@ -326,7 +326,7 @@ def _block_rows(ref, eqs) -> list:
         needed = k < len(ref.p) - 1 or not logits_are_f(net)
         if not needed or sigma.deriv2 is None:
             continue
-        z = ref.zs[k]
+        z = ref.z[k + 1]
         if sigma.elementwise:
             sp = autodiff.elementwise_derivative(sigma.fn, z)
             reference = autodiff.elementwise_derivative(sigma.deriv, z)
@@ -340,9 +340,9 @@ def _block_rows(ref, eqs) -> list:
 
 def _ggn_rows(ref, eqs, key) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
-    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    S_f = jax.vmap(lambda z, a, y: eqs.loss_factor(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
     S_ref = [ref.factor(k, S_f) for k in range(n)]
-    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.zs[-1], S_f)
+    S_L = jax.vmap(lambda z, M: eqs.output_factor(net, z, M))(ref.z[-1], S_f)
     rows = [_pair("S^L", 12, net.L, S_L, S_ref[-1])]
     for k in range(n - 1):
         S = eqs.hidden_factor(S_ref[k + 1], p[k + 1].W, ref.sigma_prime[k])
@@ -350,10 +350,10 @@ def _ggn_rows(ref, eqs, key) -> list:
     # (14), (15) given S^l = J_lᵀ S_f: their references take H = S_f S_fᵀ, the same S_f.
     SS = jnp.einsum("bic,bjc->bij", S_f, S_f)
     for k in range(n):
-        step = eqs.ggn_diag(S_ref[k], ref.as_[k])
+        step = eqs.ggn_diag(S_ref[k], ref.a[k])
         rows += _layer_rows("diag G", 14, k, step, ref.ggn_diag(k, SS))
-        A, G = eqs.kron_factors(S_ref[k], ref.as_[k])
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        A, G = eqs.kron_factors(S_ref[k], ref.a[k])
+        A_ref = jnp.einsum("bj,bi->ji", ref.a[k], ref.a[k]) / ref.B
         G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], SS, ref.J[k]) / ref.B
         rows += [_pair("A", 15, k + 2, A, A_ref), _pair("G", 15, k + 2, G, G_ref)]
     # End to end: the composed quantities, against autodiff's own H_f.
@@ -373,7 +373,7 @@ def _kron_rows(ref, eqs) -> list:
     rows = []
     for k, ((A, G), (A1, G1)) in enumerate(zip(factors, single, strict=True)):
         G_ref = jnp.einsum("bik,bij,bjm->km", ref.J[k], ref.H_f, ref.J[k]) / ref.B
-        A_ref = jnp.einsum("bj,bi->ji", ref.as_[k], ref.as_[k]) / ref.B
+        A_ref = jnp.einsum("bj,bi->ji", ref.a[k], ref.a[k]) / ref.B
         J_W = ref.J_theta[k].W[0].reshape(net.sizes[-1], -1)
         block = J_W.T @ ref.H_f[0] @ J_W
         rows += [
@@ -408,7 +408,7 @@ def _sampled_rows(ref, eqs, key) -> list:
 def _hessian_rows(ref, eqs) -> list:
     net, p, n = ref.net, ref.p, len(ref.p)
     M = _hessian_magnitudes(ref)
-    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.zs[-1], ref.as_[-1], ref.Y)
+    H_L = jax.vmap(lambda z, a, y: eqs.output_hessian(net, z, a, y))(ref.z[-1], ref.a[-1], ref.Y)
     rows = [_pair("H^L", 17, net.L, H_L, ref.Hz[-1])]
     for k in range(n - 1):
         H = eqs.hidden_hessian(
@@ -418,9 +418,9 @@ def _hessian_rows(ref, eqs) -> list:
     diag_ref = [ref.hessian_diag(k) for k in range(n)]
     diag = C.diag_hessian_layers(net, p, ref.X, ref.Y, eqs)
     for k in range(n):
-        step = eqs.hessian_diag(ref.Hz[k], ref.as_[k])
+        step = eqs.hessian_diag(ref.Hz[k], ref.a[k])
         d = jnp.diagonal(M[k], axis1=1, axis2=2)
-        m = Layer(jnp.einsum("bk,bj->kj", d, ref.as_[k] ** 2) / ref.B, jnp.mean(d, axis=0))
+        m = Layer(jnp.einsum("bk,bj->kj", d, ref.a[k] ** 2) / ref.B, jnp.mean(d, axis=0))
         for field in ("W", "b"):
             actual, reference, size = (getattr(t, field) for t in (step, diag_ref[k], m))
             rows += [
@@ -459,12 +459,12 @@ def _hessian_magnitudes(ref) -> list:
 def _r_rows(ref, eqs) -> list:
     net, p, v, n = ref.net, ref.p, ref.v, len(ref.p)
     rows = []
-    Ras = [None, *ref.Ras[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
+    Ra = [None, *ref.Ra[1:]]  # R{a^1} = R{x} = 0, passed as None as the composition does
     for k in range(n):
-        Rz = eqs.r_forward(Ras[k], ref.as_[k], p[k].W, v[k])
-        rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rzs[k]))
+        Rz = eqs.r_forward(Ra[k], ref.a[k], p[k].W, v[k])
+        rows.append(_pair("R{z^l}", 18, k + 2, Rz, ref.Rz[k + 1]))
     Rdelta_L = jax.vmap(lambda z, a, y, r: eqs.r_output_delta(net, z, a, y, r))(
-        ref.zs[-1], ref.as_[-1], ref.Y, ref.Rzs[-1]
+        ref.z[-1], ref.a[-1], ref.Y, ref.Rz[-1]
     )
     rows.append(_pair("R{δ^L}", 19, net.L, Rdelta_L, ref.Rdeltas[-1]))
     for k in range(n - 1):
@@ -475,11 +475,11 @@ def _r_rows(ref, eqs) -> list:
             v[k + 1].W,
             ref.sigma_prime[k],
             ref.sigma_second[k],
-            ref.Rzs[k],
+            ref.Rz[k + 1],
         )
         rows.append(_pair("R{δ^l}", 19, k + 2, Rdelta, ref.Rdeltas[k]))
     for k in range(n):
-        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.as_[k], Ras[k])
+        step = eqs.r_grad(ref.Rdeltas[k], ref.deltas[k], ref.a[k], Ra[k])
         step = jax.tree.map(lambda t: t / ref.B, step)
         rows += _layer_rows("R{∂E/∂θ}", 19, k, step, ref.hvp[k])
     hv = C.hvp_layers(net, p, ref.X, ref.Y, v, eqs)

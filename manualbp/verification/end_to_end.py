@@ -24,9 +24,9 @@ def forward_overflow(wit, ref, dtype, device) -> Row | None:
     """
     if wit is None:
         return None
-    for k, (z, z64) in enumerate(zip(wit.zs, ref.zs, strict=True)):
+    for k, (z, z64) in enumerate(zip(wit.z[1:], ref.z[1:], strict=True)):
         bad = ~np.isfinite(np.asarray(z, np.float64)) | ~np.isfinite(
-            np.asarray(wit.as_[k + 1], np.float64)
+            np.asarray(wit.a[k + 1], np.float64)
         )
         if bad.any() and np.all(np.isfinite(z64)):
             largest = float(np.max(np.abs(z64)))

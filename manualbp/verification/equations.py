@@ -55,7 +55,7 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
         if k < len(params64) - 1 and net.activations[k].elementwise:
             sigma = net.activations[k]
             rows.append(_hidden_row(k, deltas, params, params64, ref, wit, sigma, scales[k], where))
-        A = np.asarray(given.as_[k], np.float64)
+        A = np.asarray(given.a[k], np.float64)
         rows.append(
             compare(
                 "∂E/∂W",
@@ -63,9 +63,9 @@ def equation_rows(net, manual, ref, wit, params, params64, g, scales, m_L, dtype
                 l,
                 grads[k].W,
                 delta.T @ A / len(A),
-                None if wit is None else weight_grad_batch(deltas[k], wit.as_[k]),
+                None if wit is None else weight_grad_batch(deltas[k], wit.a[k]),
                 magnitude=np.abs(delta).T @ np.abs(A) / len(A),
-                candidates=_weight_forms(delta, A, np.asarray(given.as_[k + 1], np.float64)),
+                candidates=_weight_forms(delta, A, np.asarray(given.a[k + 1], np.float64)),
                 inputs={"δ^l": delta},
                 **where,
             )
@@ -94,7 +94,7 @@ def _hidden_row(k, deltas, params, params64, ref, wit, sigma, scale, where):
     sigma_prime = ref.sigma_primes[k]
     forms = {
         "σ' missing": back,
-        "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.as_[k + 1], sigma),
+        "σ' taken at a^l, not z^l": lambda: back * _sigma_prime_at(ref.a[k + 1], sigma),
         "W^{l+1} not transposed": (delta_next @ W_next.T) * sigma_prime
         if W_next.shape[0] == W_next.shape[1]
         else None,

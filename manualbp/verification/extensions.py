@@ -72,8 +72,8 @@ def example_grads(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     """g_b = ∂E_b/∂θ for every example, by `jax.vmap` of `jax.grad`; leaves lead with B."""
 
     def E_b(params, x, y):
-        zs, as_ = forward_pass(net, params, x)
-        return example_loss(net, zs[-1], as_[-1], y)
+        fwd = forward_pass(net, params, x)
+        return example_loss(net, fwd.z[-1], fwd.a[-1], y)
 
     return jax.vmap(jax.grad(E_b), in_axes=(None, 0, 0))(params, X, Y)
 

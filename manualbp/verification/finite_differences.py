@@ -72,8 +72,8 @@ class _Probe:
     def kink_between(self, low, high) -> bool:
         if not any(self.kinked):
             return False
-        z_low, _ = self.forward(self.net, low, self.X64)
-        z_high, _ = self.forward(self.net, high, self.X64)
+        z_low = self.forward(self.net, low, self.X64).z[1:]  # z^2..z^L, as self.kinked
+        z_high = self.forward(self.net, high, self.X64).z[1:]
         return any(
             np.any(np.sign(np.asarray(a)) != np.sign(np.asarray(b)))
             for a, b, kinked in zip(z_low, z_high, self.kinked, strict=True)

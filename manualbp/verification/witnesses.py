@@ -26,15 +26,16 @@ REFERENCE_DTYPE = np.float64
 class Side(NamedTuple):
     """The forward pass and autodiff's derivatives of one net in one dtype.
 
-    ``zs[k]`` = Z^{k+2}, ``as_[k]`` = A^{k+1}, ``deltas[k]`` = the true Δ^{k+2};
+    ``z[i]``, ``a[i]`` = Z^{i+1}, A^{i+1} (aligned by layer as `network.Forward`,
+    ``z[0]`` None); ``deltas[k]`` = the true Δ^{k+2};
     ``sigma_primes[k]`` = σ^{k+2}'(Z^{k+2}) for a componentwise σ, its
     Jacobian per example (B, N, N) otherwise; ``dE_dyhat`` =
     ∂E/∂ŷ of each example; ``delta_L`` = ∂E_b/∂z^L at the given z^L.
     The blocks (σ', ∂E/∂ŷ, δ^L) are taken at the points `compute` names.
     """
 
-    zs: list
-    as_: list
+    z: tuple
+    a: tuple
     deltas: tuple
     E: object
     grads: Params
@@ -46,8 +47,8 @@ class Side(NamedTuple):
 def compute(net: MLP, params: Params, X, Y, dtype, points=None) -> Side:
     """Autodiff's side in ``dtype``: float64 (the reference) or the net's own (the witness).
 
-    End to end (zs, as_, deltas, E, grads) from params, X and Y; the building
-    blocks (σ', ∂E/∂ŷ, J_σ^Lᵀ g) at ``points`` = (zs, as_), the witness's own
+    End to end (z, a, deltas, E, grads) from params, X and Y; the building
+    blocks (σ', ∂E/∂ŷ, J_σ^Lᵀ g) at ``points`` = (z, a), the witness's own
     forward pass, so that a block is judged on the very inputs the manual
     pass gave it (default: this side's forward pass).
     """
@@ -78,17 +79,17 @@ def _to_numpy(side: Side) -> Side:
 def _compute(net, params, X, Y, points) -> Side:
     # Op by op, not jitted: the catalogue's nets share shapes, so each operation
     # compiles once for all of them, where a jitted whole would compile per net.
-    E, grads, deltas, (zs, as_) = autodiff.value_grad_and_deltas(net, params, X, Y)
-    z_at, a_at = (zs, as_) if points is None else points
+    E, grads, deltas, fwd = autodiff.value_grad_and_deltas(net, params, X, Y)
+    z_at, a_at = fwd if points is None else points
     sigma_primes = [
-        autodiff.elementwise_derivative(sigma.fn, z_at[k])
+        autodiff.elementwise_derivative(sigma.fn, z_at[k + 1])
         if sigma.elementwise
-        else autodiff.jacobian(sigma.fn, z_at[k])
-        for k, sigma in enumerate(net.activations)
+        else autodiff.jacobian(sigma.fn, z_at[k + 1])
+        for k, sigma in enumerate(net.activations)  # σ^l of layer l = k + 2
     ]
     return Side(
-        zs=zs,
-        as_=as_,
+        z=fwd.z,
+        a=fwd.a,
         deltas=deltas,
         E=E,
         grads=grads,
@@ -131,7 +132,7 @@ def sigma_terms(sigma_prime, scale: float):
 
 def output_magnitude(net: MLP, ref: Side, Y, scales) -> np.ndarray:
     """The size of the terms δ^L is formed from, per example (B, N_L)."""
-    y_hat, g = np.abs(ref.as_[-1]), np.abs(ref.dE_dyhat)
+    y_hat, g = np.abs(ref.a[-1]), np.abs(ref.dE_dyhat)
     Y = np.abs(np.asarray(Y, np.float64))
     if net.fused and net.fused_loss is not None:
         terms = y_hat * np.sum(Y, axis=-1, keepdims=True) + Y
@@ -170,5 +171,5 @@ def chain_magnitudes(net: MLP, ref: Side, params64, Y, scales):
     B = m[0].shape[0]
     return [
         (m_k, m_k.T @ np.abs(a) / B, np.mean(m_k, axis=0))
-        for m_k, a in zip(m, ref.as_[:-1], strict=True)
+        for m_k, a in zip(m, ref.a[:-1], strict=True)
     ]
