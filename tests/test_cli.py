@@ -86,6 +86,8 @@ def test_each_kind_of_error_has_its_status(capsys):
         (ValueError("Y: bad shape"), 2),
         (mbp.DivergenceError("diverged\nin epoch 3", 3, []), 1),
         (OSError(28, "No space left on device"), 1),
+        (MemoryError(), 1),
+        (RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 8e9 bytes.\nmore"), 1),
         (KeyboardInterrupt(), 130),
     ]
     for error, status in cases:

@@ -2,9 +2,11 @@
 and the one place that turns an error into one line and an exit status.
 
 Exit statuses, for every command (`manualbp verify|train|bench` and the experiments):
-0 done; 1 a check failed or a run failed (it diverged, the disk filled); 2 a usage
-error (a flag, a path, a plug-in, inputs that do not fit the net); 130 interrupted
-(Ctrl-C). Never a traceback for any of these; a traceback means a bug in manualbp.
+0 done; 1 a check failed or a run failed (it diverged, the disk filled, memory ran
+out); 2 a usage error (a flag, a path, a plug-in, inputs that do not fit the net,
+arguments refused before any work); 130 interrupted (Ctrl-C, at any phase: the
+launcher `manualbp_cli` guards the start). A usage error is one line and a hint
+to ``--help``; never a traceback for any of these: a traceback means a bug in manualbp. a traceback for any of these; a traceback means a bug in manualbp.
 """
 
 from __future__ import annotations
@@ -167,6 +169,15 @@ def guarded(prog: str, command: Callable[[], int]) -> int:
         return _say(prog, _os_error(error), 1, "the run failed: ")
     except DivergenceError as error:
         return _say(prog, error, 1, "the run failed: ")
+    except MemoryError:
+        return _say(
+            prog, "out of memory; choose smaller sizes, batches or data", 1, "the run failed: "
+        )
+    except RuntimeError as error:
+        # XLA's allocator failing past the up-front memory check: still one line.
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        return _say(prog, _first_line(error), 1, "the run failed: out of memory: ")
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130  # the shell's status for a process ended by SIGINT
@@ -181,6 +192,11 @@ def _os_error(error: OSError) -> str:
     return f"{error.strerror or error} ({name})"
 
 
-def _say(prog: str, error: Exception, status: int, lead: str = "") -> int:
+def _first_line(error: Exception, limit: int = 200) -> str:
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _say(prog: str, error: Exception | str, status: int, lead: str = "") -> int:
     print(f"{prog}: error: {lead}{' '.join(str(error).split())}", file=sys.stderr)
     return status
