@@ -6,7 +6,7 @@ Exit statuses, for every command (`manualbp verify|train|bench` and the experime
 out); 2 a usage error (a flag, a path, a plug-in, inputs that do not fit the net,
 arguments refused before any work); 130 interrupted (Ctrl-C, at any phase: the
 launcher `manualbp_cli` guards the start). A usage error is one line and a hint
-to ``--help``; never a traceback for any of these: a traceback means a bug in manualbp. a traceback for any of these; a traceback means a bug in manualbp.
+to ``--help``. Never a traceback for any of these: a traceback means a bug in manualbp.
 """
 
 from __future__ import annotations
