@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import manualbp as mbp
-from manualbp.tools import cli, console, experiment, train_cli
+from manualbp.tools import cli, console, experiment, train_cli, verify_cli
 from manualbp.tools import runs as runs_module
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -307,7 +307,7 @@ def test_a_refused_resume_never_first_says_it_resumes(tmp_path, capsys, progress
 @pytest.mark.parametrize("sizes", [["3,4,2"], ["3", "4", "2"], ["3,4", "2"]])
 def test_sizes_take_commas_or_spaces_in_verify_and_train(sizes):
     verify = argparse.ArgumentParser()
-    cli._verify_parser(verify)
+    verify_cli.add_arguments(verify)
     assert verify.parse_args(["--sizes", *sizes]).sizes == (3, 4, 2)
     train = experiment.parse_config(train_cli.TrainConfig, ["--sizes", *sizes])
     assert train.sizes == (3, 4, 2)
@@ -363,10 +363,10 @@ def test_catalogue_says_what_it_checks_shows_progress_and_fails_with_status_1(ca
 
     wrong = losses.Loss("mse", losses.mse.fn, lambda y_hat, y: 2 * (y_hat - y))
     monkeypatch.setitem(losses.LOSSES, "mse", wrong)
-    monkeypatch.setattr(cli, "ACTIVATIONS", {"tanh": mbp.ACTIVATIONS["tanh"]})
-    monkeypatch.setattr(cli, "LOSSES", {"mse": wrong})
-    monkeypatch.setattr(cli, "HIDDEN_ACTIVATIONS", ("tanh",))
-    monkeypatch.setattr(cli, "OUTPUT_LOSS_PAIRS", (("identity", "mse"),))
+    monkeypatch.setattr(verify_cli, "ACTIVATIONS", {"tanh": mbp.ACTIVATIONS["tanh"]})
+    monkeypatch.setattr(verify_cli, "LOSSES", {"mse": wrong})
+    monkeypatch.setattr(verify_cli, "HIDDEN_ACTIVATIONS", ("tanh",))
+    monkeypatch.setattr(verify_cli, "OUTPUT_LOSS_PAIRS", (("identity", "mse"),))
     status, out, err = run(["verify"], capsys)
     assert status == 1
     assert err.splitlines()[0].startswith("manualbp verify: 3 subjects: 1 activations and 1 losses")
@@ -467,14 +467,14 @@ def test_one_metavar_style_and_one_name_per_idea_across_commands(capsys):
     assert commands["verify"]["--batch-size"] == commands["train"]["--batch-size"] == "INT"
     assert "--batch" not in commands["verify"]  # the old name still works, unlisted
     verify = argparse.ArgumentParser()
-    cli._verify_parser(verify)
+    verify_cli.add_arguments(verify)
     assert verify.parse_args(["--batch", "3"]).batch_size == 3
 
 
 @pytest.mark.parametrize("hidden", [["tanh,relu"], ["tanh", "relu"], ["tanh,", "relu"]])
 def test_hidden_takes_commas_or_spaces_in_verify_and_train(hidden):
     verify = argparse.ArgumentParser()
-    cli._verify_parser(verify)
+    verify_cli.add_arguments(verify)
     assert verify.parse_args(["--hidden", *hidden]).hidden == ("tanh", "relu")
     train = experiment.parse_config(train_cli.TrainConfig, ["--hidden", *hidden])
     assert train.hidden == ("tanh", "relu")
@@ -662,9 +662,9 @@ def test_train_explains_the_loss_gap_and_reports_its_gradient_checks(tmp_path, c
 
 
 def test_extensions_show_progress_and_honour_the_net_flags(capsys, monkeypatch):
-    monkeypatch.setattr(cli, "HIDDEN_ACTIVATIONS", ("tanh",))
+    monkeypatch.setattr(verify_cli, "HIDDEN_ACTIVATIONS", ("tanh",))
     monkeypatch.setattr(
-        cli, "OUTPUT_LOSS_PAIRS", (("identity", "mse"), ("softmax", "cross_entropy"))
+        verify_cli, "OUTPUT_LOSS_PAIRS", (("identity", "mse"), ("softmax", "cross_entropy"))
     )
     status, out, err = run(["verify", "--extensions"], capsys)
     assert status == 0, out

@@ -80,13 +80,18 @@ def train_side_by_side(
         seconds[grad] = time.perf_counter() - started
         if not progress and (not logged or logged[0] > 1):
             print(_resumed_line(grad, directory, logged, epochs), file=sys.stderr)
+    _plot(run, results, grads, metrics)
+    return {**results, "seconds": seconds}
+
+
+def _plot(run: Run, results: Mapping[str, Any], grads: Sequence[str], metrics: Sequence[str]):
+    """``curves.png``: one axis per metric the history has, every gradient path on it."""
     metrics = [m for m in metrics if m in results[grads[0]].history[0]]
     panels = {
         metric: {grad: [h[metric] for h in results[grad].history] for grad in grads}
         for metric in metrics
     }
     run.plot("curves.png", panels, logy=[m for m in metrics if m.endswith("loss")])
-    return {**results, "seconds": seconds}
 
 
 def _resumed_line(grad: str, directory: str, logged: list[int], epochs: int) -> str:
