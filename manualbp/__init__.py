@@ -34,6 +34,7 @@ from manualbp.verification import (
     verify_curvature,
     verify_extensions,
     verify_loss,
+    verify_spectra,
 )
 
 __version__ = "0.1.0"
@@ -71,4 +72,5 @@ __all__ = [
     "verify_curvature",
     "verify_extensions",
     "verify_loss",
+    "verify_spectra",
 ]

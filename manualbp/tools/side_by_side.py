@@ -6,16 +6,13 @@ folder; `curve_gap`, `split_epoch` and `summary_rows` compare the two histories.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from manualbp.tools.runs import Run
 
@@ -36,6 +33,7 @@ def train_side_by_side(
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
     check_every: int | None = None,
+    resume: str = "same",
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
 
@@ -45,7 +43,7 @@ def train_side_by_side(
     and resumes from ``<checkpoint_dir>/<grad>/``; only the epochs trained now
     are logged. A resume is announced once it is accepted, never before: by
     `mbp.train` itself with ``progress``, else here after the path finished.
-    ``check_every`` is `mbp.train`'s gradient check.
+    ``check_every`` (the gradient check) and ``resume`` are `mbp.train`'s.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -75,6 +73,7 @@ def train_side_by_side(
             check_every=check_every,
             progress=progress,
             checkpoint_dir=directory,
+            resume=resume,
             callback=log,
         )
         seconds[grad] = time.perf_counter() - started
@@ -101,27 +100,11 @@ def _resumed_line(grad: str, directory: str, logged: list[int], epochs: int) -> 
     return f"{grad}: resumed from the checkpoint in {directory} after epoch {after} of {epochs}"
 
 
-META_LIMIT = 1 << 20
-"""The largest checkpoint metadata read to count its epochs: a few kB in a real one."""
-
-
 def completed_epochs(directory: str | Path) -> int:
     """The epoch count a manualbp checkpoint in ``directory`` records; 0 if none is readable."""
     from manualbp.training import checkpoint
 
-    path = checkpoint.path_in(directory)
-    try:
-        # Only a regular file, and a metadata member of sane size, is read at all.
-        if not Path(path).is_file():
-            return 0
-        with zipfile.ZipFile(path) as archive:
-            if archive.getinfo("meta.npy").file_size > META_LIMIT:
-                return 0
-        with np.load(path, allow_pickle=False) as stored:
-            epoch = json.loads(stored["meta"].tobytes().decode())["epoch"]
-    except (OSError, ValueError, KeyError, TypeError, EOFError, RecursionError, zipfile.BadZipFile):
-        return 0
-    return epoch if isinstance(epoch, int) and epoch > 0 else 0
+    return checkpoint.completed_epochs(directory)  # never blocks on a FIFO, reads no arrays
 
 
 def curve_gap(histories: Mapping[str, list[dict]], metric: str = "loss") -> float:

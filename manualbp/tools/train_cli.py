@@ -132,6 +132,7 @@ def _train_options(config: TrainConfig, key_train, grads, test) -> dict:
         "progress": config.progress,
         "checkpoint_dir": config.checkpoint_dir,
         "check_every": config.check_every or None,
+        "resume": config.resume,
     }
 
 
@@ -154,7 +155,7 @@ def _confirm_nothing_to_train(config: TrainConfig, grads, keys, net_spec) -> int
             net, params, make_optimizer(config.optimizer, config.lr), *train,
             epochs=config.epochs, batch_size=config.batch_size, key=key_train, grad=grad,
             eval_data=test, check_every=config.check_every or None, progress=False,
-            checkpoint_dir=str(Path(config.checkpoint_dir) / grad),
+            checkpoint_dir=str(Path(config.checkpoint_dir) / grad), resume=config.resume,
         )  # fmt: skip
     print(
         f"nothing to train: the checkpoints in {config.checkpoint_dir} ({', '.join(grads)}) "

@@ -50,6 +50,7 @@ class TrainConfig(RunConfig):
     mnist_dir: str | None = None  # folder of the MNIST IDX files (default: $MANUALBP_MNIST_DIR)
     fashion_mnist_dir: str | None = None  # default: $MANUALBP_FASHION_MNIST_DIR, then Debian's
     checkpoint_dir: str | None = None  # save every epoch to <dir>/<grad>/, resume from it
+    resume: Literal["same", "continue"] = "same"  # continue: resume with new --lr, --init, ...
     progress: bool = True  # print one line per epoch, saying manual or autodiff
 
 

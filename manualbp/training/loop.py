@@ -36,7 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from manualbp.network import MLP, Params, param_dtype
-from manualbp.training import arguments, checkpoint, history, programs
+from manualbp.training import arguments, checkpoint, history, memory, processes, programs
 from manualbp.training import privacy as dp
 from manualbp.training.checkpoint import to_host
 from manualbp.training.placement import place, place_data, place_key, shardings
@@ -80,6 +80,7 @@ def train(
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
     privacy: dp.DPSGD | None = None,
+    resume: str = "same",
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
 
@@ -137,6 +138,13 @@ def train(
             equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
             dp-accounting package; the accountant assumes Poisson sampling
             of the fixed-size shuffled batches (see that module).
+        resume: with a checkpoint of this run in ``checkpoint_dir``,
+            ``"same"`` resumes only when the caller passes what the run
+            started with: the same starting params and an optimizer whose
+            updates on a fixed probe gradient are the same (another learning
+            rate, init or seed raises `CheckpointMismatchError` naming it);
+            ``"continue"`` goes on from the checkpoint with this call's
+            optimizer and records the new settings.
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
@@ -174,7 +182,7 @@ def train(
     )
     run, state = _setup(net, params, optimizer, X, Y, key, settings)
     with _holding(checkpoint_dir):
-        _resume(run, state, checkpoint_dir)
+        _resume(run, state, checkpoint_dir, resume)
         if progress and state.start:
             line = history.resume_line(state.start, run.settings.epochs, checkpoint_dir)
             print(line, file=sys.stderr, flush=True)
@@ -223,6 +231,11 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     if settings.eval_data is not None:
         test = arguments.check_eval_data(net, params, settings.eval_data)
     dtype = param_dtype(params)
+    n_test = 0 if test is None else len(test[0])
+    shape = memory.RunShape(
+        net.sizes, len(X), settings.batch_size, n_test, dtype, settings.compute_dtype
+    )
+    memory.check_fits(memory.estimate(shape, optimizer, params))  # reliability hook: before placing
     replicated, batch_sharding = shardings(settings.mesh)
     if test is not None:
         test = place_data(net, *test, dtype, replicated)
@@ -276,16 +289,24 @@ def _holding(checkpoint_dir):
     return checkpoint.lock(checkpoint_dir)
 
 
-def _resume(run: _Run, state: _State, checkpoint_dir) -> None:
+def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
-    if checkpoint_dir is not None:
+    if resume not in checkpoint.RESUME:  # reliability hook: the caller's settings, too
+        raise ValueError(f"resume: expected one of {', '.join(checkpoint.RESUME)}, got {resume!r}")
+    if checkpoint_dir is not None or jax.process_count() > 1:
         data = {"X": run.X, "Y": run.Y}
         if run.test is not None:
             data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, _fingerprint_run(run, state.key), data
-        )
-        saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
+            run.net, state.params, state.opt_state, _fingerprint_run(run, state.key), data,
+            optimizer=run.optimizer,
+        )  # fmt: skip
+        processes.check_agree(state.fingerprint)  # reliability hook: one all-gather
+    if checkpoint_dir is not None:
+        saved = checkpoint.load(
+            checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key,
+            resume=resume,
+        )  # fmt: skip
         if saved is not None:
             _restore(run, state, saved, checkpoint_dir)
         _check_same_start(state.start, checkpoint_dir)
@@ -314,6 +335,7 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
     if not to_host(finite):
         message = history.divergence_message(epoch, losses, checkpoint_dir)
         raise history.DivergenceError(message, epoch, state.history)
+    _refuse_a_nan_optimizer_state(opt_state, epoch, state, checkpoint_dir)  # reliability hook
     state.params, state.opt_state, state.key = params, opt_state, key
     settings = run.settings
     record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
@@ -331,6 +353,23 @@ def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
         rows = slice(0, settings.batch_size)
         record["grad_check"] = history.grad_check(run.net, state.params, run.X[rows], run.Y[rows])
     return record
+
+
+def _refuse_a_nan_optimizer_state(opt_state, epoch: int, state: _State, checkpoint_dir) -> None:
+    """A NaN in the optimizer state (finite parameters) is divergence too: never saved."""
+    where = checkpoint.nan_leaves(opt_state)
+    if where:
+        kept = (
+            f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
+            if checkpoint_dir is not None and epoch > 1
+            else ""
+        )
+        message = (
+            f"training diverged in epoch {epoch}: the optimizer state holds NaN in "
+            f"opt_state{', opt_state'.join(where[:3])} while the parameters are finite; nothing "
+            f"of epoch {epoch} is kept{kept}. Check the optimizer's settings"
+        )
+        raise history.DivergenceError(message, epoch, state.history)
 
 
 def _after_epoch(state: _State, record: dict, checkpoint_dir) -> None:
