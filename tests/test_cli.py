@@ -556,7 +556,7 @@ GIB = 2**30
 def test_train_refuses_each_bad_input_in_one_line_before_any_work(
     argv, phrases, tmp_path, capsys, monkeypatch
 ):
-    monkeypatch.setattr("manualbp.tools.limits.available_bytes", lambda: 8 * GIB)
+    monkeypatch.setattr("manualbp.tools.limits.available", lambda: (8 * GIB, "as if 8 GiB"))
     monkeypatch.chdir(tmp_path)
 
     def never(*args, **kwargs):
@@ -586,7 +586,7 @@ def test_train_refuses_each_bad_input_in_one_line_before_any_work(
 def test_verify_refuses_each_bad_input_in_one_line_before_any_work(
     argv, phrases, capsys, monkeypatch
 ):
-    monkeypatch.setattr("manualbp.tools.limits.available_bytes", lambda: 8 * GIB)
+    monkeypatch.setattr("manualbp.tools.limits.available", lambda: (8 * GIB, "as if 8 GiB"))
 
     def never(*args, **kwargs):
         raise AssertionError("verify ran before the flags were checked")

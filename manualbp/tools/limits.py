@@ -8,11 +8,11 @@ OverflowError from a seed, an XLA abort from a width of 2³¹).
 from __future__ import annotations
 
 import os
-import resource
 from collections.abc import Sequence
 from pathlib import Path
 
 from manualbp.tools.console import UserError
+from manualbp.training import memory
 
 SEED_RANGE = (-(2**63), 2**63 - 1)
 """A `jax.random.key` seed is a signed 64-bit integer."""
@@ -58,26 +58,18 @@ def net_bytes(sizes: Sequence[int], batch: int) -> int:
     return (weights + activations) * WORKING_COPIES * BYTES_PER_VALUE
 
 
-def available_bytes() -> int | None:
-    """The memory this process may use: physical memory, under ``ulimit -v`` if lower."""
-    limits = []
-    try:
-        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        pass
-    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    if soft != resource.RLIM_INFINITY:
-        limits.append(soft)
-    return min(limits) if limits else None
+def available() -> tuple[int, str]:
+    """Bytes this process can still allocate, and what sets that bound (`training.memory`)."""
+    return memory.available()
 
 
 def check_fits(needed: int, what: str, flags: str) -> None:
-    """Refuse ``needed`` bytes when they exceed `available_bytes`, naming the flags to lower."""
-    available = available_bytes()
-    if available is not None and needed > available:
+    """Refuse ``needed`` bytes when they exceed what is `available`, naming the flags to lower."""
+    free, why = available()
+    if needed > free:
         raise UserError(
-            f"{flags}: {what} needs about {_gib(needed)} of memory, this machine allows "
-            f"{_gib(available)}; choose smaller values"
+            f"{flags}: {what} needs about {_gib(needed)} of memory, {_gib(free)} is available "
+            f"({why}); choose smaller values"
         )
 
 

@@ -7,7 +7,6 @@ the side-by-side training and the curves come from `manualbp.tools.runs` and
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 
@@ -25,25 +24,7 @@ from manualbp.tools.side_by_side import (
     summary_rows,
     train_side_by_side,
 )
-from manualbp.tools.train_config import OPTIMIZERS, TrainConfig, check_config
-
-
-@functools.cache
-def make_optimizer(name: str, lr: float):
-    """The optax optimizer for a name of `OPTIMIZERS`.
-
-    One object per (name, lr) in a process: `mbp.train` caches its compiled epoch on
-    the optimizer object, so a second run with the same settings compiles nothing.
-    """
-    import optax
-
-    if name == "sgd":
-        return optax.sgd(lr)
-    if name == "momentum":
-        return optax.sgd(lr, momentum=0.9)
-    if name == "adam":
-        return optax.adam(lr)
-    raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
+from manualbp.tools.train_config import TrainConfig, check_config, make_optimizer
 
 
 def load_dataset(config: TrainConfig, key: jax.Array):

@@ -8,6 +8,7 @@ command line reaches the data loaders, JAX or XLA unchecked.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import typing
 from typing import Literal
@@ -101,16 +102,46 @@ def _check_target(config: TrainConfig) -> None:
 
 
 def _check_memory(config: TrainConfig) -> None:
-    """The data and one step of the net must fit in memory, before XLA allocates anything."""
-    n_inputs = 1 if config.dataset == "sine" else 2
-    sizes = config.sizes or (n_inputs, 32, 10)
-    # The data are drawn, split, standardized and placed: four copies, X and Y.
-    data = (
-        4 * config.n * (sizes[0] + 1) * limits.BYTES_PER_VALUE if config.dataset in SYNTHETIC else 0
-    )
+    """The run must fit in memory (`training.memory`'s estimate) before any data are drawn."""
+    import jax
+    import numpy as np
+
+    from manualbp.training import memory
+
+    sizes = tuple(config.sizes or (1 if config.dataset == "sine" else 2, 32, 10))
+    n = config.n if config.dataset in SYNTHETIC else 0  # file sets have their own fixed size
+    n_test = int(n * config.test_fraction)
+    params_like = [
+        (
+            jax.ShapeDtypeStruct((n_out, n_in), np.float32),
+            jax.ShapeDtypeStruct((n_out,), np.float32),
+        )
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+    ]
+    shape = memory.RunShape(sizes, n - n_test, config.batch_size, n_test)
+    needed = memory.estimate(shape, make_optimizer(config.optimizer, config.lr), params_like)
+    # Drawing, splitting and standardizing a synthetic set hold three more copies of it.
+    drawing = 3 * n * (sizes[0] + 1) * np.dtype(np.float32).itemsize
     limits.check_fits(
-        data + limits.net_bytes(sizes, config.batch_size),
-        f"{config.dataset} with --n {config.n}, sizes {tuple(sizes)} and batches of "
-        f"{config.batch_size}",
+        needed.total + drawing,
+        f"{config.dataset} with --n {config.n}, sizes {sizes} and batches of {config.batch_size}",
         "--n/--sizes/--batch-size",
     )
+
+
+@functools.cache
+def make_optimizer(name: str, lr: float):
+    """The optax optimizer for a name of `OPTIMIZERS`.
+
+    One object per (name, lr) in a process: `mbp.train` caches its compiled epoch on
+    the optimizer object, so a second run with the same settings compiles nothing.
+    """
+    import optax
+
+    if name == "sgd":
+        return optax.sgd(lr)
+    if name == "momentum":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adam":
+        return optax.adam(lr)
+    raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)}, got {name!r}")
