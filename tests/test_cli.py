@@ -159,6 +159,14 @@ def test_json_path_that_cannot_be_written_is_refused_before_verifying(
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_an_output_path_over_the_name_limit_is_one_short_line(tmp_path, capsys):
+    long = str(tmp_path / ("n" * 300) / "report.json")
+    status, _, err = run(["verify", "--sizes", "2,3,2", "--json", long], capsys)
+    assert status == 2
+    assert_one_line_error(err, "--json", "File name too long")
+    assert "n" * 100 not in err
+
+
 def test_the_path_check_leaves_no_file_behind(tmp_path):
     path = tmp_path / "report.json"
     assert console.output_path(str(path)) == str(path)

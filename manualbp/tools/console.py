@@ -97,14 +97,15 @@ def output_path(text: str) -> str:
     if text == "-":
         return text
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory, expected a file path")
-    existed = path.exists()
+    shown = text if len(text) <= 80 else f"...{text[-60:]}"  # one line, not a whole path
+    if os.path.isdir(path):  # os.path: False, not an error, for a name too long
+        raise argparse.ArgumentTypeError(f"{shown} is a directory, expected a file path")
+    existed = os.path.exists(path)
     try:
         with open(path, "a"):
             pass
     except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot write {text}: {error.strerror}") from None
+        raise argparse.ArgumentTypeError(f"cannot write {shown}: {error.strerror}") from None
     if not existed:
         path.unlink()
     return text
