@@ -355,3 +355,11 @@ def test_train_command_on_fashion_mnist_files(tmp_path, capsys):
     missing = ["--dataset", "fashion-mnist", "--fashion-mnist-dir", str(tmp_path / "absent")]
     assert cli.main(["train", *missing]) == 2  # unavailable data is a usage error
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
+
+
+def test_an_experiment_refuses_a_seed_out_of_range_in_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["xor.py", "--seed", str(2**64)])
+    xor = load("xor")
+    assert experiment.run_main(xor.main, xor.Config, xor.__doc__) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xor.py: error: --seed") and err.count("\n") == 1

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from manualbp.tools import limits
 from manualbp.tools.console import Parser, guarded, list_argument, metavar
 
 
@@ -138,11 +139,13 @@ def parse_config(
 def run_main(main, cls: type, description: str | None = None) -> int:
     """The ``__main__`` entry of an experiment: parse ``sys.argv``, run ``main``.
 
-    Returns 0; an error is one line and status 2 or 1 (`console.guarded`).
+    Returns 0; an error is one line and status 2 or 1 (`console.guarded`). The
+    one seed every experiment has is checked before ``main`` starts.
     """
     config = parse_config(cls, description=description)
 
     def run() -> int:
+        limits.check_seed(config.seed)
         main(config)
         return 0
 
