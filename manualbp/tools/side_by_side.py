@@ -33,6 +33,7 @@ def train_side_by_side(
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
     check_every: int | None = None,
+    privacy=None,
     resume: str = "same",
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
@@ -43,7 +44,8 @@ def train_side_by_side(
     and resumes from ``<checkpoint_dir>/<grad>/``; only the epochs trained now
     are logged. A resume is announced once it is accepted, never before: by
     `mbp.train` itself with ``progress``, else here after the path finished.
-    ``check_every`` (the gradient check) and ``resume`` are `mbp.train`'s.
+    ``check_every`` (the gradient check) and ``resume`` are `mbp.train`'s;
+    ``privacy`` (an `mbp.DPSGD`) trains each path with DP-SGD.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -75,6 +77,7 @@ def train_side_by_side(
             checkpoint_dir=directory,
             resume=resume,
             callback=log,
+            privacy=privacy,
         )
         seconds[grad] = time.perf_counter() - started
         if not progress and (not logged or logged[0] > 1):

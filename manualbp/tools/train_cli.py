@@ -25,6 +25,7 @@ from manualbp.tools.side_by_side import (
     train_side_by_side,
 )
 from manualbp.tools.train_config import TrainConfig, check_config, make_optimizer
+from manualbp.tools.train_privacy import check_privacy_flags, privacy_settings
 
 
 def load_dataset(config: TrainConfig, key: jax.Array):
@@ -51,7 +52,7 @@ def load_dataset(config: TrainConfig, key: jax.Array):
     else:
         X, Y = synthetic[config.dataset]()
         train, test = data.train_test_split(key_split, X, Y, config.test_fraction)
-    if config.standardize:
+    if config.standardize and config.dp_clip is None:
         X_train, X_test = data.standardize(train[0], test[0])
         train, test = (X_train, train[1]), (X_test, test[1])
     classes = None if config.dataset == "sine" else int(np.max(np.asarray(train[1]))) + 1
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     config = parse_config(TrainConfig, argv, TrainConfig.__doc__, prog="manualbp train")
     check_config(config)
+    check_privacy_flags(config)
     net_spec = _net_spec(config)
     key_data, key_init, key_train = jax.random.split(jax.random.key(config.seed), 3)
     grads = ("manual", "autodiff") if config.grad == "both" else (config.grad,)
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     # `run_folder` removes the folder again if the data or the net turn out not to fit.
     with run_folder("train", config) as run:
         train, test, net, params = _train_setup(config, key_data, key_init, net_spec)
+        privacy = privacy_settings(config, len(train[0]))
         print(
             f"{net}, {config.dataset}: {len(train[0])} train / {len(test[0])} test examples, "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {' then '.join(grads)} "
@@ -88,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = train_side_by_side(
             run, net, params, make_optimizer(config.optimizer, config.lr), train,
-            **_train_options(config, key_train, grads, test),
+            privacy=privacy, **_train_options(config, key_train, grads, test),
         )  # fmt: skip
         rows = summary_rows(results, grads)
         summary = {"status": "completed", "net": repr(net), "final": rows, "run": str(run.path)}
@@ -131,12 +134,14 @@ def _confirm_nothing_to_train(config: TrainConfig, grads, keys, net_spec) -> int
 
     key_data, key_init, key_train = keys
     train, test, net, params = _train_setup(config, key_data, key_init, net_spec)
+    privacy = privacy_settings(config, len(train[0]))
     for grad in grads:
         mbp.train(
             net, params, make_optimizer(config.optimizer, config.lr), *train,
             epochs=config.epochs, batch_size=config.batch_size, key=key_train, grad=grad,
             eval_data=test, check_every=config.check_every or None, progress=False,
             checkpoint_dir=str(Path(config.checkpoint_dir) / grad), resume=config.resume,
+            privacy=privacy,
         )  # fmt: skip
     print(
         f"nothing to train: the checkpoints in {config.checkpoint_dir} ({', '.join(grads)}) "

@@ -53,6 +53,13 @@ class TrainConfig(RunConfig):
     checkpoint_dir: str | None = None  # save every epoch to <dir>/<grad>/, resume from it
     resume: Literal["same", "continue"] = "same"  # continue: resume with new --lr, --init, ...
     progress: bool = True  # print one line per epoch, saying manual or autodiff
+    # --- privacy: DP-SGD (train(privacy=...)); --batch-size is then the expected batch ---
+    dp_clip: float | None = None  # C: train with DP-SGD, each example's gradient clipped to C
+    dp_noise: float | None = None  # σ, the noise multiplier (or give --dp-epsilon)
+    dp_epsilon: float | None = None  # target ε at --dp-delta: σ calibrated to reach it
+    dp_delta: float = 1e-5  # δ of the reported (and targeted) ε
+    dp_accountant: Literal["pld", "rdp"] = "pld"  # dp-accounting's PLD (tight) or RDP
+    dp_physical_size: int | None = None  # examples per compiled chunk (default B + 2√B, ×8)
 
 
 def check_config(config: TrainConfig) -> None:
