@@ -36,7 +36,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from manualbp import tolerance, validation
-from manualbp.network import MLP, Params, as_targets, param_dtype
+from manualbp.network import MLP, Params, as_targets
+from manualbp.parameters import param_dtype
 from manualbp.training import checkpoint, programs
 from manualbp.training import privacy as dp
 from manualbp.training.checkpoint import to_host
