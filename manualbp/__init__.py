@@ -24,6 +24,7 @@ from manualbp.training import (
     TrainResult,
     checkpoint,
     data_parallel_mesh,
+    privacy,
     train,
 )
 from manualbp.verification import (
@@ -34,6 +35,7 @@ from manualbp.verification import (
     verify_curvature,
     verify_extensions,
     verify_loss,
+    verify_spectra,
 )
 
 __version__ = "0.1.0"
@@ -65,10 +67,12 @@ __all__ = [
     "loss",
     "manual_value_and_grad",
     "per_example_grads",
+    "privacy",
     "train",
     "verify",
     "verify_activation",
     "verify_curvature",
     "verify_extensions",
     "verify_loss",
+    "verify_spectra",
 ]

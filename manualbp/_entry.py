@@ -7,7 +7,7 @@ of them (as optax builds every transform from one pair of functions):
 1. check the inputs, with one clear error line for a bad one (validation.py);
 2. call one program jitted with the net static (`jax.jit` lives here and in
    training's compiled epoch only);
-3. cast params, X, the targets Y and every floating argument in ``rest`` into
+3. cast params, X, the targets Y and the floating arguments in ``rest`` into
    the parameters' promoted dtype (`in_compute_dtype`), so the math never
    mixes dtypes (it runs under strict dtype promotion);
 4. run the math;
@@ -63,7 +63,12 @@ def _cast_floating(tree, dtype):
 
 
 def entry_point(
-    math: Callable, check: Callable, *, static: tuple[int, ...] = (), back: Callable = like_params
+    math: Callable,
+    check: Callable,
+    *,
+    static: tuple[int, ...] = (),
+    uncast: tuple[int, ...] = (),
+    back: Callable = like_params,
 ) -> Callable:
     """A public numerical function ``(net, params, X, Y, *rest) -> result`` from its math.
 
@@ -74,6 +79,8 @@ def entry_point(
             takes them (X and Y as arrays).
         static: the positions in ``rest`` of static arguments (hashable: a form
             name, a sample count, a set of equations); the net is always static.
+        uncast: the positions in ``rest`` passed to the math as they come (a clip
+            norm the math widens itself, which a low-precision cast would round).
         back: ``back(result, params)``, the result in the parameters' dtypes.
 
     Returns:
@@ -81,12 +88,11 @@ def entry_point(
         ``program`` attribute (the benchmarks time the two against each other).
     """
     static_argnums = (0, *(4 + i for i in static))
+    as_given = set(static) | set(uncast)
 
     def program(net, params, X, Y, *rest):
         p, X, Y = in_compute_dtype(net, params, X, Y)
-        rest = tuple(
-            r if 4 + i in static_argnums else _cast_floating(r, X.dtype) for i, r in enumerate(rest)
-        )
+        rest = tuple(r if i in as_given else _cast_floating(r, X.dtype) for i, r in enumerate(rest))
         return back(math(net, p, X, Y, *rest), params)
 
     jitted = jax.jit(program, static_argnums=static_argnums)

@@ -15,6 +15,7 @@ import functools
 import gzip
 import math
 import os
+import zlib
 from pathlib import Path
 
 import jax
@@ -216,22 +217,32 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     The format: two zero bytes, a type code (0x08 for unsigned bytes), the
     number of dimensions d, then d big-endian uint32 sizes, then the data in
     row-major order.
+
+    Raises:
+        ValueError: naming the file, when it is not IDX, holds more or fewer
+            values than its header says, or its gzip stream is truncated or
+            fails its CRC check.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated, or a CRC mismatch
+        raise ValueError(f"{path}: the gzip data is damaged ({e}); fetch the file again") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path}: the header promises {ndim} sizes, the file ends before them")
     shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    data = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
-    if data.size != math.prod(shape):
+    held = (len(raw) - 4 - 4 * ndim) / dtype.itemsize
+    if held != math.prod(shape):
         raise ValueError(
             f"{path}: the header says shape {shape} ({math.prod(shape)} values), "
-            f"the file holds {data.size}"
+            f"the file holds {held:g}"
         )
-    return data.reshape(shape)
+    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
 def mnist_missing_message(directory: str | os.PathLike | None) -> str:
@@ -344,6 +355,20 @@ def fashion_mnist(
     return _idx_image_set("Fashion-MNIST", directory, fashion_mnist_missing_message, dtype)
 
 
+MNIST_CLASSES = 10
+"""MNIST and Fashion-MNIST both label ten classes, 0..9."""
+
+
+def _check_labels(path: Path, labels: np.ndarray, classes: int) -> None:
+    """Every label a class index 0..classes-1; a stray byte would add classes silently."""
+    bad = np.flatnonzero(labels >= classes)
+    if bad.size:
+        raise ValueError(
+            f"{path}: expected class labels 0..{classes - 1}, got {labels[bad[0]]} at index "
+            f"{bad[0]} ({bad.size} such labels)"
+        )
+
+
 def _idx_image_set(name: str, directory, missing_message, dtype):
     """The four IDX files of an MNIST-format set: checked, flattened, scaled to [0, 1]."""
     paths = {key: _find_idx(Path(directory), file) for key, file in MNIST_FILES.items()}
@@ -357,6 +382,16 @@ def _idx_image_set(name: str, directory, missing_message, dtype):
                 f"{name} {split}: expected images (n, rows, cols) and labels (n,), got "
                 f"{images.shape} and {labels.shape}"
             )
+        for kind, path in (
+            ("images", paths[f"{split}_images"]),
+            ("labels", paths[f"{split}_labels"]),
+        ):
+            if arrays[f"{split}_{kind}"].dtype != np.uint8:
+                raise ValueError(
+                    f"{path}: expected {kind} of unsigned bytes (IDX type 0x08), got "
+                    f"{arrays[f'{split}_{kind}'].dtype}"
+                )
+        _check_labels(paths[f"{split}_labels"], labels, MNIST_CLASSES)
 
     def prepare(images: np.ndarray, labels: np.ndarray) -> tuple[Array, Array]:
         # Divide in float32 unless float64 is asked for: exact pixel values, one rounding,

@@ -95,6 +95,12 @@ class MLP:
                 )
             sigmas.append(sigma)
         sigmas.append(_activations.get_activation(output, argument="output"))
+        if sigmas[-1] is _activations.softmax and sizes[-1] == 1:  # softmax of one logit ≡ 1
+            raise ValueError(
+                f"output: softmax over N_L = 1 output unit is always 1, so nothing can be "
+                f"learned (sizes={sizes}); for two classes use output='sigmoid' with "
+                "loss='binary_cross_entropy', or N_L = 2 with softmax"
+            )
         object.__setattr__(self, "sizes", sizes)
         object.__setattr__(self, "activations", tuple(sigmas))
         object.__setattr__(self, "loss", _losses.get_loss(loss))

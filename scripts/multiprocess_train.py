@@ -41,12 +41,13 @@ def worker(args) -> None:
     import jax
 
     if args.processes > 1:
-        jax.distributed.initialize(
-            coordinator_address=args.coordinator,
-            num_processes=args.processes,
-            process_id=args.process_id,
-            initialization_timeout=60,
-        )
+        from manualbp.training import processes
+
+        try:
+            processes.join(args.coordinator, args.processes, args.process_id)
+        except processes.CoordinatorPortInUseError as e:
+            print(f"process {args.process_id}: {e}", file=sys.stderr)
+            sys.exit(2)
     import numpy as np
     import optax
 
@@ -102,6 +103,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_all(children, timeout: float) -> list[int | None]:
+    """Every child's exit status; once one fails, the others are stopped rather than left to
+    wait for it until the coordinator's timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        codes = [child.poll() for child in children]
+        if all(code is not None for code in codes) or any(codes):
+            return codes
+        time.sleep(0.2)
+    return [child.poll() for child in children]
+
+
 def launch(args) -> int:
     """Run the N-process job, then the single-process one, and compare their parameters.
 
@@ -146,12 +159,12 @@ def launch(args) -> int:
             for i in range(processes)
         ]
         try:
-            codes = [child.wait(timeout=args.timeout) for child in children]
+            codes = wait_all(children, args.timeout)
         finally:
             for child in children:
                 if child.poll() is None:
                     child.kill()
-        if any(codes):
+        if any(code != 0 for code in codes):
             print(f"{name}: a process exited with {codes}", file=sys.stderr)
             return 1
     found = {name: json.loads((out / name / "summary.json").read_text()) for name in jobs}

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_docs import catalogue_sizes
 
 import manualbp as mbp
 from manualbp.tools import cli, console, experiment, train_cli
@@ -336,6 +337,8 @@ def test_the_whole_catalogue_passes(capsys):
     assert err.splitlines()[0].startswith(f"manualbp verify: {n} subjects")
     assert len([line for line in err.splitlines() if line.startswith("verify ")]) == n
     assert f"PASSED: {n} of {n} subjects" in out
+    checks = int(re.search(r"of \d+ subjects, (\d+) checks", out).group(1))
+    assert (n, checks) in catalogue_sizes(README.read_text(encoding="utf-8")), "README's count"
 
 
 # --- the README's softplus example, as written there ---------------------------------------

@@ -35,6 +35,19 @@ CATALOGUE = [(out, loss, True) for out, loss in OUTPUT_LOSS_PAIRS] + [
 HIDDEN = list(activations.HIDDEN_ACTIVATIONS)
 
 
+def catalogue_cases(catalogue, hidden) -> list[tuple]:
+    """(output, loss, fused, hidden): both lists in turn, until the longer one is used up.
+
+    Every catalogue entry and every hidden activation appears at least once, so a new
+    activation (or output/loss pair) gets its own case, without the full product.
+    """
+    n = max(len(catalogue), len(hidden))
+    return [(*catalogue[i % len(catalogue)], hidden[i % len(hidden)]) for i in range(n)]
+
+
+CASES = catalogue_cases(CATALOGUE, HIDDEN)
+
+
 def small(output="softmax", loss="cross_entropy", fused=True, hidden="tanh", dtype=jnp.float32):
     net = mbp.MLP((4, 5, 6, 3), hidden=hidden, output=output, loss=loss, fused=fused)
     params = net.init(jax.random.key(1), dtype)
@@ -70,7 +83,7 @@ def marked(params, fast):
 @pytest.mark.parametrize(
     "output,loss,fused,hidden",
     marked(
-        [(*pair, HIDDEN[i % len(HIDDEN)]) for i, pair in enumerate(CATALOGUE)],
+        CASES,
         lambda p: tuple(p[:3]) in FAST,
     ),
     ids=lambda x: str(x),
@@ -86,6 +99,30 @@ def test_every_row_agrees_across_the_catalogue(output, loss, fused, hidden, dtyp
         assert all(row.witness_eps == 0 for row in report.rows)
     else:
         assert any(row.witness_eps > 0 for row in report.rows)
+
+
+def test_the_catalogue_cases_cover_every_activation_and_pair():
+    """Each built-in σ is a hidden or an output activation of some case, each pair is used."""
+    used = {name for output, _, _, hidden in CASES for name in (output, hidden)}
+    assert set(activations.ACTIVATIONS) <= used
+    assert {case[:3] for case in CASES} == set(CATALOGUE)
+    # One more hidden activation than catalogue entries: it still gets a case of its own.
+    grown = catalogue_cases(CATALOGUE[:2], ["a", "b", "c"])
+    assert [case[-1] for case in grown] == ["a", "b", "c"]
+    assert [case[:3] for case in grown] == [CATALOGUE[0], CATALOGUE[1], CATALOGUE[0]]
+
+
+def without_second_derivative(registry) -> list[str]:
+    """The activations in ``registry`` that carry no σ'' (``deriv2``)."""
+    return [name for name, act in registry.items() if act.deriv2 is None]
+
+
+def test_every_built_in_activation_has_its_second_derivative():
+    """The README promises σ'' for every built-in; the Hessian's recursion (17) needs it."""
+    assert without_second_derivative(activations.ACTIVATIONS) == []
+    lacking = activations.tanh._replace(name="tanh_no_second", deriv2=None)
+    registry = {**activations.ACTIVATIONS, lacking.name: lacking}
+    assert without_second_derivative(registry) == ["tanh_no_second"]
 
 
 @pytest.mark.slow

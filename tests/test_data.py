@@ -181,6 +181,39 @@ def test_read_idx_rejects_bad_files(tmp_path):
         data.read_idx(truncated)
 
 
+def test_labels_outside_the_ten_classes_or_not_bytes_are_refused(tmp_path):
+    arrays = write_mnist(tmp_path, gzipped=False)
+    labels = arrays["train_labels"].copy()
+    labels[3] = 255  # one stray byte would make a 256-class net
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte: expected class labels 0..9, "
+                       r"got 255 at index 3"):  # fmt: skip
+        data.fashion_mnist(tmp_path)
+    as_float = arrays["test_labels"].astype(">f4") + 0.9  # IDX type 0x0D, would be truncated
+    header = struct.pack(">BBBBI", 0, 0, 0x0D, 1, as_float.size)
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(header + as_float.tobytes())
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(arrays["train_labels"]))
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte: expected labels of unsigned "
+                       r"bytes \(IDX type 0x08\), got >f4"):  # fmt: skip
+        data.mnist(tmp_path)
+
+
+def test_a_truncated_or_corrupted_gzip_names_the_file(tmp_path):
+    write_mnist(tmp_path)
+    images = tmp_path / "train-images-idx3-ubyte.gz"
+    whole = images.read_bytes()
+    images.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=f"{images}: the gzip data is damaged"):
+        data.mnist(tmp_path)
+    corrupted = bytearray(whole)
+    corrupted[-8] ^= 0xFF  # the CRC-32 in the gzip trailer
+    images.write_bytes(bytes(corrupted))
+    with pytest.raises(ValueError, match=f"{images}: the gzip data is damaged .*CRC check failed"):
+        data.mnist(tmp_path)
+    images.write_bytes(whole)
+    assert data.mnist(tmp_path)[0][0].shape == (5, 784)
+
+
 # --- preparation -------------------------------------------------------------------
 
 

@@ -5,6 +5,8 @@
 * Every equation number a docstring in the package or the experiments cites, as "Eq. (N)" or
   "equation (N)" (also "equations (2), (3)" and ranges "(1)–(4)"), is a numbered equation,
   ``\\tag{N}``, in docs/derivation.md.
+* The catalogue's size the README states, "(N subjects, K checks", is the catalogue's: N here,
+  counted from the registries; K in tests/test_cli.py's whole-catalogue run (slow).
 """
 
 import ast
@@ -12,6 +14,9 @@ import pathlib
 import re
 
 import pytest
+
+from manualbp.activations import ACTIVATIONS, HIDDEN_ACTIVATIONS
+from manualbp.losses import LOSSES, OUTPUT_LOSS_PAIRS
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DERIVATION = ROOT / "docs" / "derivation.md"
@@ -149,3 +154,34 @@ def test_the_equation_check_can_fail():
     assert cited_labels("the equation's shapes (B, N_L)") == set()
     assert numbered_equations(r"$$x \tag{1}$$ $$y \tag{T3}$$") == {"1", "T3"}
     assert "99" not in numbered_equations(DERIVATION.read_text(encoding="utf-8"))
+
+
+# --- the catalogue's size in the README -----------------------------------------------
+
+CATALOGUE_SIZE = re.compile(r"\((\d[\d,]*) subjects, (\d[\d,]*) checks")
+
+
+def catalogue_sizes(text: str) -> list[tuple[int, int]]:
+    """Each "(N subjects, K checks" that ``text`` states, as (N, K)."""
+    return [
+        (int(n.replace(",", "")), int(k.replace(",", ""))) for n, k in CATALOGUE_SIZE.findall(text)
+    ]
+
+
+def catalogue_subjects() -> int:
+    """The subjects `manualbp verify` runs with no flags, counted without running one: every
+    activation and loss on its grid, then a net per hidden activation × (output, loss) pair.
+    tests/test_cli.py's whole-catalogue run holds the command to this count."""
+    return len(ACTIVATIONS) + len(LOSSES) + len(HIDDEN_ACTIVATIONS) * len(OUTPUT_LOSS_PAIRS)
+
+
+def test_the_readme_states_the_catalogues_subject_count():
+    sizes = catalogue_sizes((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert sizes, 'README.md no longer states "(N subjects, K checks"'
+    assert {n for n, _ in sizes} == {catalogue_subjects()}
+
+
+def test_the_count_check_can_fail():
+    assert catalogue_sizes("on a net (75 subjects, 2,096 checks, 53 s)") == [(75, 2096)]
+    assert catalogue_sizes("76 subjects and 2,096 checks") == []
+    assert catalogue_subjects() != 75

@@ -246,7 +246,7 @@ def test_clipped_sum_for_the_mean_is_off_by_B(mutate):
 
 
 def test_clipping_per_layer_is_caught(mutate):
-    def per_layer_factors(norms, l2_clip):
+    def per_layer_factors(norms, l2_clip, dtype):
         # Wrong: the norm of the last layer alone stands in for the norm over all layers.
         return l2_clip / jnp.maximum(l2_clip, jnp.sqrt(norms[-1].W + norms[-1].b))
 

@@ -110,7 +110,7 @@ def _batch_sharding_in_program(mesh, shard_batches=True) -> bool:
     from test_train import BATCH, NET, OPTIMIZER, PARAMS, X, Y
 
     from manualbp.network import as_targets
-    from manualbp.training.loop import _place
+    from manualbp.training.placement import place as _place
     from manualbp.training.programs import epoch as _epoch
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

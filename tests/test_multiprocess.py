@@ -21,9 +21,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from manualbp import tolerance
-from manualbp.training import checkpoint
+from manualbp.training import checkpoint, processes
 
 PROCESSES, DEVICES_EACH = 2, 2
 TIMEOUT_S = 150
@@ -31,12 +32,7 @@ TIMEOUT_S = 150
 
 def child_main(process_id: int, port: int, checkpoint_dir: str) -> None:
     """One process of the job: train, checkpoint, resume; print what it saw as JSON."""
-    jax.distributed.initialize(
-        coordinator_address=f"127.0.0.1:{port}",
-        num_processes=PROCESSES,
-        process_id=process_id,
-        initialization_timeout=60,
-    )
+    processes.join(f"127.0.0.1:{port}", PROCESSES, process_id)
     jax.config.update("jax_numpy_rank_promotion", "raise")
     from test_train import X_TEST, Y_TEST, run
 
@@ -90,7 +86,37 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(checkpoint_dir: str) -> list[dict]:
+DISAGREEMENTS = ("key", "X", "params", "optimizer")
+"""What process 1 is given differently from process 0, one train call each."""
+
+
+def child_disagree(process_id: int, port: int) -> None:
+    """One process of a job whose processes are given different runs; print the errors."""
+    processes.join(f"127.0.0.1:{port}", PROCESSES, process_id)
+    import optax
+    from test_train import OPTIMIZER, PARAMS, X, make_params, run
+
+    import manualbp as mbp
+
+    # Process 0 passes the shared case's own value, process 1 another one.
+    given = {
+        "key": [jax.random.key(1), jax.random.key(2)],
+        "X": [X, X + np.float32(1)],
+        "params": [PARAMS, make_params(seed=1)],
+        "optimizer": [OPTIMIZER, optax.adam(0.1)],
+    }
+    mesh = mbp.data_parallel_mesh(jax.devices())
+    errors = {}
+    for what in DISAGREEMENTS:
+        try:
+            run(epochs=1, mesh=mesh, **{what: given[what][process_id]})
+            errors[what] = None
+        except processes.ProcessesDisagreeError as e:
+            errors[what] = str(e)
+    print(json.dumps({"process_index": jax.process_index(), "errors": errors}))
+
+
+def launch(checkpoint_dir: str | None, child: str = "child_main") -> list[dict]:
     """Start the processes, wait for them (at most TIMEOUT_S), return each one's JSON."""
     tests = Path(__file__).parent
     env = dict(
@@ -100,10 +126,11 @@ def launch(checkpoint_dir: str) -> list[dict]:
         PYTHONPATH=os.pathsep.join([str(tests.parent), str(tests)]),
     )
     port = free_port()
-    code = "import sys, test_multiprocess as t; t.child_main(int(sys.argv[1]), {}, {!r})"
+    arguments = f"{port}" if checkpoint_dir is None else f"{port}, {checkpoint_dir!r}"
+    code = f"import sys, test_multiprocess as t; t.{child}(int(sys.argv[1]), {arguments})"
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", code.format(port, checkpoint_dir), str(i)],
+            [sys.executable, "-c", code, str(i)],
             cwd=tests,
             env=env,
             stdout=subprocess.PIPE,
@@ -156,3 +183,31 @@ def test_two_processes_train_as_one():
     for a, b in zip(single.history, found[0]["history"], strict=True):
         assert abs(a["loss"] - b["loss"]) <= rtol * abs(a["loss"])
     assert found[0]["history"][-1]["grad_check"]["passed"]
+
+
+def test_processes_given_different_runs_refuse_together_naming_the_difference():
+    found = launch(None, child="child_disagree")
+    assert [f["process_index"] for f in found] == [0, 1]
+    expected = {
+        "key": "run.key differs",
+        "X": "data.X differs",
+        "params": "caller.params differs",
+        "optimizer": "caller.optimizer differs",
+    }
+    for f in found:  # both processes raise, each with the same first difference
+        for what, fragment in expected.items():
+            assert f["errors"][what] is not None, what
+            assert f"the processes hold different runs: {fragment}" in f["errors"][what]
+
+
+def test_a_coordinator_port_in_use_is_named_before_joining():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(
+            processes.CoordinatorPortInUseError,
+            match=f"coordinator 127.0.0.1:{port}: the port cannot be bound .*another program",
+        ):
+            processes.join(f"127.0.0.1:{port}", PROCESSES, 0)
+    processes.check_port_free(f"127.0.0.1:{port}")  # free again once the holder closed it

@@ -6,10 +6,16 @@ autodiff_value_and_grad, per_example_grads, verify and train). A test checks tha
 test it names exists.
 """
 
+import errno
 import functools
+import io
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import jax
@@ -21,7 +27,8 @@ from helpers import assert_grads_close
 
 import manualbp as mbp
 from manualbp.network import Layer
-from manualbp.training.identity import code_identity
+from manualbp.training import loop, memory
+from manualbp.training.identity import code_identity, optimizer_probe
 
 NET = mbp.MLP((3, 4, 2), "tanh", "softmax", "cross_entropy")
 PARAMS = NET.init(jax.random.key(0))
@@ -185,6 +192,86 @@ FAULTS = [
         "one line, exit 1; the folder says the run failed",
         "tests/test_cli.py (command line)",
     ),
+    # round 3
+    (
+        "a softmax over one output unit (always 1: loss 0, accuracy 1, nothing learned)",
+        "ValueError at MLP(...), pointing to sigmoid with binary cross-entropy",
+        "test_a_softmax_over_one_output_unit_is_refused",
+    ),
+    (
+        "MNIST-format labels: a byte outside 0..9, IDX float32 labels or images",
+        "ValueError naming the file, the value and its index, or the dtype",
+        "tests/test_data.py::test_labels_outside_the_ten_classes_or_not_bytes_are_refused",
+    ),
+    (
+        "a truncated .gz data file; a gzip CRC mismatch",
+        "ValueError naming the file (no EOFError traceback)",
+        "tests/test_data.py::test_a_truncated_or_corrupted_gzip_names_the_file",
+    ),
+    (
+        "hostile checkpoints: a huge epoch, a deflate bomb, deeply nested JSON, an encrypted "
+        "flag, an unknown zip version or compression method, an unexpected member, a key of "
+        "the wrong shape or an unknown PRNG implementation, a weight of another dtype, garbage "
+        "in the history, NaN parameters",
+        "CheckpointError naming the member or field, before anything large is allocated "
+        "(sizes, names, versions and .npy headers checked first); the file is kept",
+        "test_hostile_checkpoints_are_refused_before_anything_large_is_allocated",
+    ),
+    (
+        "any single-byte flip of a checkpoint",
+        "CheckpointError or an identical load (every 7th byte by default, every byte with -m slow)",
+        "test_every_seventh_byte_flip_is_refused_or_loads_identically, "
+        "test_every_byte_flip_is_refused_or_loads_identically",
+    ),
+    (
+        "checkpoint_dir=''; a FIFO, a symlink (dangling or not) or a directory at checkpoint.npz",
+        "CheckpointWriteError before the first epoch (no hang, nothing replaced)",
+        "test_an_empty_checkpoint_dir_is_refused, "
+        "test_a_checkpoint_path_that_is_not_a_regular_file_is_refused, "
+        "test_completed_epochs_reads_only_the_metadata",
+    ),
+    (
+        "a checkpoint directory made read-only mid-run",
+        "CheckpointWriteError saying the last checkpoint (epoch N) is kept",
+        "test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept",
+    ),
+    (
+        "a resume with another learning rate or optimizer hyperparameter, init, seed or params=",
+        "CheckpointMismatchError naming the optimizer (by its updates on a fixed probe "
+        "gradient) or the starting params; resume='continue' (--resume continue) goes on with "
+        "the new settings and records them",
+        "test_a_resume_with_other_settings_is_refused_unless_asked_to_continue, "
+        "test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint, "
+        "test_a_checkpoint_without_the_callers_settings_asks_to_continue, "
+        "test_the_optimizer_probe_sees_every_hyperparameter",
+    ),
+    (
+        "an optimizer state that turns NaN while the parameters stay finite",
+        "DivergenceError naming the epoch and the state's leaves; that epoch is not "
+        "checkpointed, the previous checkpoint is kept",
+        "test_an_optimizer_state_that_turns_nan_is_not_checkpointed",
+    ),
+    (
+        "a run that cannot fit in memory (huge widths, n or batch; a low ulimit -v)",
+        "RunTooLargeError (a ValueError) before anything is placed: how much the parameters, "
+        "optimizer state, activations and data need, and how much is available and why",
+        "test_the_memory_estimate_counts_parameters_state_activations_and_data, "
+        "test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated, "
+        "test_the_available_memory_follows_ulimit_v",
+    ),
+    (
+        "jax.distributed processes given different data, keys, starting params or optimizers",
+        "one all-gather of the fingerprint's digests before the first epoch; every process "
+        "raises ProcessesDisagreeError naming the first entry that differs",
+        "tests/test_multiprocess.py::"
+        "test_processes_given_different_runs_refuse_together_naming_the_difference",
+    ),
+    (
+        "a coordinator port already in use",
+        "processes.join: CoordinatorPortInUseError, one line, before jax.distributed starts "
+        "(scripts/multiprocess_train.py exits 2 and stops the other workers)",
+        "tests/test_multiprocess.py::test_a_coordinator_port_in_use_is_named_before_joining",
+    ),
 ]
 
 
@@ -256,11 +343,22 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("entry", EVERY_ENTRY)
-@pytest.mark.parametrize("what, kwargs, error, match", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+# Every entry with every bad input it takes: forward takes no Y, so it gets no Y-only case.
+ENTRY_CASES = [
+    pytest.param(entry, *bad, id=f"{entry}-{bad[0]}")
+    for bad in BAD_INPUTS
+    for entry in EVERY_ENTRY
+    if not (entry == "forward" and set(bad[1]) == {"Y"})
+]
+
+
+def test_the_entry_cases_leave_out_only_forward_with_a_y_alone():
+    left_out = len(EVERY_ENTRY) * len(BAD_INPUTS) - len(ENTRY_CASES)
+    assert left_out == sum(set(bad[1]) == {"Y"} for bad in BAD_INPUTS) == 7
+
+
+@pytest.mark.parametrize("entry, what, kwargs, error, match", ENTRY_CASES)
 def test_every_entry_point_names_the_bad_argument(entry, what, kwargs, error, match):
-    if entry == "forward" and set(kwargs) == {"Y"}:
-        pytest.skip("forward takes no Y")
     with pytest.raises(error, match=match):
         call(entry, **kwargs)
 
@@ -413,16 +511,22 @@ def test_targets_inside_the_losss_domain_pass():
     assert np.isfinite(mbp.loss(BCE_NET, BCE_PARAMS, X, jnp.array([0.0, 0.5, 1.0, 1.0, 0.0])))
 
 
+def assert_same_result(entry, got, expected):
+    """The same numbers from an entry: arrays and trees equal, verify's whole report."""
+    if entry == "verify":
+        got, expected = (got.passed, got.rows), (expected.passed, expected.rows)
+    elif entry == "train":
+        got, expected = (got.params, got.history), (expected.params, expected.history)
+    leaves = jax.tree.leaves(got), jax.tree.leaves(expected)
+    assert len(leaves[0]) == len(leaves[1]) > 0
+    assert all(np.array_equal(a, b) for a, b in zip(*leaves, strict=True))
+
+
 @pytest.mark.parametrize("entry", EVERY_ENTRY)
 def test_pandas_objects_are_taken_as_their_arrays_everywhere(entry):
     pd = pytest.importorskip("pandas")
     frame, series = pd.DataFrame(np.asarray(X)), pd.Series(np.asarray(Y))
-    got, expected = call(entry, X=frame, Y=series), call(entry)
-    if entry == "verify":
-        got, expected = got.passed, expected.passed
-    elif entry == "train":
-        got, expected = (got.params, got.history), (expected.params, expected.history)
-    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), got, expected))
+    assert_same_result(entry, call(entry, X=frame, Y=series), call(entry))
 
 
 class Duck:
@@ -437,7 +541,8 @@ class Duck:
 
 @pytest.mark.parametrize("entry", EVERY_ENTRY)
 def test_duck_arrays_and_lists_are_taken_and_objects_refused_with_one_message(entry):
-    assert call(entry, X=Duck(X), Y=np.asarray(Y).tolist()) is not None
+    got, expected = call(entry, X=Duck(X), Y=np.asarray(Y).tolist()), call(entry)
+    assert_same_result(entry, got, expected)
     pd = pytest.importorskip("pandas")
     words = pd.DataFrame([["a", "b", "c"]] * 5)  # np.asarray gives dtype object
     with pytest.raises(TypeError, match="X: expected an array, or anything np.asarray turns"):
@@ -552,16 +657,471 @@ def test_code_identity_is_the_same_in_another_process():
 
 def test_the_fault_table_names_tests_that_exist():
     here = Path(__file__).parent
-    names = {
-        "": set(globals()),
-        "tests/test_train.py::": set((here / "test_train.py").read_text().split("def ")),
-    }
     for fault, _, tests in FAULTS:
         for test in tests.split(", "):
             if test == "tests/test_cli.py (command line)":
                 continue  # the command line's own tests
-            prefix = "tests/test_train.py::" if test.startswith("tests/test_train.py::") else ""
-            name = test.removeprefix(prefix)
-            assert any(w.startswith(name + "(") for w in names[prefix]) or (
-                not prefix and name in names[""]
-            ), f"{fault}: no test {test}"
+            file, _, name = test.rpartition("::")
+            words = (
+                set(globals()) if not file else set((here.parent / file).read_text().split("def "))
+            )
+            assert any(w.startswith(name + "(") for w in words) or (not file and name in words), (
+                f"{fault}: no test {test}"
+            )
+
+
+# --- round 3: silent wrong results ------------------------------------------------------------
+
+
+def test_a_softmax_over_one_output_unit_is_refused():
+    with pytest.raises(ValueError, match="output: softmax over N_L = 1 .*output='sigmoid' with "):
+        mbp.MLP((2, 8, 1), output="softmax", loss="cross_entropy")
+    with pytest.raises(ValueError, match="softmax over N_L = 1"):
+        mbp.MLP((2, 1), output="softmax", loss="mse")
+    assert mbp.MLP((2, 8, 2), output="softmax", loss="cross_entropy").sizes[-1] == 2
+    assert mbp.MLP((2, 8, 1), output="sigmoid", loss="binary_cross_entropy").classifier
+
+
+# --- round 3: hostile checkpoints --------------------------------------------------------------
+
+TINY = mbp.MLP((2, 3, 2), "tanh", "softmax", "cross_entropy")
+TINY_PARAMS = TINY.init(jax.random.key(1))
+TINY_SGD = optax.sgd(0.1)  # one object: every tiny run reuses the compiled epoch
+TINY_X = jnp.asarray(np.random.default_rng(0).normal(size=(8, 2)), jnp.float32)
+TINY_Y = jnp.array([0, 1, 1, 0, 1, 0, 0, 1])
+
+
+def tiny_run(checkpoint_dir, epochs=1, **overrides):
+    arguments = dict(epochs=epochs, batch_size=4, key=jax.random.key(2), progress=False)
+    arguments.update(overrides)
+    return mbp.train(
+        TINY, TINY_PARAMS, TINY_SGD, TINY_X, TINY_Y, checkpoint_dir=checkpoint_dir, **arguments
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """The bytes of a tiny run's checkpoint after one epoch, and what loading it needs."""
+    directory = tmp_path_factory.mktemp("tiny")
+    tiny_run(directory)
+    data = mbp.checkpoint.path_in(directory).read_bytes()
+    with np.load(io.BytesIO(data)) as stored:
+        printed = json.loads(stored["meta"].tobytes())["fingerprint"]
+    return data, printed
+
+
+def load_bytes(directory: Path, data: bytes, printed: dict):
+    mbp.checkpoint.path_in(directory).write_bytes(data)
+    opt_state = TINY_SGD.init(TINY_PARAMS)
+    return mbp.checkpoint.load(directory, printed, TINY_PARAMS, opt_state, jax.random.key(2))
+
+
+def rewritten(data: bytes, change) -> bytes:
+    """The checkpoint ``data`` with ``change(arrays, meta)`` applied, saved as np.savez does."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    meta = json.loads(arrays["meta"].tobytes())
+    change(arrays, meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def patched_zip(data: bytes, local: int, central: int, value: int) -> bytes:
+    """Every member's 2-byte field at ``local`` (local header) and ``central`` (its entry in
+    the central directory) set to ``value``: a version, the flags or the compression method."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        start = out.find(signature)
+        while start >= 0:
+            out[start + offset : start + offset + 2] = value.to_bytes(2, "little")
+            start = out.find(signature, start + 4)
+    return bytes(out)
+
+
+def deflated_junk(data: bytes) -> bytes:
+    """params/0 replaced by a 64 MiB member that deflates to a few kilobytes."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, values in arrays.items():
+            member = io.BytesIO()
+            np.save(member, np.zeros(1 << 24, np.float32) if name == "params/0" else values)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    return out.getvalue()
+
+
+def deeply_nested(data: bytes, depth: int = 100_000) -> bytes:
+    """The history's first entry a list nested ``depth`` deep (JSON text, written by hand)."""
+    with np.load(io.BytesIO(data)) as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    text = arrays["meta"].tobytes().decode()
+    text = text.replace('"history": [', '"history": [' + "[" * depth + "]" * depth + ", ", 1)
+    arrays["meta"] = np.frombuffer(text.encode(), np.uint8)
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+def set_history(**entries):
+    return lambda arrays, meta: meta["history"][0].update(entries)
+
+
+HOSTILE = [
+    # (what, the damage, message fragment)
+    ("huge epoch", lambda d: rewritten(d, lambda a, m: m.update(epoch=10**12)), "do not count"),
+    ("deflate bomb", deflated_junk, "compression method 8, expected stored"),
+    ("nested JSON", deeply_nested, "RecursionError"),
+    ("encrypted flag", lambda d: patched_zip(d, 6, 8, 0x0001), r"zip flags 0x0001 \(encrypted"),
+    ("zip version 6.3", lambda d: patched_zip(d, 4, 6, 63), "zip version 63, expected 20 or 45"),
+    ("compression 99", lambda d: patched_zip(d, 8, 10, 99), "compression method 99"),
+    (
+        "an unexpected member",
+        lambda d: rewritten(d, lambda a, m: a.update(extra=np.zeros(3))),
+        r"unexpected \['extra.npy'\]",
+    ),
+    (
+        "a key of the wrong shape",
+        lambda d: rewritten(d, lambda a, m: a.update(key=np.zeros(3, np.uint32))),
+        r"key.npy: shape \(3,\) '<u4', expected \(2,\) '<u4'",
+    ),
+    (
+        "an unknown PRNG implementation",
+        lambda d: rewritten(d, lambda a, m: m.update(key_impl="nonesuch")),
+        "the key implementation 'nonesuch' is not this run's 'threefry2x32'",
+    ),
+    (
+        "a weight of another dtype",
+        lambda d: rewritten(
+            d, lambda a, m: a.update({"params/0": a["params/0"].astype(np.float64)})
+        ),
+        r"params/0.npy: shape \(3, 2\) '<f8', expected \(3, 2\) '<f4'",
+    ),
+    ("loss a string", lambda d: rewritten(d, set_history(loss="garbage")), "loss is 'garbage'"),
+    (
+        "accuracy 7",
+        lambda d: rewritten(d, set_history(test_accuracy=7)),
+        r"test_accuracy is 7, expected a number in \[0, 1\]",
+    ),
+    (
+        "an unknown history entry",
+        lambda d: rewritten(d, set_history(note="hi")),
+        "an unknown history entry 'note'",
+    ),
+    (
+        "NaN parameters",
+        lambda d: rewritten(d, lambda a, m: a["params/1"].__setitem__(0, np.nan)),
+        r"holds non-finite values in params/1 \(1 of 3\)",
+    ),
+]
+
+
+@pytest.mark.parametrize("what, damage, match", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_checkpoints_are_refused_before_anything_large_is_allocated(
+    tmp_path, tiny_checkpoint, what, damage, match
+):
+    data, printed = tiny_checkpoint
+    hostile = damage(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(mbp.checkpoint.CheckpointError, match=match) as error:
+            load_bytes(tmp_path, hostile, printed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert type(error.value) is mbp.checkpoint.CheckpointError  # not a mismatch: damage
+    assert peak < 8 * 2**20 + 4 * len(hostile), f"{what}: {peak} bytes allocated"
+    assert mbp.checkpoint.path_in(tmp_path).read_bytes() == hostile  # left untouched
+    assert load_bytes(tmp_path, data, printed).epoch == 1  # the undamaged file loads
+
+
+def loads_identically(a, b) -> bool:
+    def arrays(c):
+        return jax.tree.leaves((c.params, c.opt_state, jax.random.key_data(c.key)))
+
+    same = all(np.array_equal(x, y) for x, y in zip(arrays(a), arrays(b), strict=True))
+    return a.epoch == b.epoch and a.history == b.history and same
+
+
+def flip_every_byte(tmp_path, tiny_checkpoint, stride):
+    data, printed = tiny_checkpoint
+    original = load_bytes(tmp_path, data, printed)
+    outcomes = {"refused": 0, "identical": 0}
+    for i in range(0, len(data), stride):
+        flipped = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+        try:
+            loaded = load_bytes(tmp_path, flipped, printed)
+        except mbp.checkpoint.CheckpointError:
+            outcomes["refused"] += 1
+            continue
+        assert loaded is not None and loads_identically(loaded, original), f"byte {i}"
+        outcomes["identical"] += 1
+    return outcomes
+
+
+def test_every_seventh_byte_flip_is_refused_or_loads_identically(tmp_path, tiny_checkpoint):
+    outcomes = flip_every_byte(tmp_path, tiny_checkpoint, stride=7)
+    assert outcomes["refused"] > 0 and outcomes["identical"] > 0, outcomes
+
+
+@pytest.mark.slow
+def test_every_byte_flip_is_refused_or_loads_identically(tmp_path, tiny_checkpoint):
+    outcomes = flip_every_byte(tmp_path, tiny_checkpoint, stride=1)
+    assert sum(outcomes.values()) == len(tiny_checkpoint[0]), outcomes
+
+
+def test_an_empty_checkpoint_dir_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError, match="expected a directory path, got ''"
+    ):
+        tiny_run("")
+    assert list(tmp_path.iterdir()) == []
+
+
+def a_fifo(path: Path) -> str:
+    os.mkfifo(path)
+    return "a FIFO"
+
+
+def a_dangling_link(path: Path) -> str:
+    path.symlink_to(path.parent / "nowhere.npz")
+    return "a symbolic link"
+
+
+def a_link_to_a_file(path: Path) -> str:
+    (path.parent / "elsewhere.npz").write_bytes(b"")
+    path.symlink_to(path.parent / "elsewhere.npz")
+    return "a symbolic link"
+
+
+def a_directory(path: Path) -> str:
+    path.mkdir()
+    return "a directory"
+
+
+@pytest.mark.parametrize("make", [a_fifo, a_dangling_link, a_link_to_a_file, a_directory])
+def test_a_checkpoint_path_that_is_not_a_regular_file_is_refused(tmp_path, make):
+    path = mbp.checkpoint.path_in(tmp_path)
+    kind = make(path)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError, match=f"checkpoint.npz is {kind}, not a regular"
+    ):
+        tiny_run(tmp_path)
+    assert os.path.lexists(path) and not path.is_file() or path.is_symlink()
+    with pytest.raises(mbp.checkpoint.CheckpointError, match=f"is {kind}, not a regular file"):
+        mbp.checkpoint.load(tmp_path, {}, TINY_PARAMS, TINY_SGD.init(TINY_PARAMS))
+    assert mbp.checkpoint.completed_epochs(tmp_path) == 0  # what the command line announces
+
+
+def test_completed_epochs_reads_only_the_metadata(tmp_path, tiny_checkpoint):
+    data, _ = tiny_checkpoint
+    mbp.checkpoint.path_in(tmp_path).write_bytes(data)
+    assert mbp.checkpoint.completed_epochs(tmp_path) == 1
+    for damage in (deflated_junk, lambda d: patched_zip(d, 6, 8, 0x0001), deeply_nested):
+        mbp.checkpoint.path_in(tmp_path).write_bytes(damage(data))
+        assert mbp.checkpoint.completed_epochs(tmp_path) == 0
+    assert mbp.checkpoint.completed_epochs(tmp_path / "absent") == 0
+
+
+def test_a_directory_made_read_only_mid_run_says_the_last_checkpoint_is_kept(tmp_path, monkeypatch):
+    mkstemp = tempfile.mkstemp
+
+    def read_only_after_epoch_1(*args, **kwargs):
+        if mbp.checkpoint.path_in(tmp_path).exists():
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only_after_epoch_1)
+    with pytest.raises(
+        mbp.checkpoint.CheckpointWriteError,
+        match=r"checkpoint of epoch 2 .*Read-only file system.* still holds the previous "
+        r"checkpoint \(epoch 1\): the last checkpoint is kept",
+    ):
+        tiny_run(tmp_path, epochs=3)
+    monkeypatch.undo()
+    assert tiny_run(tmp_path, epochs=1).history[0]["epoch"] == 1  # epoch 1 resumes, whole
+
+
+# --- round 3: a resume takes what the caller changed into account ------------------------------
+
+TINY_FAST_SGD = optax.sgd(10.0)
+
+
+@pytest.mark.parametrize(
+    "changed, match",
+    [
+        (dict(optimizer=TINY_FAST_SGD), r"the optimizer \(its updates on a fixed probe gradient"),
+        (dict(optimizer=optax.sgd(0.1, momentum=0.9)), "belongs to a different run"),
+        (
+            dict(params=TINY.init(jax.random.key(9))),
+            r"the starting params \(params\[0\]\.W, params\[1\]\.W differ: another init, seed "
+            r"or params=\)",
+        ),
+        (
+            dict(params=TINY.init(jax.random.key(1), scheme="glorot")),
+            r"the starting params \(params\[0\]\.W, params\[1\]\.W differ",
+        ),
+    ],
+    ids=["learning rate", "momentum (another state)", "seed", "init"],
+)
+def test_a_resume_with_other_settings_is_refused_unless_asked_to_continue(tmp_path, changed, match):
+    tiny_run(tmp_path, epochs=1)
+    kept = mbp.checkpoint.path_in(tmp_path).read_bytes()
+    arguments = {**dict(optimizer=TINY_SGD, params=TINY_PARAMS), **changed}
+
+    def call(epochs, **more):
+        return mbp.train(
+            TINY, arguments["params"], arguments["optimizer"], TINY_X, TINY_Y, epochs=epochs,
+            batch_size=4, key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path, **more,
+        )  # fmt: skip
+
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match=match):
+        call(2)
+    assert mbp.checkpoint.path_in(tmp_path).read_bytes() == kept
+    if "momentum" in match or "different run" in match:
+        return  # another optimizer state: continuing is impossible, and so refused
+    went_on = call(2, resume="continue")
+    assert [h["epoch"] for h in went_on.history] == [1, 2]
+    # The new settings are recorded: the same call resumes, the old ones are refused now.
+    assert len(call(3).history) == 3
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match="other settings"):
+        tiny_run(tmp_path, epochs=4)
+
+
+def test_a_checkpoint_without_the_callers_settings_asks_to_continue(tmp_path, tiny_checkpoint):
+    data, _ = tiny_checkpoint
+    mbp.checkpoint.path_in(tmp_path).write_bytes(
+        rewritten(data, lambda arrays, meta: meta["fingerprint"].pop("caller"))
+    )
+    with pytest.raises(mbp.checkpoint.CheckpointMismatchError, match="records no starting params"):
+        tiny_run(tmp_path, epochs=2)
+    assert len(tiny_run(tmp_path, epochs=2, resume="continue").history) == 2
+
+
+def test_continuing_with_a_new_learning_rate_trains_on_from_the_checkpoint(tmp_path):
+    tiny_run(tmp_path, epochs=1)
+    went_on = mbp.train(
+        TINY, TINY_PARAMS, TINY_FAST_SGD, TINY_X, TINY_Y, epochs=2, batch_size=4,
+        key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path, resume="continue",
+    )  # fmt: skip
+    first = tiny_run(None, epochs=1)
+    by_hand = mbp.train(
+        TINY, first.params, TINY_FAST_SGD, TINY_X, TINY_Y, epochs=1, batch_size=4,
+        key=first.key, progress=False,
+    )  # fmt: skip
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            jax.tree.leaves(went_on.params), jax.tree.leaves(by_hand.params), strict=True
+        )
+    )
+    with pytest.raises(ValueError, match="resume: expected one of same, continue, got 'yes'"):
+        tiny_run(tmp_path, epochs=2, resume="yes")
+
+
+def test_the_optimizer_probe_sees_every_hyperparameter():
+    probe = functools.partial(optimizer_probe, params=TINY_PARAMS)
+    same = [(optax.adam(0.05), optax.adam(0.05)), (optax.sgd(0.1), optax.sgd(0.1))]
+    assert all(probe(a) == probe(b) for a, b in same)
+    differ = [
+        (optax.adam(0.05), optax.adam(0.06)),
+        (optax.adam(0.05), optax.adam(0.05, b1=0.8)),
+        (optax.adam(0.05), optax.adam(0.05, b2=0.9)),
+        (optax.sgd(0.1), optax.sgd(0.1, momentum=0.5)),
+        (optax.adamw(0.05), optax.adamw(0.05, weight_decay=0.1)),
+        (optax.sgd(0.1), optax.sgd(-0.1)),
+    ]
+    assert all(probe(a) != probe(b) for a, b in differ)
+
+
+# --- round 3: an optimizer state that turns NaN ------------------------------------------------
+
+
+def nan_after_two_steps() -> optax.GradientTransformation:
+    """Leaves the parameters alone; its step counter turns NaN at the third step."""
+
+    def init(params):
+        return jnp.zeros((), jnp.float32)
+
+    def update(grads, count, params=None):
+        count = jnp.where(count >= 2, jnp.float32(jnp.nan), count + jnp.float32(1))
+        return jax.tree.map(jnp.zeros_like, grads), count
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_an_optimizer_state_that_turns_nan_is_not_checkpointed(tmp_path):
+    optimizer = nan_after_two_steps()
+    with pytest.raises(
+        mbp.DivergenceError,
+        match=r"epoch 2: the optimizer state holds NaN in opt_state while the parameters are "
+        r"finite; nothing of epoch 2 is kept; the checkpoint of epoch 1 in .* is kept",
+    ) as error:
+        mbp.train(
+            TINY, TINY_PARAMS, optimizer, TINY_X, TINY_Y, epochs=3, batch_size=4,
+            key=jax.random.key(2), progress=False, checkpoint_dir=tmp_path,
+        )  # fmt: skip
+    assert error.value.epoch == 2 and [h["epoch"] for h in error.value.history] == [1]
+    with np.load(mbp.checkpoint.path_in(tmp_path)) as stored:
+        assert json.loads(stored["meta"].tobytes())["epoch"] == 1
+        assert float(stored["opt_state/0"]) == 2.0  # the state after epoch 1, finite
+    assert mbp.checkpoint.nan_leaves({"a": jnp.ones(2), "b": jnp.array([0.0, jnp.nan])}) == [
+        "['b']"
+    ]
+    assert mbp.checkpoint.nan_leaves((jnp.arange(3), jnp.full(2, jnp.inf))) == []
+
+
+# --- round 3: a run that cannot fit in memory --------------------------------------------------
+
+
+def test_the_memory_estimate_counts_parameters_state_activations_and_data():
+    net = mbp.MLP((784, 100, 10))
+    P = (100 * 784 + 100 + 10 * 100 + 10) * 4  # every W^l and b^l in float32: 318,040 bytes
+    shape = memory.RunShape(net.sizes, n=60_000, batch_size=200, n_test=10_000)
+    needed = memory.estimate(shape, optax.adam(1e-3), jax.eval_shape(net.init, jax.random.key(0)))
+    assert needed.parameters == 3 * P  # the caller's, the run's copy, the gradients
+    assert needed.optimizer_state == 2 * (2 * P + 4)  # μ, ν and the int32 count, placed twice
+    assert needed.activations == 200 * (3 * 110 + 784) * 4  # z, a, δ per layer, and the batch
+    row = (784 + 10) * 4
+    assert needed.data == 2 * 60_000 * row + 10_000 * (row + 2 * 110 * 4)
+    assert needed.total == sum(needed)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_anything_is_allocated(monkeypatch):
+    huge = mbp.MLP((2, 10**6, 10**6, 2))  # 4 TB of float32 weights: fits on no machine here
+    shape = memory.RunShape(huge.sizes, n=1000, batch_size=32)
+    needed = memory.estimate(shape, optax.sgd(0.1), jax.eval_shape(huge.init, jax.random.key(0)))
+    match = r"needs about 10.9 TiB \(parameters 10.9 TiB, .*\), but .* is available \(.*\); use"
+    with pytest.raises(memory.RunTooLargeError, match=match):
+        memory.check_fits(needed)
+    monkeypatch.setattr(memory, "available", lambda: (512, "a test's bound"))
+    placed = []
+    for name in ("place", "place_data"):
+        real = getattr(loop, name)
+        monkeypatch.setattr(
+            loop, name, lambda *a, real=real, **k: placed.append(a) or real(*a, **k)
+        )
+    # The tiny run: parameters 3 · 68 B, activations 4 · (3 · 5 + 2) · 4 B, data 2 · 8 · 4 · 4 B.
+    match = r"needs about 732 B \(parameters 204 B, optimizer state 0 B, activations 272 B, data "
+    with pytest.raises(memory.RunTooLargeError, match=match + r"256 B\), but 512 B is available"):
+        tiny_run(None)
+    assert placed == []  # refused before the first array was placed
+    monkeypatch.undo()
+    assert tiny_run(None).history[0]["epoch"] == 1
+
+
+def test_the_available_memory_follows_ulimit_v():
+    code = (
+        "import resource, jax; from manualbp.training import memory; jax.devices(); "
+        "used = memory._used_virtual(); "
+        "resource.setrlimit(resource.RLIMIT_AS, (used + 2**30, resource.RLIM_INFINITY)); "
+        "free, why = memory.available(); print(free, why, sep='|')"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent.parent), JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    free, why = out.stdout.strip().split("|")
+    assert "ulimit -v" in why and 0 < int(free) <= 2**30

@@ -6,8 +6,11 @@ clipped gradient, all from the batch's Δ^l and A^{l-1} without forming a
 per-example gradient. `curvature` (equations (10)–(19)): the GGN's diagonal
 and Kronecker factors, the Hessian's diagonal, and Hessian- and GGN-vector
 products, by backpropagating a factor of the loss's Hessian or by the
-R-operator. The verifiers live in `manualbp.verification` (`verify_extensions`,
-`verify_curvature`): this package is the math alone.
+R-operator. `spectra` (equations (20)–(25)): the Hessian's or the GGN's top or
+bottom eigenpairs by Lanczos, its trace by Hutchinson or Hutch++, and its
+spectral density by stochastic Lanczos quadrature, all on those products.
+The verifiers live in `manualbp.verification` (`verify_extensions`,
+`verify_curvature`, `verify_spectra`): this package is the math alone.
 """
 
 from manualbp.extensions.curvature import (
@@ -25,17 +28,33 @@ from manualbp.extensions.per_example import (
     sum_grad_squared,
     variance,
 )
+from manualbp.extensions.spectra import (
+    Eigenpairs,
+    SpectralDensity,
+    SpectralMethods,
+    TraceEstimate,
+    eigenpairs,
+    hutchinson_trace,
+    spectral_density,
+)
 
 __all__ = [
+    "Eigenpairs",
+    "SpectralDensity",
+    "SpectralMethods",
+    "TraceEstimate",
     "batch_l2",
     "clipped_value_and_grad",
     "diag_ggn",
     "diag_ggn_mc",
     "diag_hessian",
+    "eigenpairs",
     "ggn_vp",
+    "hutchinson_trace",
     "hvp",
     "kfac",
     "kflr",
+    "spectral_density",
     "sum_grad_squared",
     "variance",
 ]

@@ -1,7 +1,8 @@
 """``manualbp train``: train an MLP on a built-in data set from the command line.
 
 The flags are `TrainConfig`'s fields (`experiment.parse_config`); the run folder,
-the side-by-side training and the curves come from `manualbp.tools.experiment`.
+the side-by-side training and the curves come from `manualbp.tools.runs` and
+`manualbp.tools.side_by_side`.
 """
 
 from __future__ import annotations
@@ -14,16 +15,11 @@ from typing import Literal
 import jax
 import numpy as np
 
+from manualbp.tools.configs import RunConfig, parse_config
 from manualbp.tools.console import UserError
-from manualbp.tools.experiment import (
-    RunConfig,
-    curve_gap,
-    parse_config,
-    print_table,
-    run_folder,
-    summary_rows,
-    train_side_by_side,
-)
+from manualbp.tools.plots import print_table
+from manualbp.tools.runs import run_folder
+from manualbp.tools.side_by_side import curve_gap, summary_rows, train_side_by_side
 
 Dataset = Literal["xor", "moons", "spirals", "sine", "blobs", "digits", "mnist", "fashion-mnist"]
 DATASETS = typing.get_args(Dataset)
@@ -56,7 +52,15 @@ class TrainConfig(RunConfig):
     mnist_dir: str | None = None  # folder of the MNIST IDX files (default: $MANUALBP_MNIST_DIR)
     fashion_mnist_dir: str | None = None  # default: $MANUALBP_FASHION_MNIST_DIR, then Debian's
     checkpoint_dir: str | None = None  # save every epoch to <dir>/<grad>/, resume from it
+    resume: Literal["same", "continue"] = "same"  # continue: resume with new --lr, --init, ...
     progress: bool = True  # print one line per epoch, saying manual or autodiff
+    # --- privacy: DP-SGD (train(privacy=...)); --batch-size is then the expected batch ---
+    dp_clip: float | None = None  # C: train with DP-SGD, each example's gradient clipped to C
+    dp_noise: float | None = None  # σ, the noise multiplier (or give --dp-epsilon)
+    dp_epsilon: float | None = None  # target ε at --dp-delta: σ calibrated to reach it
+    dp_delta: float = 1e-5  # δ of the reported (and targeted) ε
+    dp_accountant: Literal["pld", "rdp"] = "pld"  # dp-accounting's PLD (tight) or RDP
+    dp_physical_size: int | None = None  # examples per compiled chunk (default B + 2√B, ×8)
 
 
 @functools.cache
@@ -101,7 +105,7 @@ def load_dataset(config: TrainConfig, key: jax.Array):
     else:
         X, Y = synthetic[config.dataset]()
         train, test = data.train_test_split(key_split, X, Y, config.test_fraction)
-    if config.standardize:
+    if config.standardize and config.dp_clip is None:
         X_train, X_test = data.standardize(train[0], test[0])
         train, test = (X_train, train[1]), (X_test, test[1])
     classes = None if config.dataset == "sine" else int(np.max(np.asarray(train[1]))) + 1
@@ -123,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--epochs: expected at least 1, got {config.epochs}")
     key_data, key_init, key_train = jax.random.split(jax.random.key(config.seed), 3)
     grads = ("manual", "autodiff") if config.grad == "both" else (config.grad,)
+    check_privacy_flags(config)
     # The run folder first: a --runs-dir or --run-name problem shows before any work, and
     # `run_folder` removes the folder again if the data or the net turn out not to fit.
     with run_folder("train", config) as run:
         train, test, net, params = _train_setup(config, key_data, key_init)
+        privacy = privacy_settings(config, len(train[0]))
         print(
             f"{net}, {config.dataset}: {len(train[0])} train / {len(test[0])} test examples, "
             f"{config.epochs} epoch{'s' * (config.epochs != 1)}, {' then '.join(grads)} "
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             eval_data=test,
             progress=config.progress,
             checkpoint_dir=config.checkpoint_dir,
+            privacy=privacy,
+            resume=config.resume,
         )
         rows = summary_rows(results, grads)
         summary = {"status": "completed", "net": repr(net), "final": rows, "run": str(run.path)}
@@ -157,6 +165,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"max |manual - autodiff| training loss over epochs: {summary['max_loss_gap']:.3g}")
     print(f"run folder: {run.path}")
     return 0
+
+
+# --- privacy: the DP-SGD flags (the privacy area's block) --------------------------------
+
+
+def check_privacy_flags(config: TrainConfig) -> None:
+    """The --dp-* flags fit together, before any run folder is made (one line each)."""
+    if config.dp_clip is None:
+        given = [f for f in ("dp_noise", "dp_epsilon", "dp_physical_size") if getattr(config, f)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UserError(f"{flag}: needs --dp-clip C to train with DP-SGD")
+        return
+    if config.grad != "manual":
+        raise UserError(
+            f"--dp-clip: DP-SGD clips with the manual gradients only; got --grad {config.grad}, "
+            "add --grad manual"
+        )
+    if (config.dp_noise is None) == (config.dp_epsilon is None):
+        raise UserError("--dp-clip: give exactly one of --dp-noise σ or --dp-epsilon ε")
+
+
+def privacy_settings(config: TrainConfig, n_train: int):
+    """mbp.DPSGD from the flags, σ calibrated for --dp-epsilon; a line says what ε means.
+
+    With privacy the inputs are not standardized: the training set's mean and standard
+    deviation would leave the run unaccounted.
+    """
+    import manualbp as mbp
+
+    if config.dp_clip is None:
+        return None
+    sigma = config.dp_noise
+    if config.dp_epsilon is not None:
+        sigma = mbp.privacy.calibrate(
+            config.dp_epsilon,
+            delta=config.dp_delta,
+            n=n_train,
+            batch_size=config.batch_size,
+            epochs=config.epochs,
+            accountant=config.dp_accountant,
+        )
+    privacy = mbp.DPSGD(
+        config.dp_clip, sigma, config.dp_delta, config.dp_physical_size, config.dp_accountant
+    )
+    print(
+        f"DP-SGD: C = {config.dp_clip:g}, σ = {sigma:.4g}, Poisson sampling at q = "
+        f"{config.batch_size}/{n_train}, ε by {config.dp_accountant.upper()} at δ = "
+        f"{config.dp_delta:g}, {mbp.privacy.ADJACENCY} adjacency; inputs not standardized, "
+        "no training loss reported",
+        flush=True,
+    )
+    return privacy
 
 
 def _train_setup(config: TrainConfig, key_data: jax.Array, key_init: jax.Array):

@@ -33,18 +33,24 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
-from manualbp import tolerance, validation
-from manualbp.network import MLP, Params, as_targets
+from manualbp.network import MLP, Params
 from manualbp.parameters import param_dtype
-from manualbp.training import checkpoint, programs
-from manualbp.training import privacy as dp
+from manualbp.training import (
+    accounting,
+    arguments,
+    checkpoint,
+    history,
+    memory,
+    processes,
+    programs,
+)
 from manualbp.training.checkpoint import to_host
+from manualbp.training.dpsgd import DPSGD
+from manualbp.training.placement import place, place_data, place_key, shardings
 
 Array = jax.Array
-
-GRAD_PATHS = ("manual", "autodiff")
 
 
 class TrainResult(NamedTuple):
@@ -61,31 +67,6 @@ class TrainResult(NamedTuple):
     opt_state: Any
     history: list[dict]
     key: Array
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss (or parameters); ``epoch`` names the epoch.
-
-    Attributes:
-        epoch: the 1-based epoch in which it happened; nothing of it was kept.
-        history: the history of the epochs before it.
-    """
-
-    def __init__(self, message: str, epoch: int, history: list[dict]):
-        super().__init__(message)
-        self.epoch = epoch
-        self.history = history
-
-
-# --- the orchestration ---------------------------------------------------------------
-
-
-def data_parallel_mesh(devices=None) -> Mesh:
-    """A one-axis mesh ``("batch",)`` over ``devices`` (default: all), with Auto axis types."""
-    devices = jax.devices() if devices is None else list(devices)
-    return jax.make_mesh(
-        (len(devices),), ("batch",), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
-    )
 
 
 def train(
@@ -107,7 +88,8 @@ def train(
     compute_dtype=None,
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
-    privacy: dp.DPSGD | None = None,
+    privacy: DPSGD | None = None,
+    resume: str = "same",
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
 
@@ -131,8 +113,9 @@ def train(
         eval_data: optional (X_test, Y_test), evaluated after every epoch.
         check_every: every this many epochs, compare the manual and autodiff
             gradients at the current parameters on the first ``batch_size``
-            training examples, with `manualbp.tolerance`'s rule, and record
-            the outcome in the history. The check never stops training.
+            training examples (with ``privacy``, of ``eval_data``), with
+            `manualbp.tolerance`'s rule, and record the outcome in the
+            history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
             (`manualbp.training.checkpoint`). It is checked writable and locked for
             this run before the first epoch. If it already holds a checkpoint
@@ -159,22 +142,34 @@ def train(
         callback: called with each epoch's history entry, after its
             checkpoint is written.
         privacy: ``mbp.DPSGD(l2_clip=C, noise_multiplier=σ)`` trains with
-            DP-SGD: each step's gradient is the clipped mean (1/B) Σ_b
-            min(1, C / ‖g_b‖) g_b plus Gaussian noise of standard deviation
-            σ C / B, drawn from the run's key (`manualbp.training.privacy`,
-            equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
-            dp-accounting package; the accountant assumes Poisson sampling
-            of the fixed-size shuffled batches (see that module).
+            DP-SGD (`manualbp.training.dpsgd`, docs/derivation.md equation
+            (9′)): each step is a Poisson sample, every example included
+            independently with rate q = batch_size / n, so ``batch_size`` is
+            the expected batch size B̄; each example's gradient is clipped to
+            C, noise N(0, σ²C²) is added to the clipped sum, and the sum is
+            divided by B̄. The history's ε is dp-accounting's bound for exactly
+            that sampling, under add-or-remove-one adjacency. Needs
+            ``grad="manual"``, ``shuffle=True`` and the dp-accounting package;
+            the history then holds no training loss, and ``check_every``
+            checks on ``eval_data`` (required).
+        resume: with a checkpoint of this run in ``checkpoint_dir``,
+            ``"same"`` resumes only when the caller passes what the run
+            started with: the same starting params and an optimizer whose
+            updates on a fixed probe gradient are the same (another learning
+            rate, init or seed raises `CheckpointMismatchError` naming it);
+            ``"continue"`` goes on from the checkpoint with this call's
+            optimizer and records the new settings.
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
-        with one dict per epoch: ``epoch`` (1-based); ``loss``, the mean over
-        the epoch's steps of each mini-batch's loss before its update; with
-        ``eval_data``, ``test_loss`` and, when ``net.classifier``,
-        ``test_accuracy``; on checked epochs ``grad_check`` =
-        {``max_rel_error``, ``rtol``, ``passed``}; with ``privacy``,
-        ``epsilon`` at ``delta``, for every step so far. Every value is a plain
-        Python number, so the history is JSON-able.
+        with one dict per epoch: ``epoch`` (1-based); without ``privacy``,
+        ``loss``, the mean over the epoch's steps of each mini-batch's loss
+        before its update; with ``eval_data``, ``test_loss`` and, when
+        ``net.classifier``, ``test_accuracy``; on checked epochs
+        ``grad_check`` = {``max_rel_error``, ``rtol``, ``passed``}; with
+        ``privacy``, ``epsilon`` at ``delta`` after ``steps`` steps, the
+        ``accountant`` and the ``adjacency``. Every value is a plain Python
+        value, so the history is JSON-able.
 
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
@@ -197,43 +192,39 @@ def train(
     shared file system (hosts that find different checkpoints raise
     `CheckpointError`). tests/test_multiprocess.py runs two processes.
     """
-    settings = _Settings(
+    settings = arguments.Settings(
         epochs, batch_size, grad, check_every, mesh, compute_dtype, shuffle, eval_data, privacy
     )
     run, state = _setup(net, params, optimizer, X, Y, key, settings)
     with _holding(checkpoint_dir):
-        _resume(run, state, checkpoint_dir, epochs)
+        _resume(run, state, checkpoint_dir, resume)
         if progress and state.start:
-            print(_resume_line(state.start, epochs, checkpoint_dir), file=sys.stderr, flush=True)
-        for epoch in range(state.start + 1, epochs + 1):
+            line = history.resume_line(state.start, run.settings.epochs, checkpoint_dir)
+            print(line, file=sys.stderr, flush=True)
+        for epoch in range(state.start + 1, run.settings.epochs + 1):
             started = time.perf_counter()
             record = _run_epoch(run, state, epoch, checkpoint_dir)
-            _after_epoch(run, state, record, checkpoint_dir)
+            _after_epoch(state, record, checkpoint_dir)
             if progress:
                 seconds = time.perf_counter() - started
-                print(
-                    _progress_line(record, epochs, run.statics["grad"], seconds),
-                    file=sys.stderr,
-                    flush=True,
-                )
+                line = history.progress_line(record, run.settings.epochs, grad, seconds)
+                print(line, file=sys.stderr, flush=True)
             if callback is not None:
                 callback(record)
     return TrainResult(state.params, state.opt_state, state.history, state.key)
 
 
 class _Run(NamedTuple):
-    """What stays fixed over a training run: the net, the placed data, the statics."""
+    """What stays fixed over a training run: the net, the checked settings, the placed data."""
 
     net: MLP
     optimizer: optax.GradientTransformation
+    settings: arguments.Settings
     X: Array
     Y: Array
     test: tuple | None
-    batch_size: int
-    check_every: int | None
     replicated: NamedSharding | None
     statics: dict
-    fingerprint_run: dict
 
 
 @dataclasses.dataclass
@@ -248,110 +239,62 @@ class _State:
     fingerprint: dict | None = None
 
 
-class _Settings(NamedTuple):
-    """`train`'s keyword settings that shape the run, as passed."""
-
-    epochs: int
-    batch_size: int
-    grad: str
-    check_every: int | None
-    mesh: Mesh | None
-    compute_dtype: Any
-    shuffle: bool
-    eval_data: tuple | None
-    privacy: Any
-
-
-def _setup(net, params, optimizer, X, Y, key, settings: _Settings) -> tuple[_Run, _State]:
+def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     """Check every argument and place the data; returns the run and its first state."""
-    X, Y, settings = _check_arguments(net, params, optimizer, X, Y, key, settings)
-    grad, batch_size, check_every, mesh, compute_dtype, shuffle, eval_data, privacy = (
-        settings.grad,
-        settings.batch_size,
-        settings.check_every,
-        settings.mesh,
-        settings.compute_dtype,
-        settings.shuffle,
-        settings.eval_data,
-        settings.privacy,
-    )
+    X, Y, settings = arguments.check_arguments(net, params, optimizer, X, Y, key, settings)
+    test = None
+    if settings.eval_data is not None:
+        test = arguments.check_eval_data(net, params, settings.eval_data)
     dtype = param_dtype(params)
-    replicated = None if mesh is None else NamedSharding(mesh, PartitionSpec())
-    batch_sharding = (
-        None if mesh is None else NamedSharding(mesh, PartitionSpec(mesh.axis_names, None))
+    n_test = 0 if test is None else len(test[0])
+    shape = memory.RunShape(
+        net.sizes, len(X), settings.batch_size, n_test, dtype, settings.compute_dtype
     )
-    # Copies: the epoch donates its params and opt_state, never the caller's arrays.
-    params = _place(params, replicated, copy=True)
-    opt_state = _place(optimizer.init(params), replicated, copy=True)
-    X_train = _place(X, replicated, dtype=dtype)
-    Y_train = _place(as_targets(net, jnp.asarray(Y), dtype), replicated)
-    test = None if eval_data is None else _prepare_eval(net, params, eval_data, dtype, replicated)
+    memory.check_fits(memory.estimate(shape, optimizer, params))  # reliability hook: before placing
+    replicated, batch_sharding = shardings(settings.mesh)
+    if test is not None:
+        test = place_data(net, *test, dtype, replicated)
     statics = dict(
         net=net,
         optimizer=optimizer,
-        grad=grad,
-        batch_size=batch_size,
-        compute_dtype=compute_dtype,
+        batch_size=settings.batch_size,
+        compute_dtype=settings.compute_dtype,
         batch_sharding=batch_sharding,
-        shuffle=bool(shuffle),
-        privacy=privacy,
     )
-    fingerprint_run = {
-        "grad": grad,
-        "batch_size": batch_size,
-        "compute_dtype": jnp.dtype(compute_dtype).name,
-        "shuffle": bool(shuffle),
-        "X": [list(X_train.shape), X_train.dtype.name],
-        "Y": [list(Y_train.shape), Y_train.dtype.name],
-        "key": checkpoint.key_description(key),
-    }
-    if privacy is not None:  # only then: checkpoints of runs without it still match
-        fingerprint_run["privacy"] = dataclasses.asdict(privacy)
+    if settings.privacy is None:
+        statics.update(grad=settings.grad, shuffle=bool(settings.shuffle))
+    else:
+        statics.update(privacy=settings.privacy)
     run = _Run(
         net,
         optimizer,
-        X_train,
-        Y_train,
+        settings,
+        *place_data(net, X, Y, dtype, replicated),
         test,
-        batch_size,
-        check_every,
         replicated,
         statics,
-        fingerprint_run,
     )
+    # Copies: the epoch donates its params and opt_state, never the caller's arrays.
+    params = place(params, replicated, copy=True)
+    opt_state = place(optimizer.init(params), replicated, copy=True)
     return run, _State(params, opt_state, key, [])
 
 
-def _check_arguments(net, params, optimizer, X, Y, key, settings: _Settings):
-    """(X, Y) as the math will see them, and the settings checked and normalized."""
-    X, Y = validation.check_batch(net, params, X, Y)
-    validation.check_key(key)
-    if not isinstance(optimizer, optax.GradientTransformation):
-        raise TypeError(
-            "optimizer: expected an optax GradientTransformation such as optax.sgd(0.1), got "
-            f"{type(optimizer).__name__}"
-        )
-    grad, epochs, batch_size, check_every = _check_settings(
-        settings.grad,
-        settings.epochs,
-        settings.batch_size,
-        settings.check_every,
-        X.shape[0],
-        settings.mesh,
-    )
-    dp.check(settings.privacy, grad, settings.shuffle)
-    dtype = param_dtype(params)
-    compute_dtype = _check_compute_dtype(settings.compute_dtype, dtype)
-    validation.check_blocks(net, compute_dtype)
-    validation.check_finite(X, Y, dtypes=(dtype, compute_dtype))
-    settings = settings._replace(
-        epochs=epochs,
-        batch_size=batch_size,
-        grad=grad,
-        check_every=check_every,
-        compute_dtype=compute_dtype,
-    )
-    return X, Y, settings
+def _fingerprint_run(run: _Run, key) -> dict:
+    """The settings a checkpoint must share to be resumed by this run."""
+    settings = run.settings
+    described = {
+        "grad": settings.grad,
+        "batch_size": settings.batch_size,
+        "compute_dtype": jnp.dtype(settings.compute_dtype).name,
+        "shuffle": bool(settings.shuffle),
+        "X": [list(run.X.shape), run.X.dtype.name],
+        "Y": [list(run.Y.shape), run.Y.dtype.name],
+        "key": checkpoint.key_description(key),
+    }
+    if settings.privacy is not None:  # only then: checkpoints of runs without it still match
+        described["privacy"] = dataclasses.asdict(settings.privacy)
+    return described
 
 
 def _holding(checkpoint_dir):
@@ -362,60 +305,106 @@ def _holding(checkpoint_dir):
     return checkpoint.lock(checkpoint_dir)
 
 
-def _resume(run: _Run, state: _State, checkpoint_dir, epochs: int) -> None:
+def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
-    if checkpoint_dir is not None:
+    if resume not in checkpoint.RESUME:  # reliability hook: the caller's settings, too
+        raise ValueError(f"resume: expected one of {', '.join(checkpoint.RESUME)}, got {resume!r}")
+    if checkpoint_dir is not None or jax.process_count() > 1:
         data = {"X": run.X, "Y": run.Y}
         if run.test is not None:
             data.update(X_test=run.test[0], Y_test=run.test[1])
         state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, run.fingerprint_run, data
-        )
-        saved = checkpoint.load(checkpoint_dir, state.fingerprint, state.params, state.opt_state)
+            run.net, state.params, state.opt_state, _fingerprint_run(run, state.key), data,
+            optimizer=run.optimizer,
+        )  # fmt: skip
+        processes.check_agree(state.fingerprint)  # reliability hook: one all-gather
+    if checkpoint_dir is not None:
+        saved = checkpoint.load(
+            checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key,
+            resume=resume,
+        )  # fmt: skip
         if saved is not None:
-            if saved.epoch > epochs:
-                raise ValueError(
-                    f"epochs: the checkpoint in {checkpoint_dir} has already completed "
-                    f"{saved.epoch} epochs, more than epochs={epochs}"
-                )
-            state.start, state.history = saved.epoch, saved.history
-            state.params = _place(saved.params, run.replicated)
-            state.opt_state = _place(saved.opt_state, run.replicated)
-            state.key = saved.key
+            _restore(run, state, saved, checkpoint_dir)
         _check_same_start(state.start, checkpoint_dir)
-    # With the arrays: an input placed unlike the epoch's own outputs would compile a
-    # second epoch program.
-    state.key = _place_key(state.key, run.replicated)
+    state.key = place_key(state.key, run.replicated)
+
+
+def _restore(run: _Run, state: _State, saved: checkpoint.Checkpoint, checkpoint_dir) -> None:
+    epochs = run.settings.epochs
+    if saved.epoch > epochs:
+        raise ValueError(
+            f"epochs: the checkpoint in {checkpoint_dir} has already completed "
+            f"{saved.epoch} epochs, more than epochs={epochs}"
+        )
+    state.start, state.history = saved.epoch, saved.history
+    state.params = place(saved.params, run.replicated)
+    state.opt_state = place(saved.opt_state, run.replicated)
+    state.key = saved.key
 
 
 def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
     """One compiled epoch, then its history entry; nothing of a diverged epoch is kept."""
-    params, opt_state, key, losses, finite = programs.epoch(
-        state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
-    )
-    losses = to_host(losses)
+    if run.settings.privacy is None:
+        params, opt_state, key, losses, finite = programs.epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = to_host(losses)
+    else:  # no loss: that of the private training data is not released
+        params, opt_state, key, finite, _ = programs.private_epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = None
     if not to_host(finite):
-        raise DivergenceError(
-            _divergence_message(epoch, losses, checkpoint_dir), epoch, state.history
-        )
+        message = history.divergence_message(epoch, losses, checkpoint_dir)
+        raise history.DivergenceError(message, epoch, state.history)
+    _refuse_a_nan_optimizer_state(opt_state, epoch, state, checkpoint_dir)  # reliability hook
     state.params, state.opt_state, state.key = params, opt_state, key
-    record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
+    record = {"epoch": epoch}
+    if losses is not None:
+        record["loss"] = float(np.mean(losses, dtype=np.float64))
+    n, settings = run.X.shape[0], run.settings
     record.update(
-        dp.accounting(
-            run.statics["privacy"], epoch=epoch, n=run.X.shape[0], batch_size=run.batch_size
-        )
+        accounting.entries(settings.privacy, epoch=epoch, n=n, batch_size=settings.batch_size)
     )
-    if run.test is not None:
-        test_loss, accuracy = map(to_host, programs.evaluate(state.params, *run.test, net=run.net))
-        record["test_loss"] = float(test_loss)
-        if run.net.classifier:
-            record["test_accuracy"] = float(accuracy)
-    if run.check_every is not None and epoch % run.check_every == 0:
-        record["grad_check"] = _grad_check(run.net, state.params, run.X, run.Y, run.batch_size)
+    record.update(_held_out_entries(run, state.params, epoch))
     return record
 
 
-def _after_epoch(run: _Run, state: _State, record: dict, checkpoint_dir) -> None:
+def _held_out_entries(run: _Run, params, epoch: int) -> dict:
+    """Test loss and accuracy, and on checked epochs the gradient check: on the held-out
+    data, or for a run without privacy the check on the first B training examples."""
+    entries = {}
+    if run.test is not None:
+        test_loss, accuracy = map(to_host, programs.evaluate(params, *run.test, net=run.net))
+        entries["test_loss"] = float(test_loss)
+        if run.net.classifier:
+            entries["test_accuracy"] = float(accuracy)
+    settings = run.settings
+    if settings.check_every is not None and epoch % settings.check_every == 0:
+        X, Y = (run.X, run.Y) if settings.privacy is None else run.test
+        rows = slice(0, settings.batch_size)
+        entries["grad_check"] = history.grad_check(run.net, params, X[rows], Y[rows])
+    return entries
+
+
+def _refuse_a_nan_optimizer_state(opt_state, epoch: int, state: _State, checkpoint_dir) -> None:
+    """A NaN in the optimizer state (finite parameters) is divergence too: never saved."""
+    where = checkpoint.nan_leaves(opt_state)
+    if where:
+        kept = (
+            f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
+            if checkpoint_dir is not None and epoch > 1
+            else ""
+        )
+        message = (
+            f"training diverged in epoch {epoch}: the optimizer state holds NaN in "
+            f"opt_state{', opt_state'.join(where[:3])} while the parameters are finite; nothing "
+            f"of epoch {epoch} is kept{kept}. Check the optimizer's settings"
+        )
+        raise history.DivergenceError(message, epoch, state.history)
+
+
+def _after_epoch(state: _State, record: dict, checkpoint_dir) -> None:
     """Append the record and write the checkpoint (process 0; the others wait for it)."""
     state.history.append(record)
     if checkpoint_dir is not None:
@@ -447,151 +436,3 @@ def _check_same_start(start: int, checkpoint_dir) -> None:
             f"{checkpoint_dir} ({starts.tolist()} completed, by process); give every process "
             "the same checkpoint_dir on a shared file system"
         )
-
-
-def _check_settings(grad, epochs, batch_size, check_every, n, mesh):
-    if grad not in GRAD_PATHS:
-        raise ValueError(f"grad: expected one of {', '.join(GRAD_PATHS)}, got {grad!r}")
-    for name, value, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an integer ≥ {low}, got {value!r}")
-    if batch_size > n:
-        raise ValueError(
-            f"batch_size: expected at most the {n} training examples, got {batch_size}"
-        )
-    if check_every is not None and (
-        isinstance(check_every, bool)
-        or not isinstance(check_every, (int, np.integer))
-        or check_every < 1
-    ):
-        raise ValueError(f"check_every: expected a positive integer or None, got {check_every!r}")
-    if mesh is not None:
-        if not isinstance(mesh, Mesh):
-            raise TypeError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
-        if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
-            raise ValueError(
-                f"mesh: expected Auto axis types, got {mesh.axis_types}; build it with "
-                "mbp.data_parallel_mesh() or jax.make_mesh(..., "
-                "axis_types=(jax.sharding.AxisType.Auto,))"
-            )
-        if batch_size % mesh.size:
-            raise ValueError(
-                f"batch_size: expected a multiple of the mesh's {mesh.size} devices, "
-                f"got {batch_size}"
-            )
-    return grad, int(epochs), int(batch_size), None if check_every is None else int(check_every)
-
-
-def _check_compute_dtype(compute_dtype, param_dtype):
-    if compute_dtype is None:
-        return jnp.dtype(param_dtype)
-    try:
-        compute_dtype = jnp.dtype(compute_dtype)
-    except TypeError as e:
-        raise TypeError(f"compute_dtype: expected a floating dtype, got {compute_dtype!r}") from e
-    if not jnp.issubdtype(compute_dtype, jnp.floating):
-        raise TypeError(f"compute_dtype: expected a floating dtype, got {compute_dtype}")
-    return compute_dtype
-
-
-def _place(tree, sharding, *, dtype=None, copy=False):
-    """Every leaf on the default device, or laid out by ``sharding``; cast to ``dtype`` if given.
-
-    On one device a leaf already there, in its dtype, is used as it is unless
-    ``copy`` (no trip through host memory); from a mesh's process-local data
-    every leaf is a new array.
-    """
-    if dtype is not None:
-        tree = jax.tree.map(lambda x: x.astype(dtype, copy=False), tree)
-    if sharding is None:
-        device = _default_device()
-        return jax.tree.map(lambda x: jax.device_put(x, device, may_alias=not copy), tree)
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x)),
-        tree,
-    )
-
-
-def _place_key(key, sharding):
-    """The key on the default device, or replicated over the mesh (of one or more processes)."""
-    if sharding is None:
-        return jax.device_put(key, _default_device())
-    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
-        return _place(key, sharding)
-    # device_put refuses a sharding over other processes' devices: place the key's data
-    # the way the arrays are placed, then view it as a key again.
-    data = _place(jax.random.key_data(key), sharding)
-    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
-
-
-def _default_device():
-    """Where JAX puts new arrays: ``jax_default_device`` if set, else the first device."""
-    default = jax.config.jax_default_device
-    if isinstance(default, str):  # a platform name
-        return jax.devices(default)[0]
-    return default if default is not None else jax.devices()[0]
-
-
-def _prepare_eval(net, params, eval_data, dtype, sharding):
-    if not (isinstance(eval_data, (tuple, list)) and len(eval_data) == 2):
-        raise TypeError("eval_data: expected a pair (X_test, Y_test)")
-    X_test, Y_test = eval_data
-    try:
-        X_test, Y_test = validation.check_batch(net, params, X_test, Y_test)
-        validation.check_finite(X_test, Y_test, dtypes=(dtype,))
-    except (ValueError, TypeError) as e:
-        raise type(e)(f"eval_data: {e}") from e
-    return (
-        _place(X_test, sharding, dtype=dtype),
-        _place(as_targets(net, jnp.asarray(Y_test), dtype), sharding),
-    )
-
-
-def _grad_check(net, params, X, Y, batch_size) -> dict:
-    manual, auto, magnitude = jax.tree.map(
-        to_host, programs.both_grads(params, X[:batch_size], Y[:batch_size], net=net)
-    )
-    errors = tolerance.tree_errors(manual, auto, magnitude)
-    dtype = param_dtype(params)
-    rtol = tolerance.net_rtol(dtype, net.sizes, batch_size)
-    worst = max(rel for _, _, rel in errors)
-    return {"max_rel_error": worst, "rtol": rtol, "passed": bool(worst <= rtol)}
-
-
-def _divergence_message(epoch, losses, checkpoint_dir) -> str:
-    bad = np.flatnonzero(~np.isfinite(losses))
-    if bad.size:
-        where = f"loss {losses[bad[0]]} at step {bad[0] + 1} of {losses.size}"
-    else:
-        where = f"non-finite parameters after step {losses.size} of {losses.size}"
-    kept = (
-        f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
-        if checkpoint_dir is not None and epoch > 1
-        else ""
-    )
-    return (
-        f"training diverged in epoch {epoch}: {where}{kept}. Try a smaller learning rate "
-        "or check the data's scale"
-    )
-
-
-def _resume_line(start: int, epochs: int, checkpoint_dir) -> str:
-    if start == epochs:
-        return f"checkpoint in {checkpoint_dir} already holds all {epochs} epochs: nothing to train"
-    return f"resuming from the checkpoint in {checkpoint_dir} after epoch {start} of {epochs}"
-
-
-def _progress_line(record: dict, epochs: int, grad: str, seconds: float) -> str:
-    width = len(str(epochs))
-    parts = [f"{grad:<8} epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
-    for name in ("test_loss", "test_accuracy", "epsilon"):
-        if name in record:
-            parts.append(f"{name} {record[name]:.6g}")
-    if "grad_check" in record:
-        check = record["grad_check"]
-        verdict = "ok" if check["passed"] else "FAILED"
-        parts.append(
-            f"grad_check {verdict} ({check['max_rel_error']:.2e} vs rtol {check['rtol']:.2e})"
-        )
-    parts.append(f"{seconds:.2f}s")
-    return "  ".join(parts)

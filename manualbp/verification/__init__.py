@@ -7,7 +7,8 @@ form that trains (end_to_end.py), optionally finite differences
 check one σ' or ∂E/∂ŷ. Every row is judged by one rule (compare.py,
 `manualbp.tolerance.judge`) against a float64 reference (witnesses.py);
 report.py holds the `Row` and `Report` they produce. `verify_extensions`
-(extensions.py) and `verify_curvature` (curvature.py) check equations (5)–(19).
+(extensions.py) and `verify_curvature` (curvature.py) check equations (5)–(19),
+`verify_spectra` (spectra.py) the spectra of (20)–(25) against dense eigensolvers.
 """
 
 from manualbp.verification.backward import verify
@@ -16,6 +17,7 @@ from manualbp.verification.compare import diagnose
 from manualbp.verification.curvature import verify_curvature
 from manualbp.verification.extensions import catalogue_extensions, verify_extensions
 from manualbp.verification.report import Report, Row
+from manualbp.verification.spectra import verify_spectra
 
 __all__ = [
     "Report",
@@ -27,4 +29,5 @@ __all__ = [
     "verify_curvature",
     "verify_extensions",
     "verify_loss",
+    "verify_spectra",
 ]
