@@ -142,11 +142,13 @@ def test_a_sample_larger_than_p_is_summed_over_extra_chunks():
     sample at once (per_example's mean times the count)."""
     net, params = _net_and_params()
     Xj, Yj = jnp.asarray(X), mbp.network.as_targets(net, jnp.asarray(Y), jnp.float32)
-    sample = poisson.sample(jax.random.key(5), N, 0.5, 3)
+    sample = poisson.sample(jax.random.key(5), N, 0.5)
     count = int(sample.count)
     inputs = dpsgd.StepInputs(net, Xj, Yj, sample, 3, _CLIP)
     chunked = dpsgd.sample_sum(inputs, params, jnp.float32)
-    rows = sample.order[:count]
+    indices, mask = mbp.privacy.poisson_batches(jax.random.key(5), N, 0.5, 3)
+    rows = indices[mask]
+    assert rows.size == count and count > 3 * 3  # several chunks
     _, mean = per_example.clipped_mean_grad(net, params, Xj[rows], Yj[rows], 1.0)
     for a, b in zip(jax.tree.leaves(chunked), jax.tree.leaves(mean), strict=True):
         np.testing.assert_allclose(a, count * b, rtol=2e-5, atol=1e-6)
@@ -397,3 +399,43 @@ def test_dp_sgd_experiment(tmp_path):
     assert summary["step"]["max_rel_difference"] < 1e-4
     for name in ("accuracy_vs_epsilon.png", "audit.png"):
         assert (run / name).read_bytes().startswith(b"\x89PNG")
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--dp-clip", "1", "--dp-noise", "1"], "--grad manual"),
+        (["--grad", "manual", "--dp-noise", "1"], "needs --dp-clip"),
+        (["--grad", "manual", "--dp-clip", "1"], "exactly one of"),
+        (["--grad", "manual", "--dp-clip", "1", "--dp-epsilon", "1e-7"], "no noise multiplier"),
+    ],
+)
+def test_cli_privacy_flags_that_do_not_fit_are_one_line_and_leave_no_run(flags, match, tmp_path):
+    from manualbp.tools import train_cli
+
+    argv = ["--dataset", "moons", "--n", "200", "--epochs", "1", "--runs-dir", str(tmp_path)]
+    with pytest.raises((ValueError, train_cli.UserError), match=match) as raised:
+        train_cli.main(argv + flags)
+    assert "\n" not in str(raised.value)
+    assert not list(tmp_path.glob("train/*"))  # nothing half-written
+
+
+def test_cli_private_run_writes_no_training_loss(tmp_path, capsys):
+    import json
+
+    from manualbp.tools import train_cli
+
+    argv = ["--dataset", "moons", "--n", "200", "--epochs", "2", "--runs-dir", str(tmp_path)]
+    argv += ["--grad", "manual", "--dp-clip", "1", "--dp-noise", "1", "--batch-size", "20"]
+    assert train_cli.main(argv) == 0
+    assert "add-or-remove-one" in capsys.readouterr().out
+    (run,) = tmp_path.glob("train/*")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records and all(
+        "loss" not in r and r["adjacency"] == "add-or-remove-one" for r in records
+    )
+    summary = json.loads((run / "summary.json").read_text())
+    assert all("loss" not in row for row in summary["final"])

@@ -1,9 +1,9 @@
 """Poisson sampling, exactly as the accountant assumes, in one fixed shape.
 
 Each step includes each of the n examples independently with probability q
-(`inclusion`). The included indices are gathered first (`sample`), and the
-step walks them in chunks of a fixed physical size P: chunk c holds
-positions cP .. cP + P − 1, and a mask marks the positions past the sample's
+(`inclusion`). The step walks the included indices, in increasing order, in
+chunks of a fixed physical size P (`chunk`): chunk c holds the sample's
+positions cP + 1 .. cP + P, and a mask marks the positions past the sample's
 size, whose rows are padding and contribute exactly 0. A step whose sample
 exceeds P runs more chunks and adds them: nothing is truncated, so the batch
 is the Poisson sample itself, and one compiled program serves every step.
@@ -29,10 +29,15 @@ _BITS = 32
 
 
 class Sample(NamedTuple):
-    """One step's Poisson sample: ``order[:count]`` are the included indices, increasing;
-    the rest of ``order`` (length ⌈n / P⌉ P) is padding that points at example 0."""
+    """One step's Poisson sample, as the running count of included examples.
 
-    order: Array
+    ``cumulative[i]`` is how many of examples 0..i are included (int32, shape (n,)),
+    ``count`` the sample's size. The j-th included example (j = 1, 2, ...) is the first
+    i with cumulative[i] ≥ j: a binary search per position, so a chunk costs O(P log n)
+    after one O(n) prefix sum, and nothing is sorted or scattered.
+    """
+
+    cumulative: Array
     count: Array
 
 
@@ -78,21 +83,27 @@ def inclusion(key: Array, n: int, rate: float) -> Array:
     return jax.random.bits(key, (n,), jnp.uint32) < jnp.uint32(t)
 
 
-def sample(key: Array, n: int, rate: float, physical_size: int) -> Sample:
-    """The included indices first, in increasing order, padded to a multiple of P."""
-    included = inclusion(key, n, rate)
-    padded = -(-n // physical_size) * physical_size
-    (order,) = jnp.nonzero(included, size=padded, fill_value=0)
-    return Sample(order.astype(jnp.int32), jnp.sum(included, dtype=jnp.int32))
+def sample(key: Array, n: int, rate: float) -> Sample:
+    """This step's Poisson sample of ``range(n)`` at rate q."""
+    cumulative = jnp.cumsum(inclusion(key, n, rate), dtype=jnp.int32)
+    return Sample(cumulative, cumulative[-1])
+
+
+def everyone(n: int) -> Sample:
+    """The sample that includes all n examples."""
+    return Sample(jnp.arange(1, n + 1, dtype=jnp.int32), jnp.asarray(n, jnp.int32))
 
 
 def chunk(sample_: Sample, c: Array, physical_size: int) -> tuple[Array, Array]:
-    """Chunk c: the P indices at positions cP .. cP + P − 1, and the mask of those below
-    the sample's size. Shapes: (P,) int32, (P,) bool."""
-    start = c * physical_size
-    rows = jax.lax.dynamic_slice(sample_.order, (start,), (physical_size,))
-    mask = start + jnp.arange(physical_size) < sample_.count
-    return rows, mask
+    """Chunk c: the included examples at positions cP + 1 .. cP + P of the sample, in
+    increasing order, and the mask of those within its size (padding points at example 0).
+    Shapes: (P,) int32, (P,) bool."""
+    positions = c * physical_size + jnp.arange(1, physical_size + 1, dtype=jnp.int32)
+    # The unrolled search is the fast one on the CPU: 120 µs a step for n = 10 000 and
+    # P = 120, where jnp.nonzero took 440 µs and the default search 550 µs.
+    rows = jnp.searchsorted(sample_.cumulative, positions, side="left", method="scan_unrolled")
+    mask = positions <= sample_.count
+    return jnp.where(mask, rows, 0).astype(jnp.int32), mask
 
 
 def chunks_needed(count: Array, physical_size: int) -> Array:
@@ -101,8 +112,12 @@ def chunks_needed(count: Array, physical_size: int) -> Array:
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _sample(key, n, rate, physical_size):
-    return sample(key, n, rate, physical_size)
+def _chunks(key, n, rate, physical_size):
+    """Every chunk a sample of n could need, ⌈n / P⌉ of them, and the sample's size."""
+    drawn = sample(key, n, rate)
+    chunks = jnp.arange(-(-n // physical_size), dtype=jnp.int32)
+    rows, mask = jax.vmap(lambda c: chunk(drawn, c, physical_size))(chunks)
+    return rows, mask, drawn.count
 
 
 def poisson_batches(key: Array, n: int, rate: float, physical_size: int):
@@ -126,9 +141,6 @@ def poisson_batches(key: Array, n: int, rate: float, physical_size: int):
     rate, physical_size = check_rate(rate), check_physical_size(physical_size)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n: expected a positive integer number of examples, got {n!r}")
-    drawn = _sample(key, int(n), rate, physical_size)
-    count = int(drawn.count)
-    k = -(-count // physical_size)
-    order = np.asarray(drawn.order)[: k * physical_size].reshape(k, physical_size)
-    mask = (np.arange(k * physical_size) < count).reshape(k, physical_size)
-    return order, mask
+    rows, mask, count = _chunks(key, int(n), rate, physical_size)
+    k = -(-int(count) // physical_size)
+    return np.asarray(rows)[:k], np.asarray(mask)[:k]

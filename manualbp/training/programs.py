@@ -163,7 +163,7 @@ def private_epoch(
     def step(carry, step_key):
         params, opt_state, scores = carry
         key_sample, key_noise, key_canaries = jax.random.split(step_key, 3)
-        sample = poisson.sample(key_sample, n, rate, P)
+        sample = poisson.sample(key_sample, n, rate)
         inputs = dpsgd.StepInputs(net, X, Y, sample, P, clip, batch_sharding)
         total = dpsgd.sample_sum(inputs, params, compute_dtype)
         if canaries is not None:
@@ -212,10 +212,8 @@ def both_grads(params, X, Y, *, net):
 def _expected_data_sum(inputs: dpsgd.StepInputs, params, compute_dtype) -> Params:
     """Σ_b c_b g_b over all n examples, whose share q of it a step adds on average."""
     n = inputs.X.shape[0]
-    everyone = poisson.Sample(jnp.arange(n, dtype=jnp.int32), jnp.asarray(n, jnp.int32))
-    return dpsgd.sample_sum(
-        inputs._replace(sample=everyone, physical_size=n), params, compute_dtype
-    )
+    everyone = inputs._replace(sample=poisson.everyone(n), physical_size=n)
+    return dpsgd.sample_sum(everyone, params, compute_dtype)
 
 
 def _canary_scores(noised: Params, expected: Params, rate: float, coordinates: Array) -> Array:
