@@ -173,7 +173,7 @@ def mutate(monkeypatch):
 
     Only per_example's own: the autodiff reference stays compiled from test to test.
     """
-    programs = (per_example._per_layer, per_example._clipped_value_and_grad)
+    programs = (per_example._per_layer.program, per_example._clipped_value_and_grad.program)
 
     def replace(name, value):
         monkeypatch.setattr(per_example, name, value)

@@ -15,8 +15,8 @@ normed without ever forming g_b:
 
 Each equation is one function on the batched Δ^l (B, N_l) and A^{l-1}
 (B, N_{l-1}). Equations (5)–(7) replace (2) and (3) in the very loop that
-computes the gradient (`backprop.backward_with_deltas` with another
-`Equations` set), so a quantity costs what the gradient costs. Definitions
+computes the gradient (`backprop.backward`, the one recursion, with
+another `Equations` set), so a quantity costs what the gradient costs. Definitions
 (pinned): E_b is example b's own loss, Ē = (1/B) Σ_b E_b, g_b = ∂E_b/∂θ.
 Nothing here calls autodiff.
 
@@ -27,21 +27,21 @@ params order, in the parameters' dtype.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from manualbp import validation
+from manualbp._entry import entry_point, value_like_params
 from manualbp.backprop import (
     Equations,
+    backward,
     backward_with_deltas,
     delta_L_batch,
+    gradient_steps,
     hidden_delta_batch,
     weight_grad_sum,
 )
-from manualbp.gradients import in_compute_dtype, like_params
-from manualbp.network import MLP, Layer, Params, forward_pass_batch
+from manualbp.network import MLP, Layer, Params, forward_pass_batch, mean_loss_of
 
 Array = jax.Array
 
@@ -162,32 +162,42 @@ VARIANCE = Equations(delta_L_batch, hidden_delta_batch, weight_variance, bias_va
 def clipped_mean_grad(
     net: MLP, params: Params, X: Array, Y: Array, l2_clip: float
 ) -> tuple[Array, Params]:
-    """(Ē, g) by (5), (8) and (9), in the dtype of params, X and Y (all one)."""
-    E, norms, deltas = backward_with_deltas(net, params, X, Y, NORMS)
-    # A^{l-1}: the forward pass backward_with_deltas ran; under jit XLA computes it once.
-    a = forward_pass_batch(net, params, X).a
+    """(Ē, g) by (5), (8) and (9), in the dtype of params, X and Y (all one).
+
+    One forward pass: its A^{l-1} feed both (5) and (9).
+    """
+    fwd = forward_pass_batch(net, params, X)
+    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
+    norms, deltas = backward(net, params, fwd, delta_L, *gradient_steps(*NORMS[1:]))
     c = clip_factors(norms, l2_clip, X.dtype)
     grads = tuple(
         Layer(W=clipped_weight_grad(c, delta, a_prev), b=clipped_bias_grad(c, delta))
-        for delta, a_prev in zip(deltas, a[:-1], strict=True)
+        for delta, a_prev in zip(deltas, fwd.a[:-1], strict=True)
     )
-    return E, grads
+    return mean_loss_of(net, fwd, Y), grads
 
 
-# --- the public functions: check, then a jitted program with the net static ---------------
+# --- the public functions, each built by _entry.entry_point ------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _per_layer(net: MLP, params: Params, X: Array, Y: Array, equations: Equations) -> Params:
-    _, quantities, _ = backward_with_deltas(net, *in_compute_dtype(net, params, X, Y), equations)
-    return like_params(quantities, params)
+def _quantity(net: MLP, params: Params, X: Array, Y: Array, equations: Equations) -> Params:
+    """Equations (5), (6) or (7) in the places of (2) and (3) of the backward pass."""
+    return backward_with_deltas(net, params, X, Y, equations)[1]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _clipped_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, l2_clip: float):
-    p, X, Y = in_compute_dtype(net, params, X, Y)
-    E, grads = clipped_mean_grad(net, p, X, Y, l2_clip)
-    return E, like_params(grads, params)
+def _check_batch(net, params, X, Y, equations):
+    return (*validation.check_batch(net, params, X, Y), equations)
+
+
+def _check_clip(net, params, X, Y, l2_clip):
+    # A Python float: jit's fast path passes it without building an array per call.
+    return (*validation.check_batch(net, params, X, Y), check_l2_clip(l2_clip))
+
+
+_per_layer = entry_point(_quantity, _check_batch, static=(0,))
+_clipped_value_and_grad = entry_point(
+    clipped_mean_grad, _check_clip, uncast=(0,), back=value_like_params
+)
 
 
 def batch_l2(net: MLP, params: Params, X: Array, Y: Array) -> Params:
@@ -197,7 +207,6 @@ def batch_l2(net: MLP, params: Params, X: Array, Y: Array) -> Params:
         One ``Layer(W=(B,), b=(B,))`` per layer: ‖∂E_b/∂W^l‖²_F = ‖δ^l_b‖² ‖a^{l-1}_b‖²
         and ‖∂E_b/∂b^l‖² = ‖δ^l_b‖², for b = 1..B.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, NORMS)
 
 
@@ -207,7 +216,6 @@ def sum_grad_squared(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, SUM_SQUARED)
 
 
@@ -217,7 +225,6 @@ def variance(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, VARIANCE)
 
 
@@ -240,9 +247,6 @@ def clipped_value_and_grad(
     Returns:
         (Ē, g), g with the structure and dtype of params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
-    l2_clip = check_l2_clip(l2_clip)
-    # A Python float: jit's fast path passes it without building an array per call.
     return _clipped_value_and_grad(net, params, X, Y, l2_clip)
 
 

@@ -16,7 +16,7 @@ import optax
 from jax.sharding import Mesh
 
 from manualbp import validation
-from manualbp.network import param_dtype
+from manualbp.parameters import param_dtype
 from manualbp.training import accounting, dpsgd
 
 GRAD_PATHS = ("manual", "autodiff")

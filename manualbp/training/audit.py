@@ -29,7 +29,8 @@ import numpy as np
 import optax
 
 from manualbp import validation
-from manualbp.network import MLP, Params, as_targets, param_dtype
+from manualbp.network import MLP, Params, as_targets
+from manualbp.parameters import param_dtype
 from manualbp.training import accounting, dpsgd, programs
 from manualbp.training.checkpoint import to_host
 

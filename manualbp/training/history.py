@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from manualbp import tolerance
-from manualbp.network import param_dtype
+from manualbp.parameters import param_dtype
 from manualbp.training import programs
 from manualbp.training.checkpoint import to_host
 

@@ -35,7 +35,8 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from manualbp.network import MLP, Params, param_dtype
+from manualbp.network import MLP, Params
+from manualbp.parameters import param_dtype
 from manualbp.training import (
     accounting,
     arguments,

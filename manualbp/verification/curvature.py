@@ -42,9 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import autodiff, validation
+from manualbp._entry import in_compute_dtype
 from manualbp.extensions import curvature as C
 from manualbp.extensions.curvature_equations import CURVATURE, CurvatureEquations, logits_are_f
-from manualbp.gradients import in_compute_dtype
 from manualbp.network import (
     MLP,
     Layer,
@@ -53,8 +53,8 @@ from manualbp.network import (
     forward_pass,
     forward_pass_batch,
     mean_loss,
-    param_dtype,
 )
+from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import compare
