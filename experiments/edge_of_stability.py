@@ -93,7 +93,9 @@ def descend_program(net, X, Y, optimizer, every: int):
         def step(carry, _):
             p, s = carry
             E, grads = backprop.fast_backprop(net, p, X, Y)
-            updates, s = optimizer.update(grads, s, p)
+            # optax's Adam raises β to its int32 step count: allowed under any promotion setting.
+            with jax.numpy_dtype_promotion("standard"):
+                updates, s = optimizer.update(grads, s, p)
             return (optax.apply_updates(p, updates), s), E
 
         return jax.lax.scan(step, (params, state), None, length=every)

@@ -24,6 +24,7 @@ from manualbp.training import (
     TrainResult,
     checkpoint,
     data_parallel_mesh,
+    privacy,
     train,
 )
 from manualbp.verification import (
@@ -66,6 +67,7 @@ __all__ = [
     "loss",
     "manual_value_and_grad",
     "per_example_grads",
+    "privacy",
     "train",
     "verify",
     "verify_activation",

@@ -9,6 +9,10 @@ derivation's symbols and math shapes (vectors (N_l,), W^l of shape
 3. δ^l for l = L-1..2 by equation (1)            (hidden_delta)
 4. ∂E/∂W^l and ∂E/∂b^l by equations (2), (3)     (weight_grad, bias_grad)
 
+Steps 3 and 4 are one function, `backward`, from a given δ^L with the
+equations plugged in: the gradient, the per-example extensions and the
+curvature passes all call it with their own δ^L (or factor) and equations.
+
 `fast_backprop` is the same computation for a batch (B rows), written so that
 equation (2)'s sum over the batch happens inside one matrix product and no
 per-example gradient is ever materialized; `backward_with_deltas` also returns every
@@ -25,7 +29,16 @@ import jax
 import jax.numpy as jnp
 
 from manualbp.activations import Activation
-from manualbp.network import MLP, Layer, Params, example_loss, forward_pass, forward_pass_batch
+from manualbp.network import (
+    MLP,
+    Forward,
+    Layer,
+    Params,
+    example_loss,
+    forward_pass,
+    forward_pass_batch,
+    mean_loss_of,
+)
 
 Array = jax.Array
 
@@ -79,6 +92,48 @@ def delta_L(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
     return output_delta(net.loss.grad(y_hat, y), z_L, net.output)
 
 
+def backward(
+    net: MLP, params: Params, fwd: Forward, delta_L, hidden: Callable, layer: Callable
+) -> tuple[tuple, tuple]:
+    """Steps 3–4 of docs/derivation.md, from a given δ^L down to layer 2: the one recursion.
+
+    For l = L..2, ``layer(δ^l, a^{l-1}, k)`` gives layer l's result (eqs. (2)
+    and (3), or a quantity that takes their place) and, above layer 2,
+    ``hidden(δ^l, W^l, σ^{l-1}'(z^{l-1}), k)`` gives δ^{l-1} (eq. (1), or a
+    recursion built on it). k is the index of ``params[k]``, layer l = k + 2,
+    so that an equation needing more of layer l-1 finds it at ``fwd.z[k]``.
+    δ may be one example's (N_l,), a batch's (B, N_l), or any pytree the
+    equations carry down together (a factor S^l, or (H^l, Δ^l)).
+
+    Returns:
+        (results, deltas), both in params order: ``layer``'s result and the
+        δ it was given, for every layer l = 2..L.
+    """
+    delta, results, deltas = delta_L, [None] * len(params), [None] * len(params)
+    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2, from L down to 2
+        deltas[k] = delta
+        results[k] = layer(delta, fwd.a[k], k)  # step 4; fwd.a[k] is a^{l-1}
+        if k > 0:  # step 3: δ^{l-1}; none is needed for the input layer
+            sigma_prime_z = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
+            delta = hidden(delta, params[k].W, sigma_prime_z, k)
+    return tuple(results), tuple(deltas)
+
+
+def gradient_steps(
+    hidden_delta: Callable, weight_grad: Callable, bias_grad: Callable
+) -> tuple[Callable, Callable]:
+    """`backward`'s ``hidden`` and ``layer`` from eq. (1) and eqs. (2), (3)."""
+
+    def hidden(delta_next, W_next, sigma_prime_z, k):
+        return hidden_delta(delta_next, W_next, sigma_prime_z)
+
+    def layer(delta, a_prev, k):
+        dW, db = weight_grad(delta, a_prev), bias_grad(delta)
+        return Layer(W=dW, b=db)
+
+    return hidden, layer
+
+
 def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Params]:
     """E and its gradients for one example, by equations (1)–(4).
 
@@ -93,14 +148,9 @@ def backprop(net: MLP, params: Params, x: Array, y: Array) -> tuple[Array, Param
     """
     fwd = forward_pass(net, params, x)  # step 1
     delta = delta_L(net, fwd.z[-1], fwd.a[-1], y)  # step 2
-    grads = [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2, from L down to 2
-        dW, db = weight_grad(delta, fwd.a[k]), bias_grad(delta)  # step 4; fwd.a[k] = a^{l-1}
-        grads[k] = Layer(W=dW, b=db)
-        if k > 0:  # step 3: δ^{l-1}; none is needed for the input layer
-            sigma_prime_z = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
-            delta = hidden_delta(delta, params[k].W, sigma_prime_z)
-    return example_loss(net, fwd.z[-1], fwd.a[-1], y), tuple(grads)
+    steps = gradient_steps(hidden_delta, weight_grad, bias_grad)
+    grads, _ = backward(net, params, fwd, delta, *steps)  # steps 3, 4
+    return example_loss(net, fwd.z[-1], fwd.a[-1], y), grads
 
 
 # --- the batched form -----------------------------------------------------------
@@ -168,16 +218,9 @@ def backward_with_deltas(
     """
     fwd = forward_pass_batch(net, params, X)  # step 1
     delta = equations.output_delta(net, fwd.z[-1], fwd.a[-1], Y)  # step 2
-    grads, deltas = [None] * len(params), [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2, from L down to 2
-        deltas[k] = delta
-        dW, db = equations.weight_grad(delta, fwd.a[k]), equations.bias_grad(delta)
-        grads[k] = Layer(W=dW, b=db)
-        if k > 0:  # step 3; none is needed for the input layer
-            sigma_prime_z = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
-            delta = equations.hidden_delta(delta, params[k].W, sigma_prime_z)
-    E = jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(fwd.z[-1], fwd.a[-1], Y))
-    return E, tuple(grads), tuple(deltas)
+    steps = gradient_steps(equations.hidden_delta, equations.weight_grad, equations.bias_grad)
+    grads, deltas = backward(net, params, fwd, delta, *steps)  # steps 3, 4
+    return mean_loss_of(net, fwd, Y), grads, deltas
 
 
 # --- the fast batched form ----------------------------------------------------------

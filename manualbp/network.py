@@ -22,18 +22,11 @@ from manualbp import activations as _activations
 from manualbp import losses as _losses
 from manualbp.activations import Activation
 from manualbp.losses import FusedLoss, Loss
+from manualbp.parameters import Layer, Params
+from manualbp.validation import check_key, check_x64
 
 Array = jax.Array
 
-
-class Layer(NamedTuple):
-    """The parameters of one layer l: W^l (N_l, N_{l-1}) and b^l (N_l,)."""
-
-    W: Array
-    b: Array
-
-
-Params = tuple[Layer, ...]
 
 INIT_SCHEMES = ("lecun", "glorot", "he", "nielsen", "nielsen_scaled")
 """Weight initializations; see `MLP.init`."""
@@ -212,33 +205,6 @@ class MLP:
         return tuple(params)
 
 
-def check_x64(dtype, argument: str) -> None:
-    """A 64-bit dtype needs JAX's x64 mode; without it JAX silently computes in 32 bits."""
-    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
-        raise TypeError(
-            f"{argument}: got {np.dtype(dtype)}, but JAX's x64 mode is off, so it would "
-            "silently become float32; enable it first with "
-            'jax.config.update("jax_enable_x64", True) (or JAX_ENABLE_X64=1), or pass float32'
-        )
-
-
-def check_key(key) -> None:
-    """One jax.random key: a typed key of shape () or a raw uint32 key of shape (2,)."""
-    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
-    if not ((typed and key.shape == ()) or raw):
-        raise TypeError(
-            f"key: expected one jax.random key such as jax.random.key(0), got "
-            f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
-        )
-
-
-def param_dtype(params: Params):
-    """The dtype the math runs in: the promoted dtype of every W^l and b^l."""
-    with jax.numpy_dtype_promotion("standard"):  # a user's strict setting must not stop this
-        return jnp.result_type(*jax.tree.leaves(params))
-
-
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _init(sizes: tuple[int, ...], key: Array, dtype, scheme: str) -> Params:
     params = []
@@ -335,7 +301,11 @@ def example_loss(net: MLP, z_L: Array, y_hat: Array, y: Array) -> Array:
 
 def mean_loss(net: MLP, params: Params, X: Array, Y: Array) -> Array:
     """The batch mean of E for X (B, N_1) and targets Y (B, N_L)."""
-    fwd = forward_pass_batch(net, params, X)
+    return mean_loss_of(net, forward_pass_batch(net, params, X), Y)
+
+
+def mean_loss_of(net: MLP, fwd: Forward, Y: Array) -> Array:
+    """The batch mean of E from step 1's z^L and ŷ (B, N_L) and the targets Y."""
     return jnp.mean(jax.vmap(lambda z, a, y: example_loss(net, z, a, y))(fwd.z[-1], fwd.a[-1], Y))
 
 

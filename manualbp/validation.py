@@ -27,7 +27,7 @@ import numpy as np
 from manualbp import losses
 from manualbp.activations import Activation
 from manualbp.losses import Loss
-from manualbp.network import MLP, Layer, Params, check_key, check_x64, param_dtype
+from manualbp.parameters import Layer, Params, param_dtype
 
 __all__ = [
     "as_array",
@@ -40,11 +40,13 @@ __all__ = [
     "check_loss",
     "check_params",
     "check_targets",
+    "check_x64",
+    "dtype_kind",
 ]
 
 
 @functools.cache
-def _kind(dtype) -> str:
+def dtype_kind(dtype) -> str:
     """The kind of a dtype (floating, integer, bool or other), by `jnp.issubdtype`.
 
     The checks run on every call, and for a small net their cost is the
@@ -74,7 +76,7 @@ def as_array(x, argument: str):
         array, reason = None, str(e)
     else:
         reason = f"np.asarray gives dtype {array.dtype}"
-    if array is None or _kind(array.dtype) == "other":
+    if array is None or dtype_kind(array.dtype) == "other":
         raise TypeError(
             f"{argument}: expected an array, or anything np.asarray turns into a numeric "
             f"array; got {type(x).__name__} ({reason})"
@@ -90,12 +92,42 @@ def _shape_of(x, argument: str) -> tuple[int, ...]:
 
 
 def check_net(net) -> None:
-    if not isinstance(net, MLP):
+    """net must be an `mbp.MLP`, known here by its fields: this module sits below network.py,
+    whose `MLP.init` uses `check_key`, so it cannot import the class."""
+    if not all(hasattr(net, field) for field in _NET_FIELDS):
         raise TypeError(f"net: expected an mbp.MLP, got {type(net).__name__}")
 
 
-def check_params(net: MLP, params: Params) -> None:
-    """params must be one (W, b) pair per layer l = 2..L with the net's shapes."""
+_NET_FIELDS = ("sizes", "activations", "loss", "fused")
+
+
+def check_x64(dtype, argument: str) -> None:
+    """A 64-bit dtype needs JAX's x64 mode; without it JAX silently computes in 32 bits."""
+    if np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+        raise TypeError(
+            f"{argument}: got {np.dtype(dtype)}, but JAX's x64 mode is off, so it would "
+            "silently become float32; enable it first with "
+            'jax.config.update("jax_enable_x64", True) (or JAX_ENABLE_X64=1), or pass float32'
+        )
+
+
+def check_key(key) -> None:
+    """One jax.random key: a typed key of shape () or a raw uint32 key of shape (2,)."""
+    typed = isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,)
+    if not ((typed and key.shape == ()) or raw):
+        raise TypeError(
+            f"key: expected one jax.random key such as jax.random.key(0), got "
+            f"{type(key).__name__} {getattr(key, 'shape', '')}".rstrip()
+        )
+
+
+def check_params(net, params: Params) -> set:
+    """params must be one (W, b) pair per layer l = 2..L with the net's shapes.
+
+    Returns:
+        The set of the parameters' dtypes.
+    """
     if not isinstance(params, (tuple, list)):
         raise TypeError(
             f"params: expected a tuple of layers (W, b) as net.init returns, "
@@ -110,6 +142,10 @@ def check_params(net: MLP, params: Params) -> None:
             "params: expected a tuple of mbp.Layer(W, b) as net.init returns, got a list; "
             "pass tuple(params)"
         )
+    # The checks run on every public call, and for a small net their cost is the
+    # call's: each array's shape and dtype are read once, and no error text is
+    # formatted unless there is an error.
+    x64, dtypes = jax.config.jax_enable_x64, set()
     for k, layer in enumerate(params):
         l = k + 2
         if not isinstance(layer, Layer):
@@ -117,24 +153,27 @@ def check_params(net: MLP, params: Params) -> None:
                 f"params[{k}] (layer l={l}): expected an mbp.Layer(W, b), got "
                 f"{type(layer).__name__}; wrap a pair as mbp.Layer(W, b)"
             )
-        W, b = layer
-        expected_W = (net.sizes[k + 1], net.sizes[k])
-        expected_b = (net.sizes[k + 1],)
-        for name, x, expected in (("W", W, expected_W), ("b", b, expected_b)):
-            shape = _shape_of(x, f"params[{k}].{name}")
-            if shape != expected:
+        n_out, n_in = net.sizes[k + 1], net.sizes[k]
+        for name, x, expected in (("W", layer.W, (n_out, n_in)), ("b", layer.b, (n_out,))):
+            shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+            if shape is None or dtype is None:
+                raise TypeError(f"params[{k}].{name}: expected an array, got {type(x).__name__}")
+            if tuple(shape) != expected:
                 raise ValueError(
                     f"params[{k}].{name} (layer l={l}): expected shape {expected} for "
-                    f"sizes={net.sizes}, got {shape}"
+                    f"sizes={net.sizes}, got {tuple(shape)}"
                 )
-            if _kind(x.dtype) != "floating":
+            if dtype_kind(dtype) != "floating":
                 raise TypeError(
-                    f"params[{k}].{name} (layer l={l}): expected a floating dtype, got {x.dtype}"
+                    f"params[{k}].{name} (layer l={l}): expected a floating dtype, got {dtype}"
                 )
-            check_x64(x.dtype, f"params[{k}].{name} (layer l={l})")
+            if dtype.itemsize == 8 and not x64:
+                check_x64(dtype, f"params[{k}].{name} (layer l={l})")
+            dtypes.add(dtype)
+    return dtypes
 
 
-def check_inputs(net: MLP, X) -> None:
+def check_inputs(net, X) -> None:
     """X must be (B, N_1) with B ≥ 1."""
     shape = _shape_of(X, "X")
     if len(shape) != 2 or shape[1] != net.sizes[0]:
@@ -143,19 +182,19 @@ def check_inputs(net: MLP, X) -> None:
         )
     if shape[0] == 0:
         raise ValueError("X: the batch is empty (B = 0); expected at least one example")
-    if _kind(X.dtype) not in ("floating", "integer"):
+    if dtype_kind(X.dtype) not in ("floating", "integer"):
         raise TypeError(f"X: expected a numeric dtype, got {X.dtype}")
 
 
-def check_targets(net: MLP, X, Y) -> None:
+def check_targets(net, X, Y) -> None:
     """Y must be (B, N_L), integer labels (B,) when N_L > 1, or (B,) when N_L = 1."""
     shape = _shape_of(Y, "Y")
     B, N_L = X.shape[0], net.sizes[-1]
-    if _kind(Y.dtype) == "other":
+    if dtype_kind(Y.dtype) == "other":
         raise TypeError(f"Y: expected integer, boolean or floating values, got {Y.dtype}")
     if len(shape) == 0 or shape[0] != B:
         raise ValueError(f"Y: expected {B} rows, as X has, got shape {shape}")
-    integer = _kind(Y.dtype) == "integer"
+    integer = dtype_kind(Y.dtype) == "integer"
     if len(shape) == 2:
         if shape[1] != N_L:
             raise ValueError(f"Y: expected shape (B, N_L) = ({B}, {N_L}), got {shape}")
@@ -200,7 +239,7 @@ _TARGET_RANGES = {
 }
 
 
-def _check_target_range(net: MLP, Y) -> None:
+def _check_target_range(net, Y) -> None:
     """Concrete targets (B, N_L) or (B,) must lie where the loss is defined; NaN is left
     to `check_finite`."""
     if net.loss not in _TARGET_RANGES or not _is_concrete(Y):
@@ -215,7 +254,7 @@ def _check_target_range(net: MLP, Y) -> None:
         raise ValueError(f"Y: {rule}; got {y[tuple(where)]} in row {int(where[0])}")
 
 
-def check_batch(net: MLP, params: Params, X, Y=None):
+def check_batch(net, params: Params, X, Y=None):
     """Every static check for one call: net, params, X, (if given) Y, and the net's σ'
     and ∂E/∂ŷ in the parameters' dtype.
 
@@ -223,20 +262,15 @@ def check_batch(net: MLP, params: Params, X, Y=None):
         (X, Y) as arrays (`as_array`); Y stays None when not given.
     """
     check_net(net)
-    check_params(net, params)
+    dtypes = check_params(net, params)
     X = as_array(X, "X")
     check_inputs(net, X)
-    check_blocks(net, _math_dtype(params))
+    # One dtype, the common case, needs no promotion (param_dtype costs 15 µs a call).
+    check_blocks(net, dtypes.pop() if len(dtypes) == 1 else param_dtype(params))
     if Y is not None:
         Y = as_array(Y, "Y")
         check_targets(net, X, Y)
     return X, Y
-
-
-def _math_dtype(params: Params):
-    """`param_dtype`, without its promotion (15 µs a call) when every leaf has one dtype."""
-    dtypes = {x.dtype for layer in params for x in layer}
-    return dtypes.pop() if len(dtypes) == 1 else param_dtype(params)
 
 
 def check_finite(X, Y=None, dtypes=()) -> None:
@@ -252,7 +286,7 @@ def check_finite(X, Y=None, dtypes=()) -> None:
     for name, x in (("X", X), ("Y", Y)):
         if x is None or not _is_concrete(x):
             continue
-        kind = _kind(x.dtype)
+        kind = dtype_kind(x.dtype)
         if not (kind == "floating" or (kind == "integer" and name == "X" and dtypes)):
             continue
         values = cast = np.asarray(x)
@@ -277,7 +311,7 @@ def check_finite(X, Y=None, dtypes=()) -> None:
 
 
 @functools.lru_cache(maxsize=256)
-def check_blocks(net: MLP, dtype) -> None:
+def check_blocks(net, dtype) -> None:
     """Check every σ^l, σ^l' and the loss of ``net`` in ``dtype`` (once per pair)."""
     for k, sigma in enumerate(net.activations):
         check_activation(sigma, dtype, net.sizes[k + 1], where=f"layer l={k + 2}, ")

@@ -6,8 +6,9 @@ Every import counts, also one inside a function: an import that dodges a
 cycle by running late is still a cycle. The layers, lowest first:
 
 * math: the equations and what they are written with (activations, losses,
-  network, backprop, autodiff, tolerance) and the plain helpers (names, records, table);
-* gradients: the checked, jitted entry points (validation, gradients) and the data;
+  parameters, network, backprop, autodiff, tolerance), the argument checks (validation)
+  and the plain helpers (names, records, table);
+* gradients: the checked, jitted entry points (_entry builds them; gradients) and the data;
 * extensions: the per-example and curvature math (manualbp.extensions);
 * verification: every verifier, core, extensions and curvature (manualbp.verification);
 * training: the training loop, privacy, checkpoints and run identity (manualbp.training);
@@ -28,6 +29,8 @@ MATH = {
     "activations",
     "losses",
     "network",
+    "parameters",
+    "validation",
     "backprop",
     "autodiff",
     "tolerance",
@@ -35,7 +38,7 @@ MATH = {
     "records",
     "table",
 }
-GRADIENTS = {"validation", "gradients", "data"}
+GRADIENTS = {"_entry", "gradients", "data"}
 SUBPACKAGES = ("extensions", "verification", "training", "tools")
 LAYERS = ("math", "gradients", "extensions", "verification", "training", "package", "tools")
 

@@ -14,8 +14,9 @@ import pytest
 
 import manualbp as mbp
 from manualbp import records
-from manualbp.tools import bench, bench_cli, timing
+from manualbp.tools import bench, bench_cli, cli, timing
 from manualbp.tools import bench_curvature as bc
+from manualbp.tools.console import UserError
 
 # A 3-4-2 net, batch B = 5: layer l = 2 is (n_out, n_in) = (4, 3), layer l = 3 is (2, 4).
 #   forward  = 2·5·4·3 + 2·5·2·4 = 120 + 80 = 200
@@ -95,6 +96,10 @@ def test_quick_run_writes_the_report(tmp_path):
     assert fresh["bytes"] == bench.per_example_bytes((64, 32, 10), 128)
     assert "transparent_hugepages" in report["environment"]
     assert "| small |" in markdown.read_text()
+    # Two repeats give medians without intervals: no "[95% CI]" over those columns.
+    assert row["paired_manual_over_autodiff"]["ci95"] is None
+    assert "[95% CI]" not in markdown.read_text()
+    assert "too few rounds for a 95% interval" in markdown.read_text()
 
 
 def test_training_numpy_loop_matches_the_equations():
@@ -210,12 +215,49 @@ def test_curvature_bench_smoke_and_its_programs_agree():
         )
 
 
-def test_sections_default_to_all_quick_to_none_and_unknown_is_a_usage_error():
-    parser = bench_cli._parser()
-    assert bench_cli._sections(parser, parser.parse_args([])) == list(bench_cli.SECTIONS)
-    assert bench_cli._sections(parser, parser.parse_args(["--quick"])) == []
-    chosen = parser.parse_args(["--sections", "curvature, fashion-mnist"])
-    assert bench_cli._sections(parser, chosen) == ["curvature", "fashion-mnist"]
-    with pytest.raises(SystemExit) as exit_:
-        bench_cli._sections(parser, parser.parse_args(["--sections", "gpu"]))
-    assert exit_.value.code == 2
+def _args(argv):
+    return bench_cli.check_args(bench_cli._parser().parse_args(argv))
+
+
+def test_sections_default_to_all_quick_to_none_and_lists_take_commas_or_spaces():
+    assert _args([]).sections == list(bench_cli.SECTIONS)
+    assert _args(["--quick"]).sections == []
+    assert _args(["--quick"]).configs == list(bench.QUICK_CONFIGS)
+    chosen = _args(["--sections", "curvature,", "fashion-mnist", "--configs", "small,nielsen"])
+    assert chosen.sections == ["curvature", "fashion-mnist"]
+    assert chosen.configs == ["small", "nielsen"]
+    with pytest.raises(UserError, match="--sections: unknown gpu; expected some of extensions"):
+        _args(["--sections", "gpu"])
+
+
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--sections", "foo"], "--sections"),
+        (["--configs", "small,huge"], "--configs"),
+        (["--configs", ","], "--configs"),
+        (["--repeats", "0"], "--repeats"),
+        (["--budget", "-1"], "--budget"),
+        (["--budget", "nan"], "--budget"),
+        (["--per-example-limit-gib", "-2"], "--per-example-limit-gib"),
+    ],
+)
+def test_a_bad_argument_is_refused_before_any_work(argv, flag, monkeypatch, capsys):
+    def never(*args, **kwargs):
+        raise AssertionError("the benchmark started before its arguments were checked")
+
+    monkeypatch.setattr(bench_cli.timing, "matmul_peak", never)
+    monkeypatch.setattr(bench_cli, "bench_config", never)
+    try:
+        status = cli.main(["bench", "--quick", *argv])
+    except SystemExit as exit_:  # argparse's own usage errors
+        status = exit_.code
+    assert status == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert flag in line and "Traceback" not in err and len(err.splitlines()) <= 2
+
+
+def test_the_ci_header_stands_only_over_columns_with_intervals():
+    assert bench._ci_header([{"ci95": None}, {"ci95": [0.9, 1.1]}]) == " [95% CI]"
+    assert bench._ci_header([{"ci95": None}, {"ci95": None}]) == ""

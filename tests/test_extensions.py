@@ -174,7 +174,7 @@ def mutate(monkeypatch):
 
     Only per_example's own: the autodiff reference stays compiled from test to test.
     """
-    programs = (per_example._per_layer, per_example._clipped_value_and_grad)
+    programs = (per_example._per_layer.program, per_example._clipped_value_and_grad.program)
 
     def replace(name, value):
         monkeypatch.setattr(per_example, name, value)
@@ -254,7 +254,7 @@ def test_clipped_sum_for_the_mean_is_off_by_B(mutate):
 
 
 def test_clipping_per_layer_is_caught(mutate):
-    def per_layer_factors(norms, l2_clip):
+    def per_layer_factors(norms, l2_clip, dtype):
         # Wrong: the norm of the last layer alone stands in for the norm over all layers.
         return l2_clip / jnp.maximum(l2_clip, jnp.sqrt(norms[-1].W + norms[-1].b))
 

@@ -1,5 +1,7 @@
 """The Fashion-MNIST epoch row: its FLOP count by hand, its skips and its report."""
 
+import time
+
 import pytest
 
 from manualbp import data
@@ -25,37 +27,52 @@ def test_skips_without_the_files(tmp_path, monkeypatch):
 
 
 def test_markdown_of_a_result():
-    row = {"epoch_s": 0.2, "gflops": 96.0, "fraction_of_peak": 0.48}
+    row = {"epoch_s": 0.2, "cpu_epoch_s": 0.19, "gflops": 96.0, "fraction_of_peak": 0.48}
     paired = {"median": 3.1, "ci95": [2.9, 3.3], "ratios": [3.1] * 7}
     result = {
         "manual": row,
         "autodiff": row,
         "sklearn": row,
         "paired": {"sklearn_over_manual_time": paired, "manual_over_autodiff_time": paired},
+        "paired_cpu": {"sklearn_over_manual_time": paired, "manual_over_autodiff_time": paired},
         "peak": {"gflops_median": 200.0, "n": 1024},
         "load_average_1min": {"before": 1.0, "after": 2.0},
         "cpu_over_wall": 0.98,
     }
     text = fashion_bench.markdown(result)
-    assert "| manual | 0.200 | 96 | 48% |" in text
+    assert "| manual | 0.200 | 0.190 | 96 | 48% |" in text
     assert "3.10 (95% CI 2.90–3.30)" in text and "7 rounds" in text
     assert "CPU time / wall time 0.98" in text
 
 
 def test_markdown_of_two_trainers_without_the_peak():
-    row = {"epoch_s": 0.2, "gflops": 96.0}
+    row = {"epoch_s": 0.2, "cpu_epoch_s": 0.19, "gflops": 96.0}
     paired = {"median": 3.1, "ci95": None, "ratios": [3.1] * 3}
     result = {
         "manual": row,
         "sklearn": row,
         "paired": {"sklearn_over_manual_time": paired},
+        "paired_cpu": {"sklearn_over_manual_time": {**paired, "median": 2.5}},
         "load_average_1min": {"before": 1.0, "after": 2.0},
         "cpu_over_wall": 1.0,
     }
     text = fashion_bench.markdown(result)
-    assert "| manual | 0.200 | 96 |\n| sklearn | 0.200 | 96 |" in text
+    assert "| manual | 0.200 | 0.190 | 96 |\n| sklearn | 0.200 | 0.190 | 96 |" in text
+    assert "scikit-learn / manual time 3.10 (CPU time 2.50)" in text
     assert "autodiff" not in text and "peak" not in text
-    assert "scikit-learn / manual time 3.10, " not in text and "3 rounds: scikit-learn" in text
+    assert "3 rounds: scikit-learn" in text
+
+
+def test_cpu_timed_calls_record_their_cpu_time():
+    cpu_s = {"busy": [], "idle": []}
+    calls = fashion_bench._cpu_timed(
+        {"busy": lambda: sum(i * i for i in range(300_000)), "idle": lambda: time.sleep(0.05)},
+        cpu_s,
+    )
+    for call in calls.values():
+        call()
+    assert cpu_s["busy"][0] > 0.005  # work shows as CPU time
+    assert cpu_s["idle"][0] < 0.02  # waiting does not
 
 
 def test_paired_ratios_of_the_trainers_that_ran():

@@ -1,4 +1,7 @@
-"""Property-based tests over random architectures, batch sizes and activations (jitted path)."""
+"""Property-based tests over random architectures, batch sizes and activations.
+
+Ten drawn nets by default, run op by op (no per-net compile); 25 jitted ones with -m slow.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,8 @@ import manualbp as mbp
 from manualbp.activations import HIDDEN_ACTIVATIONS
 from manualbp.autodiff import gradient_magnitudes
 from manualbp.network import as_targets
+
+EXAMPLES = 10
 
 
 @st.composite
@@ -51,10 +56,17 @@ def agree_every_way(case):
     assert_grads_close(mean, grads, net.sizes, B, jnp.float32, magnitude)
 
 
-# Each drawn net compiles its own programs: two in the default run, a sweep with -m slow.
-test_manual_gradients_agree_every_way = settings(max_examples=2, deadline=None)(
-    given(cases())(agree_every_way)
+def agree_op_by_op(case):
+    """`agree_every_way` with jit off: op by op, each small operation compiles once per
+    shape and is shared by every drawn net, where a jitted whole compiles per net."""
+    with jax.disable_jit():
+        agree_every_way(case)
+
+
+# Op by op, many nets in the default run; jitted, as users call it, a sweep with -m slow.
+test_manual_gradients_agree_every_way = settings(max_examples=EXAMPLES, deadline=None)(
+    given(cases())(agree_op_by_op)
 )
-test_manual_gradients_agree_every_way_sweep = pytest.mark.slow(
+test_manual_gradients_agree_every_way_jitted = pytest.mark.slow(
     settings(max_examples=25, deadline=None)(given(cases())(agree_every_way))
 )

@@ -17,7 +17,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
 
 Array = jax.Array
 MatVec = Callable[[Array], Array]
@@ -103,6 +102,10 @@ def tridiagonal_eigh(alpha, beta) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         (θ (m,) ascending, S (m, m) float64, columns the eigenvectors).
     """
+    # scipy (a dependency of jax) loads argparse on import: imported where it is used, so
+    # that `import manualbp` stays light.
+    import scipy.linalg
+
     alpha = np.asarray(alpha, np.float64)
     beta = np.asarray(beta, np.float64)[: alpha.shape[0] - 1]
     if alpha.shape[0] == 1:

@@ -16,9 +16,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from manualbp._entry import in_compute_dtype
 from manualbp.extensions import _krylov
 from manualbp.extensions import curvature as C
-from manualbp.gradients import in_compute_dtype
 from manualbp.network import MLP, Params
 
 Array = jax.Array

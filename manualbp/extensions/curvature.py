@@ -22,21 +22,20 @@ here calls autodiff.
 
 from __future__ import annotations
 
-import functools
-
 import jax
-import jax.numpy as jnp
 
 from manualbp import validation
+from manualbp._entry import entry_point
 from manualbp.backprop import (
+    backward,
     bias_grad_sum,
     delta_L_batch,
+    gradient_steps,
     hidden_delta_batch,
     sigma_prime,
     weight_grad_sum,
 )
 from manualbp.extensions.curvature_equations import CURVATURE, logits_are_f
-from manualbp.gradients import in_compute_dtype, like_params
 from manualbp.network import MLP, Forward, Layer, Params, forward_pass_batch
 
 Array = jax.Array
@@ -51,15 +50,16 @@ def _per_example(net, fn, *arrays):
     return jax.vmap(lambda *row: fn(net, *row))(*arrays)
 
 
-def backprop_factor(net, params, fwd, S_L, per_layer, eqs=CURVATURE) -> list:
+def backprop_factor(net, params, fwd, S_L, per_layer, eqs=CURVATURE) -> tuple:
     """S^l for l = L..2 by (13) from S^L, and ``per_layer(S^l, A^{l-1})`` of each."""
-    S, out = S_L, [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
-        out[k] = per_layer(S, fwd.a[k])
-        if k > 0:
-            sp = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
-            S = eqs.hidden_factor(S, params[k].W, sp)
-    return out
+
+    def hidden(S_next, W_next, sigma_prime_z, k):
+        return eqs.hidden_factor(S_next, W_next, sigma_prime_z)
+
+    def layer(S, a_prev, k):
+        return per_layer(S, a_prev)
+
+    return backward(net, params, fwd, S_L, hidden, layer)[0]
 
 
 def ggn_factor_L(net, fwd, Y, eqs=CURVATURE) -> Array:
@@ -84,7 +84,7 @@ def diag_ggn_layers(net, params, X, Y, eqs=CURVATURE, *, key=None, samples=0) ->
         S_L = ggn_factor_L(net, fwd, Y, eqs)
     else:
         S_L = sampled_factor_L(net, fwd, Y, key, samples, eqs)
-    return tuple(backprop_factor(net, params, fwd, S_L, eqs.ggn_diag, eqs))
+    return backprop_factor(net, params, fwd, S_L, eqs.ggn_diag, eqs)
 
 
 def kron_layers(net, params, X, Y, eqs=CURVATURE, *, key=None) -> tuple:
@@ -94,24 +94,25 @@ def kron_layers(net, params, X, Y, eqs=CURVATURE, *, key=None) -> tuple:
         S_L = ggn_factor_L(net, fwd, Y, eqs)
     else:
         S_L = sampled_factor_L(net, fwd, Y, key, 1, eqs)
-    factors = backprop_factor(net, params, fwd, S_L, eqs.kron_factors, eqs)
-    return tuple(factors)
+    return backprop_factor(net, params, fwd, S_L, eqs.kron_factors, eqs)
 
 
 def diag_hessian_layers(net, params, X, Y, eqs=CURVATURE) -> Params:
     """diag ∇²Ē by (17): H^L, then H^l from H^{l+1} and the example's own δ^{l+1}."""
     fwd = forward_pass_batch(net, params, X)
-    H = _per_example(net, eqs.output_hessian, fwd.z[-1], fwd.a[-1], Y)
-    delta = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
-    out = [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
-        out[k] = eqs.hessian_diag(H, fwd.a[k])
-        if k > 0:
-            sigma, W = net.activations[k - 1], params[k].W
-            sp = sigma_prime(sigma, fwd.z[k], fwd.a[k])
-            H = eqs.hidden_hessian(H, delta, W, sp, sigma.deriv2(fwd.z[k]))
-            delta = hidden_delta_batch(delta, W, sp)
-    return tuple(out)
+    H_L = _per_example(net, eqs.output_hessian, fwd.z[-1], fwd.a[-1], Y)
+    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
+
+    def hidden(carried, W_next, sigma_prime_z, k):  # (H^{l+1}, Δ^{l+1}) -> (H^l, Δ^l)
+        H_next, delta_next = carried
+        sigma_second_z = net.activations[k - 1].deriv2(fwd.z[k])
+        H = eqs.hidden_hessian(H_next, delta_next, W_next, sigma_prime_z, sigma_second_z)
+        return H, hidden_delta_batch(delta_next, W_next, sigma_prime_z)
+
+    def layer(carried, a_prev, k):
+        return eqs.hessian_diag(carried[0], a_prev)
+
+    return backward(net, params, fwd, (H_L, delta_L), hidden, layer)[0]
 
 
 def r_forward_pass(net, params, fwd, v, eqs=CURVATURE) -> Forward:
@@ -134,19 +135,22 @@ def hvp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     B = X.shape[0]
     fwd = forward_pass_batch(net, params, X)
     R = r_forward_pass(net, params, fwd, v, eqs)
-    delta = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y) / B
-    Rdelta = _per_example(net, eqs.r_output_delta, fwd.z[-1], fwd.a[-1], Y, R.z[-1]) / B
-    out = [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
-        out[k] = eqs.r_grad(Rdelta, delta, fwd.a[k], R.a[k])
-        if k > 0:
-            sigma, W = net.activations[k - 1], params[k].W
-            sp = sigma_prime(sigma, fwd.z[k], fwd.a[k])
-            Rdelta = eqs.r_hidden_delta(
-                Rdelta, delta, W, v[k].W, sp, sigma.deriv2(fwd.z[k]), R.z[k]
-            )
-            delta = hidden_delta_batch(delta, W, sp)
-    return tuple(out)
+    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y) / B
+    Rdelta_L = _per_example(net, eqs.r_output_delta, fwd.z[-1], fwd.a[-1], Y, R.z[-1]) / B
+
+    def hidden(carried, W_next, sigma_prime_z, k):  # (R{Δ^{l+1}}, Δ^{l+1}) -> (R{Δ^l}, Δ^l)
+        Rdelta_next, delta_next = carried
+        sigma_second_z = net.activations[k - 1].deriv2(fwd.z[k])
+        Rdelta = eqs.r_hidden_delta(
+            Rdelta_next, delta_next, W_next, v[k].W, sigma_prime_z, sigma_second_z, R.z[k]
+        )
+        return Rdelta, hidden_delta_batch(delta_next, W_next, sigma_prime_z)
+
+    def layer(carried, a_prev, k):
+        Rdelta, delta = carried
+        return eqs.r_grad(Rdelta, delta, a_prev, R.a[k])
+
+    return backward(net, params, fwd, (Rdelta_L, delta_L), hidden, layer)[0]
 
 
 def ggn_vp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
@@ -156,14 +160,9 @@ def ggn_vp_layers(net, params, X, Y, v, eqs=CURVATURE) -> Params:
     Rz_L = r_forward_pass(net, params, fwd, v, eqs).z[-1]
     Rf = Rz_L if logits_are_f(net) else _output_jvp(net, fwd.z[-1], Rz_L)
     u = _per_example(net, eqs.loss_hessian_dot, fwd.z[-1], fwd.a[-1], Y, Rf) / B
-    delta = _per_example(net, eqs.output_factor, fwd.z[-1], u[:, :, None])[:, :, 0]
-    out = [None] * len(params)
-    for k in reversed(range(len(params))):  # params[k] is layer l = k + 2
-        out[k] = Layer(W=weight_grad_sum(delta, fwd.a[k]), b=bias_grad_sum(delta))
-        if k > 0:
-            sp = sigma_prime(net.activations[k - 1], fwd.z[k], fwd.a[k])
-            delta = hidden_delta_batch(delta, params[k].W, sp)
-    return tuple(out)
+    delta_L = _per_example(net, eqs.output_factor, fwd.z[-1], u[:, :, None])[:, :, 0]
+    steps = gradient_steps(hidden_delta_batch, weight_grad_sum, bias_grad_sum)
+    return backward(net, params, fwd, delta_L, *steps)[0]
 
 
 def _output_jvp(net: MLP, Z_L: Array, Rz_L: Array) -> Array:
@@ -174,114 +173,25 @@ def _output_jvp(net: MLP, Z_L: Array, Rz_L: Array) -> Array:
     return jax.vmap(lambda z, r: sigma.deriv(z) @ r)(Z_L, Rz_L)
 
 
-# --- jitted programs, the net static ---------------------------------------------------
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _diag_ggn(net, params, X, Y):
-    return like_params(diag_ggn_layers(net, *in_compute_dtype(net, params, X, Y)), params)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _diag_ggn_mc(net, params, X, Y, key, samples):
-    p, X, Y = in_compute_dtype(net, params, X, Y)
-    return like_params(diag_ggn_layers(net, p, X, Y, key=key, samples=samples), params)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _kron(net, params, X, Y, key):
-    factors = kron_layers(net, *in_compute_dtype(net, params, X, Y), key=key)
-    return tuple(
-        (A.astype(layer.W.dtype), G.astype(layer.W.dtype))
-        for (A, G), layer in zip(factors, params, strict=True)
-    )
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _diag_hessian(net, params, X, Y):
-    return like_params(diag_hessian_layers(net, *in_compute_dtype(net, params, X, Y)), params)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 5))
-def _vector_product(net, params, X, Y, v, which):
-    p, X, Y = in_compute_dtype(net, params, X, Y)
-    v = jax.tree.map(lambda t, q: t.astype(q.dtype), v, p)
-    product = hvp_layers if which == "hvp" else ggn_vp_layers
-    return like_params(product(net, p, X, Y, v), params)
-
-
-# --- the public functions --------------------------------------------------------------
-
-
-def diag_ggn(net: MLP, params: Params, X: Array, Y: Array) -> Params:
-    """The diagonal of G = (1/B) Σ_b J_bᵀ H_b J_b, exactly, by equations (11)–(14).
-
-    Returns:
-        `Layer`s shaped like params.
-    """
-    _check(net, params, X, Y, "diag_ggn", factor=True)
-    return _diag_ggn(net, params, X, Y)
-
-
-def diag_ggn_mc(
-    net: MLP, params: Params, X: Array, Y: Array, *, key: Array, samples: int = 1
-) -> Params:
-    """An unbiased Monte Carlo estimate of `diag_ggn` from sampled targets, eq. (16).
-
-    Args:
-        key: a `jax.random` key.
-        samples: targets drawn per example.
-    """
-    _check(net, params, X, Y, "diag_ggn_mc", factor=True)
-    validation.check_key(key)
-    _check_samples(samples)
-    return _diag_ggn_mc(net, params, X, Y, key, samples)
-
-
-def kflr(net: MLP, params: Params, X: Array, Y: Array) -> tuple[tuple[Array, Array], ...]:
-    """Per layer l = 2..L the Kronecker factors (A, G) of eq. (15).
-
-    A = (1/B) Σ_b a^{l-1}_b (a^{l-1}_b)ᵀ (N_{l-1} × N_{l-1}) and
-    G = (1/B) Σ_b (∂f_b/∂z^l_b)ᵀ H_b (∂f_b/∂z^l_b) (N_l × N_l). For B = 1,
-    ``jnp.kron(G, A)`` is the GGN block of W^l flattened row-major.
-    """
-    _check(net, params, X, Y, "kflr", factor=True)
-    return _kron(net, params, X, Y, None)
-
-
-def kfac(net: MLP, params: Params, X: Array, Y: Array, *, key: Array) -> tuple:
-    """`kflr`'s (A, G) with G estimated from one sampled target per example, eq. (16)."""
-    _check(net, params, X, Y, "kfac", factor=True)
-    validation.check_key(key)
-    return _kron(net, params, X, Y, key)
-
-
-def diag_hessian(net: MLP, params: Params, X: Array, Y: Array) -> Params:
-    """The exact diagonal of ∇²Ē, σ'' terms included, by equation (17)."""
-    _check(net, params, X, Y, "diag_hessian", second=True)
-    return _diag_hessian(net, params, X, Y)
-
-
-def hvp(net: MLP, params: Params, X: Array, Y: Array, v: Params) -> Params:
-    """∇²Ē · v by Pearlmutter's R-operator, equations (18), (19); v shaped like params."""
-    _check(net, params, X, Y, "hvp", second=True)
-    _check_direction(net, params, v)
-    return _vector_product(net, params, X, Y, v, "hvp")
-
-
-def ggn_vp(net: MLP, params: Params, X: Array, Y: Array, v: Params) -> Params:
-    """G · v = (1/B) Σ_b J_bᵀ H_b J_b v, by (18), (11) and (1)–(3); v shaped like params."""
-    _check(net, params, X, Y, "ggn_vp", factor=True)
-    _check_direction(net, params, v)
-    return _vector_product(net, params, X, Y, v, "ggn_vp")
-
-
 # --- input checks ------------------------------------------------------------------------
 
 
-def _check(net, params, X, Y, name: str, *, factor=False, second=False) -> None:
-    """The batch, and the second derivatives this quantity needs from the net's records."""
-    validation.check_batch(net, params, X, Y)
+def _checks(name: str, *rest_checks, factor=False, second=False):
+    """``check(net, params, X, Y, *rest)`` for `entry_point`: the batch, the net's
+    records (a Hessian and its factor S; σ''), then each rest argument in turn."""
+
+    def check(net, params, X, Y, *rest):
+        X, Y = validation.check_batch(net, params, X, Y)
+        _check_records(net, name, factor, second)
+        for check_one, argument in zip(rest_checks, rest, strict=True):
+            check_one(net, params, argument)
+        return (X, Y, *rest)
+
+    return check
+
+
+def _check_records(net: MLP, name: str, factor: bool, second: bool) -> None:
+    """The second derivatives this quantity needs from the net's records."""
     record = net.fused_loss if logits_are_f(net) else net.loss
     what = "the fused pair" if logits_are_f(net) else f"loss {net.loss.name!r}"
     if record.hessian is None or (factor and record.hessian_factor is None):
@@ -300,12 +210,16 @@ def _check(net, params, X, Y, name: str, *, factor=False, second=False) -> None:
                 )
 
 
-def _check_samples(samples) -> None:
+def _key(net, params, key) -> None:
+    validation.check_key(key)
+
+
+def _samples(net, params, samples) -> None:
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
 
 
-def _check_direction(net: MLP, params: Params, v) -> None:
+def _direction(net: MLP, params: Params, v) -> None:
     """v must be a tuple of `Layer`s with the shapes of params and floating dtypes."""
     if not isinstance(v, tuple) or len(v) != len(params):
         raise ValueError(
@@ -316,13 +230,93 @@ def _check_direction(net: MLP, params: Params, v) -> None:
     for k, (layer, p) in enumerate(zip(v, params, strict=True)):
         if not isinstance(layer, Layer):
             raise TypeError(f"v[{k}] (layer l={k + 2}): expected an mbp.Layer(W, b)")
-        for name in ("W", "b"):
-            x, ref = getattr(layer, name), getattr(p, name)
+        for name, x, ref in (("W", layer.W, p.W), ("b", layer.b, p.b)):
             shape = getattr(x, "shape", None)
             if shape is None or tuple(shape) != tuple(ref.shape):
                 raise ValueError(
                     f"v[{k}].{name} (layer l={k + 2}): expected shape {tuple(ref.shape)}, "
                     f"got {shape}"
                 )
-            if not jnp.issubdtype(x.dtype, jnp.floating):
+            if validation.dtype_kind(x.dtype) != "floating":
                 raise TypeError(f"v[{k}].{name}: expected a floating dtype, got {x.dtype}")
+
+
+# --- the public functions, each built by _entry.entry_point ---------------------------
+
+
+def _diag_ggn_mc_math(net, params, X, Y, key, samples):
+    return diag_ggn_layers(net, params, X, Y, key=key, samples=samples)
+
+
+def _kfac_math(net, params, X, Y, key):
+    return kron_layers(net, params, X, Y, key=key)
+
+
+def _like_weights(factors, params):
+    """Each layer's (A, G) in the dtype of its W."""
+    return tuple(
+        (A.astype(layer.W.dtype), G.astype(layer.W.dtype))
+        for (A, G), layer in zip(factors, params, strict=True)
+    )
+
+
+_diag_ggn = entry_point(diag_ggn_layers, _checks("diag_ggn", factor=True))
+_diag_ggn_mc = entry_point(
+    _diag_ggn_mc_math, _checks("diag_ggn_mc", _key, _samples, factor=True), static=(1,)
+)
+_kflr = entry_point(kron_layers, _checks("kflr", factor=True), back=_like_weights)
+_kfac = entry_point(_kfac_math, _checks("kfac", _key, factor=True), back=_like_weights)
+_diag_hessian = entry_point(diag_hessian_layers, _checks("diag_hessian", second=True))
+_hvp = entry_point(hvp_layers, _checks("hvp", _direction, second=True))
+_ggn_vp = entry_point(ggn_vp_layers, _checks("ggn_vp", _direction, factor=True))
+
+
+def diag_ggn(net: MLP, params: Params, X: Array, Y: Array) -> Params:
+    """The diagonal of G = (1/B) Σ_b J_bᵀ H_b J_b, exactly, by equations (11)–(14).
+
+    Returns:
+        `Layer`s shaped like params.
+    """
+    return _diag_ggn(net, params, X, Y)
+
+
+def diag_ggn_mc(
+    net: MLP, params: Params, X: Array, Y: Array, *, key: Array, samples: int = 1
+) -> Params:
+    """An unbiased Monte Carlo estimate of `diag_ggn` from sampled targets, eq. (16).
+
+    Args:
+        key: a `jax.random` key.
+        samples: targets drawn per example.
+    """
+    return _diag_ggn_mc(net, params, X, Y, key, samples)
+
+
+def kflr(net: MLP, params: Params, X: Array, Y: Array) -> tuple[tuple[Array, Array], ...]:
+    """Per layer l = 2..L the Kronecker factors (A, G) of eq. (15).
+
+    A = (1/B) Σ_b a^{l-1}_b (a^{l-1}_b)ᵀ (N_{l-1} × N_{l-1}) and
+    G = (1/B) Σ_b (∂f_b/∂z^l_b)ᵀ H_b (∂f_b/∂z^l_b) (N_l × N_l). For B = 1,
+    ``jnp.kron(G, A)`` is the GGN block of W^l flattened row-major.
+    """
+    return _kflr(net, params, X, Y)
+
+
+def kfac(net: MLP, params: Params, X: Array, Y: Array, *, key: Array) -> tuple:
+    """`kflr`'s (A, G) with G estimated from one sampled target per example, eq. (16)."""
+    return _kfac(net, params, X, Y, key)
+
+
+def diag_hessian(net: MLP, params: Params, X: Array, Y: Array) -> Params:
+    """The exact diagonal of ∇²Ē, σ'' terms included, by equation (17)."""
+    return _diag_hessian(net, params, X, Y)
+
+
+def hvp(net: MLP, params: Params, X: Array, Y: Array, v: Params) -> Params:
+    """∇²Ē · v by Pearlmutter's R-operator, equations (18), (19); v shaped like params."""
+    return _hvp(net, params, X, Y, v)
+
+
+def ggn_vp(net: MLP, params: Params, X: Array, Y: Array, v: Params) -> Params:
+    """G · v = (1/B) Σ_b J_bᵀ H_b J_b v, by (18), (11) and (1)–(3); v shaped like params."""
+    return _ggn_vp(net, params, X, Y, v)

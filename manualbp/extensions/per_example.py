@@ -15,8 +15,8 @@ normed without ever forming g_b:
 
 Each equation is one function on the batched Δ^l (B, N_l) and A^{l-1}
 (B, N_{l-1}). Equations (5)–(7) replace (2) and (3) in the very loop that
-computes the gradient (`backprop.backward_with_deltas` with another
-`Equations` set), so a quantity costs what the gradient costs. Definitions
+computes the gradient (`backprop.backward`, the one recursion, with
+another `Equations` set), so a quantity costs what the gradient costs. Definitions
 (pinned): E_b is example b's own loss, Ē = (1/B) Σ_b E_b, g_b = ∂E_b/∂θ.
 Nothing here calls autodiff.
 
@@ -27,21 +27,21 @@ params order, in the parameters' dtype.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from manualbp import validation
+from manualbp._entry import entry_point, value_like_params
 from manualbp.backprop import (
     Equations,
+    backward,
     backward_with_deltas,
     delta_L_batch,
+    gradient_steps,
     hidden_delta_batch,
     weight_grad_sum,
 )
-from manualbp.gradients import in_compute_dtype, like_params
-from manualbp.network import MLP, Layer, Params, forward_pass_batch
+from manualbp.network import MLP, Layer, Params, forward_pass_batch, mean_loss_of
 
 Array = jax.Array
 
@@ -58,12 +58,25 @@ def weight_norm_squared(delta: Array, a_prev: Array) -> Array:
     (Σ_k δ^l_bk²)(Σ_j a^{l-1}_bj²): the norm of an outer product is the
     product of the norms. O(B (N_l + N_{l-1})) work, no (N_l, N_{l-1}) array.
     """
+    delta, a_prev = wide(delta), wide(a_prev)
     return jnp.sum(delta * delta, axis=1) * jnp.sum(a_prev * a_prev, axis=1)
 
 
 def bias_norm_squared(delta: Array) -> Array:
     """Eq. (5): ‖∂E_b/∂b^l‖² = ‖δ^l_b‖² for every b, by (3). Shape: (B,)."""
+    delta = wide(delta)
     return jnp.sum(delta * delta, axis=1)
+
+
+def wide(x: Array) -> Array:
+    """x in float32, or its own dtype where wider: 16-bit squares lose the clip's bound.
+
+    A bfloat16 sum of squares is off by up to about 1% (8 significant bits),
+    so a clip factor made from it let ‖c_b g_b‖ reach 1.0099 C; float16
+    squares also overflow above 256. The squares of 16-bit numbers are exact
+    in float32.
+    """
+    return x if jnp.finfo(x.dtype).bits >= 32 else x.astype(jnp.float32)
 
 
 def weight_sum_squared(delta: Array, a_prev: Array) -> Array:
@@ -98,16 +111,25 @@ def bias_variance(delta: Array) -> Array:
     return jnp.mean(delta * delta, axis=0) - mean * mean
 
 
-def clip_factors(norms_squared: Params, l2_clip: Array) -> Array:
-    """Eq. (8): c_b = min(1, C / ‖g_b‖), ‖g_b‖² = Σ_l (‖∂E_b/∂W^l‖² + ‖∂E_b/∂b^l‖²). Shape: (B,).
+def clip_factors(norms_squared: Params, l2_clip: float, dtype) -> Array:
+    """Eq. (8): c_b = min(1, C' / ‖g_b‖), ‖g_b‖² = Σ_l (‖∂E_b/∂W^l‖² + ‖∂E_b/∂b^l‖²). Shape: (B,).
 
-    ``norms_squared`` holds (5) for every layer; the norm is over all layers
-    together. Written as C / max(C, ‖g_b‖), which equals min(1, C / ‖g_b‖) for
-    C > 0 and is defined at ‖g_b‖ = 0: there c_b = 1 (a zero gradient is
-    within any clip and stays zero), with no 0/0 and no inf.
+    ``norms_squared`` holds (5) for every layer, in float32 or wider (`wide`);
+    the norm is over all layers together, and c_b comes out in that width.
+    Written as C' / max(C', ‖g_b‖), which equals min(1, C' / ‖g_b‖) and is
+    defined at ‖g_b‖ = 0: there c_b = 1 (a zero gradient is within any clip
+    and stays zero), with no 0/0 and no inf.
+
+    C' = C (1 − ε_dtype), ε_dtype the spacing of ``dtype`` at 1, the dtype
+    the rows c_b δ^l_b are rounded to before they are summed: that rounding
+    grows each entry by at most a factor 1 + ε_dtype / 2, so the clipped
+    example's contribution, as summed, keeps ‖c_b g_b‖ ≤ C (tested in
+    bfloat16 and float16, where ε is 2⁻⁷ and 2⁻¹⁰).
     """
     total = sum(layer.W + layer.b for layer in norms_squared)
-    return l2_clip / jnp.maximum(l2_clip, jnp.sqrt(total))
+    margin = 1.0 - float(jnp.finfo(dtype).eps)
+    clip = jnp.asarray(l2_clip * margin, total.dtype)
+    return clip / jnp.maximum(clip, jnp.sqrt(total))
 
 
 def clipped_weight_grad(c: Array, delta: Array, a_prev: Array) -> Array:
@@ -126,8 +148,8 @@ def clipped_bias_grad(c: Array, delta: Array) -> Array:
 
 
 def _scaled_rows(c: Array, delta: Array) -> Array:
-    """Row b of Δ^l times c_b / B."""
-    return (c / delta.shape[0])[:, None] * delta
+    """Row b of Δ^l times c_b / B, multiplied in c's width and rounded once to Δ^l's dtype."""
+    return ((c / delta.shape[0])[:, None] * delta.astype(c.dtype)).astype(delta.dtype)
 
 
 # Equations (5)–(7) in place of (2) and (3) in the backward pass: its Δ^L is the
@@ -138,34 +160,44 @@ VARIANCE = Equations(delta_L_batch, hidden_delta_batch, weight_variance, bias_va
 
 
 def clipped_mean_grad(
-    net: MLP, params: Params, X: Array, Y: Array, l2_clip: Array
+    net: MLP, params: Params, X: Array, Y: Array, l2_clip: float
 ) -> tuple[Array, Params]:
-    """(Ē, g) by (5), (8) and (9), in the dtype of params, X and Y (all one)."""
-    E, norms, deltas = backward_with_deltas(net, params, X, Y, NORMS)
-    # A^{l-1}: the forward pass backward_with_deltas ran; under jit XLA computes it once.
-    a = forward_pass_batch(net, params, X).a
-    c = clip_factors(norms, l2_clip)
+    """(Ē, g) by (5), (8) and (9), in the dtype of params, X and Y (all one).
+
+    One forward pass: its A^{l-1} feed both (5) and (9).
+    """
+    fwd = forward_pass_batch(net, params, X)
+    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
+    norms, deltas = backward(net, params, fwd, delta_L, *gradient_steps(*NORMS[1:]))
+    c = clip_factors(norms, l2_clip, X.dtype)
     grads = tuple(
         Layer(W=clipped_weight_grad(c, delta, a_prev), b=clipped_bias_grad(c, delta))
-        for delta, a_prev in zip(deltas, a[:-1], strict=True)
+        for delta, a_prev in zip(deltas, fwd.a[:-1], strict=True)
     )
-    return E, grads
+    return mean_loss_of(net, fwd, Y), grads
 
 
-# --- the public functions: check, then a jitted program with the net static ---------------
+# --- the public functions, each built by _entry.entry_point ------------------------------
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _per_layer(net: MLP, params: Params, X: Array, Y: Array, equations: Equations) -> Params:
-    _, quantities, _ = backward_with_deltas(net, *in_compute_dtype(net, params, X, Y), equations)
-    return like_params(quantities, params)
+def _quantity(net: MLP, params: Params, X: Array, Y: Array, equations: Equations) -> Params:
+    """Equations (5), (6) or (7) in the places of (2) and (3) of the backward pass."""
+    return backward_with_deltas(net, params, X, Y, equations)[1]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _clipped_value_and_grad(net: MLP, params: Params, X: Array, Y: Array, l2_clip: float):
-    p, X, Y = in_compute_dtype(net, params, X, Y)
-    E, grads = clipped_mean_grad(net, p, X, Y, jnp.asarray(l2_clip, X.dtype))
-    return E, like_params(grads, params)
+def _check_batch(net, params, X, Y, equations):
+    return (*validation.check_batch(net, params, X, Y), equations)
+
+
+def _check_clip(net, params, X, Y, l2_clip):
+    # A Python float: jit's fast path passes it without building an array per call.
+    return (*validation.check_batch(net, params, X, Y), check_l2_clip(l2_clip))
+
+
+_per_layer = entry_point(_quantity, _check_batch, static=(0,))
+_clipped_value_and_grad = entry_point(
+    clipped_mean_grad, _check_clip, uncast=(0,), back=value_like_params
+)
 
 
 def batch_l2(net: MLP, params: Params, X: Array, Y: Array) -> Params:
@@ -175,7 +207,6 @@ def batch_l2(net: MLP, params: Params, X: Array, Y: Array) -> Params:
         One ``Layer(W=(B,), b=(B,))`` per layer: ‖∂E_b/∂W^l‖²_F = ‖δ^l_b‖² ‖a^{l-1}_b‖²
         and ‖∂E_b/∂b^l‖² = ‖δ^l_b‖², for b = 1..B.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, NORMS)
 
 
@@ -185,7 +216,6 @@ def sum_grad_squared(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, SUM_SQUARED)
 
 
@@ -195,7 +225,6 @@ def variance(net: MLP, params: Params, X: Array, Y: Array) -> Params:
     Returns:
         One ``Layer(W, b)`` per layer, shaped like params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
     return _per_layer(net, params, X, Y, VARIANCE)
 
 
@@ -207,8 +236,9 @@ def clipped_value_and_grad(
     g = (1/B) Σ_b min(1, l2_clip / ‖g_b‖) g_b, where ‖g_b‖ is example b's
     gradient norm over all layers together, taken from `batch_l2`'s (5); the
     clipped sum is (c ⊙ Δ^l)ᵀ A^{l-1}, one matmul per layer. An example with
-    ‖g_b‖ = 0 has c_b = 1 (computed as l2_clip / max(l2_clip, ‖g_b‖), never
-    0/0) and adds nothing; one with ‖g_b‖ ≤ l2_clip is kept as it is.
+    ‖g_b‖ = 0 has c_b = 1 (computed as C' / max(C', ‖g_b‖), never 0/0) and
+    adds nothing; one with ‖g_b‖ ≤ C' is kept as it is, where C' is l2_clip
+    less a rounding margin of one ulp of the dtype (`clip_factors`).
 
     Args:
         net, params, X, Y: the network, its parameters and a batch.
@@ -217,9 +247,6 @@ def clipped_value_and_grad(
     Returns:
         (Ē, g), g with the structure and dtype of params.
     """
-    X, Y = validation.check_batch(net, params, X, Y)
-    l2_clip = check_l2_clip(l2_clip)
-    # A Python float: jit's fast path passes it without building an array per call.
     return _clipped_value_and_grad(net, params, X, Y, l2_clip)
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from manualbp import validation
+from manualbp._entry import in_compute_dtype
 from manualbp.extensions import _krylov
 from manualbp.extensions import curvature as C
 from manualbp.extensions._spectral_programs import (
@@ -42,7 +43,6 @@ from manualbp.extensions._spectral_programs import (
     residual_program,
     slq_program,
 )
-from manualbp.gradients import in_compute_dtype
 from manualbp.network import MLP, Params
 
 Array = jax.Array

@@ -354,6 +354,11 @@ def _fraction(row: dict, peak: dict) -> str:
     return text + f" of {paired['peak_gflops_median']:.0f}, paired"
 
 
+def _ci_header(paired_ratios) -> str:
+    """ " [95% CI]" over a column where some row has an interval; nothing over medians alone."""
+    return " [95% CI]" if any(paired["ci95"] for paired in paired_ratios) else ""
+
+
 def _ratio(paired: dict, digits: int = 3, unit: str = "") -> str:
     text = f"{paired['median']:.{digits}f}{unit}"
     if paired["ci95"]:
@@ -369,6 +374,7 @@ def _ms(seconds: float) -> str:
 def markdown(report: dict) -> str:
     """The report as markdown tables."""
     env, peak = report["environment"], report["matmul"]
+    ci = _ci_header(row["paired_manual_over_autodiff"] for row in report["configs"])
     lines = [
         f"Device: {env['device']} ({env['cpu_count']} CPUs visible); jax {env['versions']['jax']}; "
         f"load average at start {env['loadavg'][0]:.2f}.",
@@ -376,7 +382,7 @@ def markdown(report: dict) -> str:
         f"{', '.join(str(rate['n']) for rate in peak['sizes'])}; at {peak['n']}): "
         f"{peak['gflops_median']:.1f} GFLOP/s.",
         "",
-        "| config | B | manual ms | autodiff ms | manual/autodiff [95% CI] | manual GFLOP/s "
+        f"| config | B | manual ms | autodiff ms | manual/autodiff{ci} | manual GFLOP/s "
         "| % of matmul | per-example ms | per-example/batch | new memory ms "
         "| compile s (manual, autodiff) | load |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -397,8 +403,13 @@ def markdown(report: dict) -> str:
         )
     lines += [
         "",
-        "manual/autodiff: median of the per-round ratios of back-to-back calls, with a "
-        "distribution-free 95% interval for it. % of matmul: over the peak above, or, "
+        "manual/autodiff: median of the per-round ratios of back-to-back calls"
+        + (
+            ", with a distribution-free 95% interval for it"
+            if ci
+            else " (too few rounds for a 95% interval)"
+        )
+        + ". % of matmul: over the peak above, or, "
         "where it says paired, over the best matmul rate timed in each of the row's own "
         "rounds (the median of those rates in GFLOP/s after 'of'). New memory: the time to return "
         "new arrays of the per-example gradients' shapes, filled with one value (the floor "
@@ -412,9 +423,11 @@ def markdown(report: dict) -> str:
             "the NumPy loop one epoch (samples/s, median):",
             "",
         ]
+        ci_a = _ci_header(row["paired_manual_over_autodiff"] for row in training["batches"])
+        ci_n = _ci_header(row["paired_manual_over_numpy"] for row in training["batches"])
         lines += [
-            "| mini-batch | manual | autodiff | manual/autodiff [95% CI] | NumPy loop "
-            "| manual/NumPy [95% CI] |",
+            f"| mini-batch | manual | autodiff | manual/autodiff{ci_a} | NumPy loop "
+            f"| manual/NumPy{ci_n} |",
             "|---|---|---|---|---|---|",
         ]
         for row in training["batches"]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 
 import jax
 
 from manualbp.records import environment
-from manualbp.tools import bench_curvature, bench_extensions, fashion_bench, timing
+from manualbp.tools import bench_curvature, bench_extensions, fashion_bench, limits, timing
 from manualbp.tools.bench import (
     CONFIGS_BY_NAME,
     QUICK_CONFIGS,
@@ -23,7 +24,7 @@ from manualbp.tools.bench import (
     bench_training,
     markdown,
 )
-from manualbp.tools.console import output_path
+from manualbp.tools.console import Parser, UserError, list_argument, output_path
 
 
 def _extensions(repeats):
@@ -46,33 +47,26 @@ SECTIONS = {
 """Extra sections: (run with the repeats, render as markdown)."""
 
 
-def _sections(parser, args) -> list[str]:
-    if args.sections is None:
-        return [] if args.quick else list(SECTIONS)
-    names = [name.strip() for name in args.sections.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SECTIONS]
-    if unknown:
-        parser.error(f"--sections: unknown {unknown}; expected some of {', '.join(SECTIONS)}")
-    return names
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="manualbp bench", description=__doc__.split("\n\n")[0].replace("\n", " ")
-    )
+def _parser() -> Parser:
+    parser = Parser(prog="manualbp bench", description=__doc__.split("\n\n")[0].replace("\n", " "))
     parser.add_argument(
         "--configs",
-        help=f"comma-separated subset of {', '.join(CONFIGS_BY_NAME)} "
-        f"(default: all; with --quick: {','.join(QUICK_CONFIGS)})",
+        **list_argument(str),
+        help=f"a subset of {', '.join(CONFIGS_BY_NAME)}, by commas or spaces "
+        f"(default: all; with --quick: {' '.join(QUICK_CONFIGS)})",
     )
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed repeats per variant (default: adaptive)"
+        "--repeats",
+        type=int,
+        metavar="INT",
+        help="timed repeats per variant (default: adaptive)",
     )
     parser.add_argument(
         "--budget",
         type=float,
         default=15.0,
-        help="seconds of timed calls per configuration when --repeats is not given",
+        metavar="FLOAT",
+        help="seconds of timed calls per configuration when --repeats is not given (default 15)",
     )
     parser.add_argument(
         "--quick",
@@ -82,14 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-training", action="store_true", help="skip the training rows")
     parser.add_argument(
         "--sections",
-        help="comma-separated extra sections, of "
-        f"{', '.join(SECTIONS)} (default: all; with --quick: none)",
+        **list_argument(str),
+        help=f"extra sections, of {', '.join(SECTIONS)}, by commas or spaces "
+        "(default: all; with --quick: none)",
     )
     parser.add_argument(
         "--per-example-limit-gib",
         type=float,
         default=2.0,
-        help="skip per-example gradients that would take more memory than this",
+        metavar="FLOAT",
+        help="skip per-example gradients that would take more memory than this (default 2)",
     )
     parser.add_argument(
         "--json", metavar="PATH", type=output_path, help="write the full report as JSON here"
@@ -100,18 +96,39 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _choose(names, known, flag: str) -> list[str]:
+    """The names of ``known`` given to ``flag``, each checked; a usage error names the rest."""
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UserError(
+            f"{flag}: unknown {', '.join(unknown)}; expected some of {', '.join(known)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def check_args(args) -> argparse.Namespace:
+    """Every argument, resolved and checked before any timing: configs, sections, numbers."""
+    default_configs = QUICK_CONFIGS if args.quick else tuple(CONFIGS_BY_NAME)
+    args.configs = _choose(args.configs or default_configs, CONFIGS_BY_NAME, "--configs")
+    default_sections = () if args.quick else tuple(SECTIONS)
+    args.sections = _choose(
+        default_sections if args.sections is None else args.sections, SECTIONS, "--sections"
+    )
+    if args.repeats is not None:
+        limits.check_at_least(args.repeats, 1, "--repeats", "a repeat count")
+    if not (math.isfinite(args.budget) and args.budget > 0):
+        raise UserError(f"--budget: expected a positive number of seconds, got {args.budget}")
+    if not args.per_example_limit_gib >= 0:
+        raise UserError(
+            f"--per-example-limit-gib: expected 0 or more, got {args.per_example_limit_gib}"
+        )
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the markdown tables; return 0 (2 for a bad argument)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.configs is None:
-        args.configs = ",".join(QUICK_CONFIGS if args.quick else CONFIGS_BY_NAME)
-    names = [name.strip() for name in args.configs.split(",") if name.strip()]
-    unknown = [name for name in names if name not in CONFIGS_BY_NAME]
-    if unknown or not names:
-        parser.error(f"--configs: unknown {unknown}; expected some of {', '.join(CONFIGS_BY_NAME)}")
-    if args.repeats is not None and args.repeats < 1:
-        parser.error("--repeats must be at least 1")
+    args = check_args(_parser().parse_args(argv))
+    names = args.configs
     repeats = 2 if args.quick and args.repeats is None else args.repeats
     budget = 0.5 if args.quick else args.budget
     on_cpu = jax.default_backend() == "cpu"
@@ -147,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             repeats=repeats or 20,
         )
     report["sections"] = {}
-    for name in _sections(parser, args):
+    for name in args.sections:
         print(f"# {name} ...", file=sys.stderr, flush=True)
         report["sections"][name] = SECTIONS[name][0](repeats)
     report["loadavg_end"] = os.getloadavg()

@@ -141,17 +141,25 @@ def bench_split(repeats: int, batch: int, k: int = 20) -> dict:
 
 
 def markdown(result: dict) -> str:
-    top, split = result["top1"], result["split"]
-    ci = top["ratio"]["ci95"]
-    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-    lines = [
-        "| row | manual | autodiff | ratio [95% CI] | target | met |",
-        "|---|---|---|---|---|---|",
-        f"| top-1 λ = {top['eigenvalue']:.4g} to ‖Hv − λv‖/|λ| ≤ {RELATIVE_RESIDUAL:g}, "
-        f"m = {top['steps']}, {top['net']} | {1e3 * top['manual_s']['median_s']:.0f} ms | "
-        f"{1e3 * top['autodiff_s']['median_s']:.0f} ms | {top['ratio']['median']:.2f}{interval} "
-        f"| ≤ {TARGET:g} | {'yes' if top['met'] else 'no'} |",
-        "",
+    lines = []
+    if "top1" in result:
+        top = result["top1"]
+        ci = top["ratio"]["ci95"]
+        interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+        lines += [
+            "| row | manual | autodiff | ratio [95% CI] | target | met |",
+            "|---|---|---|---|---|---|",
+            f"| top-1 λ = {top['eigenvalue']:.4g} to ‖Hv − λv‖/|λ| ≤ {RELATIVE_RESIDUAL:g}, "
+            f"m = {top['steps']}, {top['net']} | {1e3 * top['manual_s']['median_s']:.0f} ms | "
+            f"{1e3 * top['autodiff_s']['median_s']:.0f} ms | "
+            f"{top['ratio']['median']:.2f}{interval} | ≤ {TARGET:g} | "
+            f"{'yes' if top['met'] else 'no'} |",
+            "",
+        ]
+    if "split" not in result:
+        return "\n".join(lines)
+    split = result["split"]
+    lines += [
         f"Split of k = {split['k']} Lanczos steps, {split['net']}, n = {split['parameters']:,}:",
         "",
         "| part | median s |",
@@ -170,12 +178,13 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds per row")
     parser.add_argument("--large-batch", type=int, default=256, help="B for the split's net")
     parser.add_argument("--json", default=None, help="write every time to this JSON file")
+    parser.add_argument("--only", choices=("top1", "split"), default=None, help="one row only")
     args = parser.parse_args(argv)
-    result = {
-        "environment": environment(machine=True),
-        "top1": bench_top1(args.repeats),
-        "split": bench_split(max(3, args.repeats // 3), args.large_batch),
-    }
+    result = {"environment": environment(machine=True)}
+    if args.only != "split":
+        result["top1"] = bench_top1(args.repeats)
+    if args.only != "top1":
+        result["split"] = bench_split(max(3, args.repeats // 3), args.large_batch)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, default=str)

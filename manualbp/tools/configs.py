@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from manualbp.tools.console import guarded, list_argument
+from manualbp.tools import limits
+from manualbp.tools.console import Parser, guarded, list_argument, metavar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ def _argument(name: str, hint: Any, default: Any) -> dict[str, Any]:
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
         return list_argument(args[0])
     if hint in (int, float, str):
-        return {"type": hint, "metavar": hint.__name__.upper()}
+        return {"type": hint, "metavar": metavar(hint, name)}
     raise TypeError(f"{name}: unsupported config field type {hint}")
 
 
@@ -103,7 +104,7 @@ def build_parser(
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"expected a dataclass, got {cls!r}")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=prog,
         description=description and inspect.cleandoc(description),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -138,11 +139,13 @@ def parse_config(
 def run_main(main, cls: type, description: str | None = None) -> int:
     """The ``__main__`` entry of an experiment: parse ``sys.argv``, run ``main``.
 
-    Returns 0; an error is one line and status 2 or 1 (`console.guarded`).
+    Returns 0; an error is one line and status 2 or 1 (`console.guarded`). The
+    one seed every experiment has is checked before ``main`` starts.
     """
     config = parse_config(cls, description=description)
 
     def run() -> int:
+        limits.check_seed(config.seed)
         main(config)
         return 0
 

@@ -115,8 +115,10 @@ def bench_fashion_epoch(
     Returns:
         {"skipped": reason} without the Fashion-MNIST files or scikit-learn;
         else the per-trainer timing summaries (of calls of `EPOCHS` epochs),
-        ``epoch_s`` per trainer, ``paired`` ratios, ``cpu_over_wall`` of the
-        timed rounds, and with ``peak`` the ``peak`` and ``fraction_of_peak``.
+        ``epoch_s`` (wall) and ``cpu_epoch_s`` (the process's CPU time) per
+        trainer, ``paired`` ratios of wall times and ``paired_cpu`` of CPU times,
+        ``cpu_over_wall`` of the timed rounds, and with ``peak`` the ``peak`` and
+        ``fraction_of_peak``.
     """
     if dtype == "float64" and not jax.config.jax_enable_x64:
         raise ValueError("dtype float64: expected JAX's x64 switched on, got it off")
@@ -131,8 +133,9 @@ def bench_fashion_epoch(
     fns = _trainer_calls(X, Y, dtype, trainers)
     load_before = os.getloadavg()
     first = timing.first_calls(fns)
+    cpu_s = {name: [] for name in fns}
     wall, cpu = time.perf_counter(), time.process_time()
-    times = timing.interleaved(fns, repeats)
+    times = timing.interleaved(_cpu_timed(fns, cpu_s), repeats)
     cpu_over_wall = (time.process_time() - cpu) / (time.perf_counter() - wall)
     flops = epoch_flops(SIZES, X.shape[0], BATCH)
     result = {
@@ -153,8 +156,29 @@ def bench_fashion_epoch(
         result[name]["gflops"] = flops / epoch_s / 1e9
         if peak:
             result[name]["fraction_of_peak"] = result[name]["gflops"] / measured["gflops_median"]
+    for name in fns:
+        result[name]["cpu_epoch_s"] = float(np.median(cpu_s[name])) / EPOCHS
     result["paired"] = _paired(times)
+    result["paired_cpu"] = _paired(cpu_s)
     return result
+
+
+def _cpu_timed(fns: dict, cpu_s: dict) -> dict:
+    """The same calls, each appending the process's CPU seconds it took to ``cpu_s[name]``.
+
+    On a shared machine a call's wall time includes the time it waited for a core; its CPU
+    time does not (with one thread, it is the work itself; with more, their sum).
+    """
+
+    def timed(name, fn):
+        def call():
+            start = time.process_time()
+            jax.block_until_ready(fn())
+            cpu_s[name].append(time.process_time() - start)
+
+        return call
+
+    return {name: timed(name, fn) for name, fn in fns.items()}
 
 
 def _paired(times: dict) -> dict:
@@ -192,16 +216,20 @@ def markdown(result: dict) -> str:
     names = [name for name in TRAINERS if name in result]
     has_peak = "peak" in result
     lines = [
-        "| trainer | s / epoch | GFLOP/s |" + (" of matmul peak |" if has_peak else ""),
-        "|---|---|---|" + ("---|" if has_peak else ""),
+        "| trainer | s / epoch | CPU s / epoch | GFLOP/s |"
+        + (" of matmul peak |" if has_peak else ""),
+        "|---|---|---|---|" + ("---|" if has_peak else ""),
     ]
     for name in names:
         row = result[name]
         share = f" {row['fraction_of_peak']:.0%} |" if has_peak else ""
-        lines.append(f"| {name} | {row['epoch_s']:.3f} | {row['gflops']:.0f} |{share}")
-    paired = result["paired"]
+        lines.append(
+            f"| {name} | {row['epoch_s']:.3f} | {row['cpu_epoch_s']:.3f} | {row['gflops']:.0f} |"
+            + share
+        )
+    paired, paired_cpu = result["paired"], result["paired_cpu"]
     texts = [
-        f"{label} time {_ratio(paired[key])}"
+        f"{label} time {_ratio(paired[key])} (CPU time {_ratio(paired_cpu[key])})"
         for key, label in (
             ("sklearn_over_manual_time", "scikit-learn / manual"),
             ("manual_over_autodiff_time", "manual / autodiff"),
@@ -266,11 +294,15 @@ def thread_settings(rounds: int) -> list[dict]:
             result = {"dtype": dtype, **json.loads(output.stdout.strip().splitlines()[-1])}
             results.append(result)
             if "skipped" not in result:
-                paired = result["paired"]["sklearn_over_manual_time"]
+                wall = result["paired"]["sklearn_over_manual_time"]["median"]
+                cpu = result["paired_cpu"]["sklearn_over_manual_time"]["median"]
+                manual, sklearn = result["manual"], result["sklearn"]
                 print(
-                    f"threads {threads}, {dtype}: manual {result['manual']['epoch_s']:.3f} s/epoch,"
-                    f" sklearn {result['sklearn']['epoch_s']:.3f}; paired sklearn / manual "
-                    f"{paired['median']:.2f}; CPU / wall {result['cpu_over_wall']:.2f}"
+                    f"threads {threads}, {dtype}: s/epoch manual {manual['epoch_s']:.3f} wall "
+                    f"{manual['cpu_epoch_s']:.3f} CPU, sklearn {sklearn['epoch_s']:.3f} wall "
+                    f"{sklearn['cpu_epoch_s']:.3f} CPU; paired sklearn / manual {wall:.2f} wall, "
+                    f"{cpu:.2f} CPU; CPU / wall {result['cpu_over_wall']:.2f}",
+                    flush=True,
                 )
     return results
 

@@ -32,6 +32,8 @@ def train_side_by_side(
     progress: bool = False,
     metrics: Sequence[str] = ("loss", "test_loss", "test_accuracy"),
     checkpoint_dir: str | None = None,
+    check_every: int | None = None,
+    privacy=None,
     resume: str = "same",
 ) -> dict[str, Any]:
     """`manualbp.training` once per gradient path, from the same params, key and optimizer.
@@ -39,9 +41,11 @@ def train_side_by_side(
     Every epoch's metrics go to ``metrics.jsonl`` with ``grad`` set; the curves
     of ``metrics`` (those the history has) go to ``curves.png``, one axis per
     metric with every path on it. With ``checkpoint_dir``, each path saves to
-    and resumes from ``<checkpoint_dir>/<grad>/``, and a resumed or already
-    finished checkpoint is announced on stderr (only the epochs trained now
-    are logged); ``resume`` is `mbp.train`'s.
+    and resumes from ``<checkpoint_dir>/<grad>/``; only the epochs trained now
+    are logged. A resume is announced once it is accepted, never before: by
+    `mbp.train` itself with ``progress``, else here after the path finished.
+    ``check_every`` (the gradient check) and ``resume`` are `mbp.train`'s;
+    ``privacy`` (an `mbp.DPSGD`) trains each path with DP-SGD.
 
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
@@ -51,8 +55,12 @@ def train_side_by_side(
     results, seconds = {}, {}
     for grad in grads:
         directory = None if checkpoint_dir is None else str(Path(checkpoint_dir) / grad)
-        if directory is not None:
-            announce_checkpoint(directory, epochs, grad)
+        logged = []
+
+        def log(record, grad=grad, logged=logged):
+            logged.append(record["epoch"])
+            run.log(grad=grad, **record)
+
         started = time.perf_counter()
         results[grad] = mbp.train(
             net,
@@ -64,40 +72,35 @@ def train_side_by_side(
             key=key,
             grad=grad,
             eval_data=eval_data,
+            check_every=check_every,
             progress=progress,
             checkpoint_dir=directory,
             resume=resume,
-            callback=lambda record, grad=grad: run.log(grad=grad, **record),
+            callback=log,
+            privacy=privacy,
         )
         seconds[grad] = time.perf_counter() - started
+        if not progress and (not logged or logged[0] > 1):
+            print(_resumed_line(grad, directory, logged, epochs), file=sys.stderr)
+    _plot(run, results, grads, metrics)
+    return {**results, "seconds": seconds}
+
+
+def _plot(run: Run, results: Mapping[str, Any], grads: Sequence[str], metrics: Sequence[str]):
+    """``curves.png``: one axis per metric the history has, every gradient path on it."""
     metrics = [m for m in metrics if m in results[grads[0]].history[0]]
     panels = {
         metric: {grad: [h[metric] for h in results[grad].history] for grad in grads}
         for metric in metrics
     }
     run.plot("curves.png", panels, logy=[m for m in metrics if m.endswith("loss")])
-    return {**results, "seconds": seconds}
 
 
-def announce_checkpoint(directory: str, epochs: int, grad: str) -> int:
-    """Say on stderr that ``mbp.train`` will resume the checkpoint in ``directory``, if any.
-
-    Returns the epochs it has completed (0 for none). An unreadable checkpoint
-    is not judged here: ``mbp.train`` refuses it with the reason.
-    """
-    done = completed_epochs(directory)
-    if done >= epochs:
-        print(
-            f"{grad}: the checkpoint in {directory} has completed {done} of {epochs} epochs; "
-            "nothing to train (move it away, or raise --epochs, to train more)",
-            file=sys.stderr,
-        )
-    elif done:
-        print(
-            f"{grad}: resuming the checkpoint in {directory} after epoch {done} of {epochs}",
-            file=sys.stderr,
-        )
-    return done
+def _resumed_line(grad: str, directory: str, logged: list[int], epochs: int) -> str:
+    if not logged:
+        return f"{grad}: the checkpoint in {directory} already held all {epochs} epochs"
+    after = logged[0] - 1
+    return f"{grad}: resumed from the checkpoint in {directory} after epoch {after} of {epochs}"
 
 
 def completed_epochs(directory: str | Path) -> int:

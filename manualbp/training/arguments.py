@@ -16,8 +16,8 @@ import optax
 from jax.sharding import Mesh
 
 from manualbp import validation
-from manualbp.network import param_dtype
-from manualbp.training import privacy as dp
+from manualbp.parameters import param_dtype
+from manualbp.training import accounting, dpsgd
 
 GRAD_PATHS = ("manual", "autodiff")
 
@@ -67,7 +67,11 @@ def check_settings(settings: Settings, n: int) -> Settings:
     if check_every is not None:
         check_every = _check_integer("check_every", check_every, 1, "a positive integer or None")
     _check_mesh(settings.mesh, batch_size)
-    dp.check(settings.privacy, settings.grad, settings.shuffle)
+    dpsgd.check(settings.privacy, settings.grad, settings.shuffle)
+    dpsgd.check_held_out(settings.privacy, check_every, settings.eval_data)
+    dpsgd.check_mesh(settings.privacy, batch_size, settings.mesh)
+    if settings.privacy is not None:
+        accounting.check_installed()
     return settings._replace(epochs=epochs, batch_size=batch_size, check_every=check_every)
 
 

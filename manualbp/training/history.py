@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from manualbp import tolerance
-from manualbp.network import param_dtype
+from manualbp.parameters import param_dtype
 from manualbp.training import programs
 from manualbp.training.checkpoint import to_host
 
@@ -36,11 +36,14 @@ def grad_check(net, params, X, Y) -> dict:
 
 
 def divergence_message(epoch, losses, checkpoint_dir) -> str:
-    bad = np.flatnonzero(~np.isfinite(losses))
+    """Where the epoch went non-finite; ``losses`` is None for a private epoch (no loss)."""
+    bad = np.flatnonzero(~np.isfinite(losses)) if losses is not None else np.array([])
     if bad.size:
         where = f"loss {losses[bad[0]]} at step {bad[0] + 1} of {losses.size}"
-    else:
+    elif losses is not None:
         where = f"non-finite parameters after step {losses.size} of {losses.size}"
+    else:
+        where = "non-finite parameters"
     kept = (
         f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
         if checkpoint_dir is not None and epoch > 1
@@ -59,11 +62,18 @@ def resume_line(start: int, epochs: int, checkpoint_dir) -> str:
 
 
 def progress_line(record: dict, epochs: int, grad: str, seconds: float) -> str:
+    """One epoch's line; a private run's has no training loss, and states ε, δ and the
+    adjacency they hold for."""
     width = len(str(epochs))
-    parts = [f"{grad:<8} epoch {record['epoch']:>{width}}/{epochs}", f"loss {record['loss']:.6g}"]
-    for name in ("test_loss", "test_accuracy", "epsilon"):
+    parts = [f"{grad:<8} epoch {record['epoch']:>{width}}/{epochs}"]
+    for name in ("loss", "test_loss", "test_accuracy"):
         if name in record:
             parts.append(f"{name} {record[name]:.6g}")
+    if "epsilon" in record:
+        parts.append(
+            f"ε {record['epsilon']:.4g} at δ {record['delta']:g} ({record['accountant']}, "
+            f"{record['adjacency']}, {record['steps']} steps)"
+        )
     if "grad_check" in record:
         check = record["grad_check"]
         verdict = "ok" if check["passed"] else "FAILED"

@@ -35,10 +35,19 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from manualbp.network import MLP, Params, param_dtype
-from manualbp.training import arguments, checkpoint, history, memory, processes, programs
-from manualbp.training import privacy as dp
+from manualbp.network import MLP, Params
+from manualbp.parameters import param_dtype
+from manualbp.training import (
+    accounting,
+    arguments,
+    checkpoint,
+    history,
+    memory,
+    processes,
+    programs,
+)
 from manualbp.training.checkpoint import to_host
+from manualbp.training.dpsgd import DPSGD
 from manualbp.training.placement import place, place_data, place_key, shardings
 
 Array = jax.Array
@@ -79,7 +88,7 @@ def train(
     compute_dtype=None,
     shuffle: bool = True,
     callback: Callable[[dict], None] | None = None,
-    privacy: dp.DPSGD | None = None,
+    privacy: DPSGD | None = None,
     resume: str = "same",
 ) -> TrainResult:
     """Train ``net`` from ``params`` with ``optimizer`` on (X, Y) for ``epochs`` epochs.
@@ -104,8 +113,9 @@ def train(
         eval_data: optional (X_test, Y_test), evaluated after every epoch.
         check_every: every this many epochs, compare the manual and autodiff
             gradients at the current parameters on the first ``batch_size``
-            training examples, with `manualbp.tolerance`'s rule, and record
-            the outcome in the history. The check never stops training.
+            training examples (with ``privacy``, of ``eval_data``), with
+            `manualbp.tolerance`'s rule, and record the outcome in the
+            history. The check never stops training.
         checkpoint_dir: after every epoch, save the run there atomically
             (`manualbp.training.checkpoint`). It is checked writable and locked for
             this run before the first epoch. If it already holds a checkpoint
@@ -132,12 +142,16 @@ def train(
         callback: called with each epoch's history entry, after its
             checkpoint is written.
         privacy: ``mbp.DPSGD(l2_clip=C, noise_multiplier=σ)`` trains with
-            DP-SGD: each step's gradient is the clipped mean (1/B) Σ_b
-            min(1, C / ‖g_b‖) g_b plus Gaussian noise of standard deviation
-            σ C / B, drawn from the run's key (`manualbp.training.privacy`,
-            equation (9)). Needs ``grad="manual"``, ``shuffle=True`` and the
-            dp-accounting package; the accountant assumes Poisson sampling
-            of the fixed-size shuffled batches (see that module).
+            DP-SGD (`manualbp.training.dpsgd`, docs/derivation.md equation
+            (9′)): each step is a Poisson sample, every example included
+            independently with rate q = batch_size / n, so ``batch_size`` is
+            the expected batch size B̄; each example's gradient is clipped to
+            C, noise N(0, σ²C²) is added to the clipped sum, and the sum is
+            divided by B̄. The history's ε is dp-accounting's bound for exactly
+            that sampling, under add-or-remove-one adjacency. Needs
+            ``grad="manual"``, ``shuffle=True`` and the dp-accounting package;
+            the history then holds no training loss, and ``check_every``
+            checks on ``eval_data`` (required).
         resume: with a checkpoint of this run in ``checkpoint_dir``,
             ``"same"`` resumes only when the caller passes what the run
             started with: the same starting params and an optimizer whose
@@ -148,13 +162,14 @@ def train(
 
     Returns:
         `TrainResult` (params, opt_state, history, key). ``history`` is a list
-        with one dict per epoch: ``epoch`` (1-based); ``loss``, the mean over
-        the epoch's steps of each mini-batch's loss before its update; with
-        ``eval_data``, ``test_loss`` and, when ``net.classifier``,
-        ``test_accuracy``; on checked epochs ``grad_check`` =
-        {``max_rel_error``, ``rtol``, ``passed``}; with ``privacy``,
-        ``epsilon`` at ``delta``, for every step so far. Every value is a plain
-        Python number, so the history is JSON-able.
+        with one dict per epoch: ``epoch`` (1-based); without ``privacy``,
+        ``loss``, the mean over the epoch's steps of each mini-batch's loss
+        before its update; with ``eval_data``, ``test_loss`` and, when
+        ``net.classifier``, ``test_accuracy``; on checked epochs
+        ``grad_check`` = {``max_rel_error``, ``rtol``, ``passed``}; with
+        ``privacy``, ``epsilon`` at ``delta`` after ``steps`` steps, the
+        ``accountant`` and the ``adjacency``. Every value is a plain Python
+        value, so the history is JSON-able.
 
     Raises:
         DivergenceError: a loss or parameter became inf or NaN; the error names
@@ -242,13 +257,14 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     statics = dict(
         net=net,
         optimizer=optimizer,
-        grad=settings.grad,
         batch_size=settings.batch_size,
         compute_dtype=settings.compute_dtype,
         batch_sharding=batch_sharding,
-        shuffle=bool(settings.shuffle),
-        privacy=settings.privacy,
     )
+    if settings.privacy is None:
+        statics.update(grad=settings.grad, shuffle=bool(settings.shuffle))
+    else:
+        statics.update(privacy=settings.privacy)
     run = _Run(
         net,
         optimizer,
@@ -328,31 +344,47 @@ def _restore(run: _Run, state: _State, saved: checkpoint.Checkpoint, checkpoint_
 
 def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
     """One compiled epoch, then its history entry; nothing of a diverged epoch is kept."""
-    params, opt_state, key, losses, finite = programs.epoch(
-        state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
-    )
-    losses = to_host(losses)
+    if run.settings.privacy is None:
+        params, opt_state, key, losses, finite = programs.epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = to_host(losses)
+    else:  # no loss: that of the private training data is not released
+        params, opt_state, key, finite, _ = programs.private_epoch(
+            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
+        )
+        losses = None
     if not to_host(finite):
         message = history.divergence_message(epoch, losses, checkpoint_dir)
         raise history.DivergenceError(message, epoch, state.history)
     _refuse_a_nan_optimizer_state(opt_state, epoch, state, checkpoint_dir)  # reliability hook
     state.params, state.opt_state, state.key = params, opt_state, key
-    settings = run.settings
-    record = {"epoch": epoch, "loss": float(np.mean(losses, dtype=np.float64))}
+    record = {"epoch": epoch}
+    if losses is not None:
+        record["loss"] = float(np.mean(losses, dtype=np.float64))
+    n, settings = run.X.shape[0], run.settings
     record.update(
-        dp.accounting(
-            settings.privacy, epoch=epoch, n=run.X.shape[0], batch_size=settings.batch_size
-        )
+        accounting.entries(settings.privacy, epoch=epoch, n=n, batch_size=settings.batch_size)
     )
-    if run.test is not None:
-        test_loss, accuracy = map(to_host, programs.evaluate(state.params, *run.test, net=run.net))
-        record["test_loss"] = float(test_loss)
-        if run.net.classifier:
-            record["test_accuracy"] = float(accuracy)
-    if settings.check_every is not None and epoch % settings.check_every == 0:
-        rows = slice(0, settings.batch_size)
-        record["grad_check"] = history.grad_check(run.net, state.params, run.X[rows], run.Y[rows])
+    record.update(_held_out_entries(run, state.params, epoch))
     return record
+
+
+def _held_out_entries(run: _Run, params, epoch: int) -> dict:
+    """Test loss and accuracy, and on checked epochs the gradient check: on the held-out
+    data, or for a run without privacy the check on the first B training examples."""
+    entries = {}
+    if run.test is not None:
+        test_loss, accuracy = map(to_host, programs.evaluate(params, *run.test, net=run.net))
+        entries["test_loss"] = float(test_loss)
+        if run.net.classifier:
+            entries["test_accuracy"] = float(accuracy)
+    settings = run.settings
+    if settings.check_every is not None and epoch % settings.check_every == 0:
+        X, Y = (run.X, run.Y) if settings.privacy is None else run.test
+        rows = slice(0, settings.batch_size)
+        entries["grad_check"] = history.grad_check(run.net, params, X[rows], Y[rows])
+    return entries
 
 
 def _refuse_a_nan_optimizer_state(opt_state, epoch: int, state: _State, checkpoint_dir) -> None:

@@ -33,7 +33,8 @@ import numpy as np
 
 from manualbp import validation
 from manualbp.backprop import EQUATIONS, Equations, backward_with_deltas
-from manualbp.network import MLP, Layer, Params, as_targets, param_dtype
+from manualbp.network import MLP, Layer, Params, as_targets
+from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import block_rows, plug_in_rows

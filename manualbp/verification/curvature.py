@@ -42,9 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import validation
+from manualbp._entry import in_compute_dtype
 from manualbp.extensions.curvature_equations import CURVATURE, CurvatureEquations, logits_are_f
-from manualbp.gradients import in_compute_dtype
-from manualbp.network import MLP, Params, forward_pass_batch, param_dtype
+from manualbp.network import MLP, Params, forward_pass_batch
+from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.compare import compare

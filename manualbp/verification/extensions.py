@@ -47,8 +47,8 @@ from manualbp.network import (
     example_loss,
     forward_pass,
     mean_loss,
-    param_dtype,
 )
+from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import compare

@@ -33,11 +33,12 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from manualbp import tolerance, validation
+from manualbp._entry import in_compute_dtype
 from manualbp.extensions import _krylov
 from manualbp.extensions import spectra as S
 from manualbp.extensions.curvature_equations import logits_are_f
-from manualbp.gradients import in_compute_dtype
-from manualbp.network import MLP, Params, forward_pass, mean_loss, param_dtype
+from manualbp.network import MLP, Params, forward_pass, mean_loss
+from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import compare
@@ -136,8 +137,8 @@ def _dense(net, p, X, Y, operator):
         return jax.hessian(lambda t: mean_loss(net, unravel(t), X, Y))(flat)
 
     def f(t, x):
-        zs, as_ = forward_pass(net, unravel(t), x)
-        return zs[-1] if logits_are_f(net) else as_[-1]
+        fwd = forward_pass(net, unravel(t), x)
+        return fwd.z[-1] if logits_are_f(net) else fwd.a[-1]
 
     loss_fn = net.fused_loss.fn if logits_are_f(net) else net.loss.fn
     J = jax.vmap(jax.jacrev(f), (None, 0))(flat, X)
