@@ -198,8 +198,10 @@ def test_a_transposed_equation_2_has_its_own_diagnosis(sizes):
 def test_a_loss_gradient_off_along_the_direction_softmax_removes():
     shifted = mbp.Loss("ce_shifted", losses.cross_entropy.fn, lambda y_hat, y: -y / y_hat + 3.0)
     report = run(mbp.MLP((4, 5, 3), "tanh", "softmax", shifted, fused=False))
-    assert [r.check for r in report.failures] == ["dE/dŷ"]
-    assert report.failures[0].diagnosis == NULL_DIRECTION
+    # The loss's own grid finds its ∂E/∂ŷ wrong, as it is; in the net it is harmless.
+    batch = [r for r in report.failures if "grid" not in r.check]
+    assert [r.check for r in batch] == ["dE/dŷ"]
+    assert batch[0].diagnosis == NULL_DIRECTION
 
 
 # --- the program that trains, and finite differences --------------------------------------

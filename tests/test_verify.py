@@ -112,7 +112,8 @@ def test_off_by_one_layer_in_equation_2():
 def test_wrong_loss_gradient():
     doubled = mbp.Loss("mse", losses.mse.fn, lambda y_hat, y: 2 * (y_hat - y))
     report = run(mbp.MLP(SQUARE, "tanh", "identity", doubled))
-    assert failing(report, "blocks") == {(None, 5)}
+    assert failing(report, "blocks") == {(None, 5), (None, None)}  # the batch, and its grid
+    assert all("grid (mse)" in r.check for r in report.failures if r.layer is None)
     assert [r.diagnosis for r in report.failures if r.check == "dE/dŷ"] == ["off by ×2"]
     assert failing(report, "eq") == {(4, 5)}
 
@@ -124,8 +125,10 @@ def test_a_one_percent_error_in_a_derivative_is_caught_in_float64():
     with jax.enable_x64():
         report = run(mbp.MLP(SQUARE, scaled, "identity", "mse"), dtype=jnp.float64)
     assert failing(report, "eq") == {(1, 2), (1, 3), (1, 4)}
-    assert diagnoses(report, 1) == {"off by ×1.01"}
-    assert failing(report, "blocks") == {(None, 2), (None, 3), (None, 4)}
+    # (1) itself is applied right: it only carries the σ' rows' error, and says so.
+    assert all(d.startswith("inherited: (1) applied right") for d in diagnoses(report, 1))
+    assert failing(report, "blocks") == {(None, 2), (None, 3), (None, 4), (None, None)}
+    assert all(r.diagnosis.startswith("off by ×1.01") for r in report.failures if r.check == "σ'")
 
 
 def test_finite_differences_are_a_third_witness_that_can_fail():
@@ -256,10 +259,12 @@ def test_cli_verifies_a_plugged_in_derivation(tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "r.json").read_text())["passed"] is False
     assert cli_main([*args, "--hidden", "mine_tanh:fixed_tanh"]) == 0
     assert "PASSED" in capsys.readouterr().out
-    # A failure on the activation's own grid fails the command even when the net passes.
+    # Wrong only where the batch never goes: the net's own report finds it on the grid of
+    # hard places, and says where the batch's z lay.
     assert cli_main([*args, "--hidden", "mine_tanh:far_tanh"]) == 1
     out = capsys.readouterr().out
-    assert "FAILED: activation 'far_tanh'" in out and "PASSED: MLP" in out
+    assert "FAILED: activation 'far_tanh'" in out and "FAILED: MLP" in out
+    assert "grid (far_tanh)" in out and "the batch's z" in out
 
 
 @pytest.mark.parametrize(

@@ -278,7 +278,7 @@ def diagnose(actual, reference, allowed: float = 0.0) -> str:
     if explains and abs(k - 1) * largest > allowed and abs(k) * largest > allowed:
         return _factor(k)
     worst = float(np.max(error))
-    if allowed > 0 and worst <= ROUNDING_SIZED * allowed:
+    if allowed > 0 and allowed < worst <= ROUNDING_SIZED * allowed:
         return (
             f"{worst / allowed:.2g}× the allowance: the size of a rounding error, not of a "
             "wrong formula (which is usually far beyond)"
