@@ -96,7 +96,8 @@ def test_every_row_agrees_across_the_catalogue(output, loss, fused, hidden, dtyp
     assert set(range(11, 20)) - {16} <= equations
     assert report.meta["reference"] == witnesses.reference_note(dtype)
     if dtype == jnp.float64:  # no higher precision: the reference is the witness
-        assert all(row.witness_eps == 0 for row in report.rows)
+        # (the statistical rows judge a mean in standard errors: no witness, no ε units)
+        assert all(row.witness_eps == 0 for row in report.rows if "statistical" not in row.check)
     else:
         assert any(row.witness_eps > 0 for row in report.rows)
 
