@@ -181,13 +181,24 @@ def _checks(name: str, *rest_checks, factor=False, second=False):
     records (a Hessian and its factor S; σ''), then each rest argument in turn."""
 
     def check(net, params, X, Y, *rest):
-        X, Y = validation.check_batch(net, params, X, Y)
-        _check_records(net, name, factor, second)
+        X, Y = check_quantity(net, params, X, Y, name, factor=factor, second=second)
         for check_one, argument in zip(rest_checks, rest, strict=True):
             check_one(net, params, argument)
         return (X, Y, *rest)
 
     return check
+
+
+def check_quantity(net: MLP, params: Params, X, Y, name: str, *, factor=False, second=False):
+    """The batch, and what quantity ``name`` needs from the net's records: the loss's
+    Hessian (and its factor S, with ``factor``), every σ'' (with ``second``).
+
+    Returns:
+        (X, Y) as arrays (`validation.check_batch`).
+    """
+    X, Y = validation.check_batch(net, params, X, Y)
+    _check_records(net, name, factor, second)
+    return X, Y
 
 
 def _check_records(net: MLP, name: str, factor: bool, second: bool) -> None:
@@ -219,7 +230,7 @@ def _samples(net, params, samples) -> None:
         raise ValueError(f"samples: expected a positive integer, got {samples!r}")
 
 
-def _direction(net: MLP, params: Params, v) -> None:
+def check_direction(net: MLP, params: Params, v) -> None:
     """v must be a tuple of `Layer`s with the shapes of params and floating dtypes."""
     if not isinstance(v, tuple) or len(v) != len(params):
         raise ValueError(
@@ -267,8 +278,8 @@ _diag_ggn_mc = entry_point(
 _kflr = entry_point(kron_layers, _checks("kflr", factor=True), back=_like_weights)
 _kfac = entry_point(_kfac_math, _checks("kfac", _key, factor=True), back=_like_weights)
 _diag_hessian = entry_point(diag_hessian_layers, _checks("diag_hessian", second=True))
-_hvp = entry_point(hvp_layers, _checks("hvp", _direction, second=True))
-_ggn_vp = entry_point(ggn_vp_layers, _checks("ggn_vp", _direction, factor=True))
+_hvp = entry_point(hvp_layers, _checks("hvp", check_direction, second=True))
+_ggn_vp = entry_point(ggn_vp_layers, _checks("ggn_vp", check_direction, factor=True))
 
 
 def diag_ggn(net: MLP, params: Params, X: Array, Y: Array) -> Params:

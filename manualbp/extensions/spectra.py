@@ -249,7 +249,9 @@ def _checked(net, params, X, Y, name: str, operator: str, batch_size, methods):
         raise ValueError(
             f"{name}: the data set has no examples (X has 0 rows); expected at least one"
         )
-    C._check(net, params, X, Y, name, factor=operator == "ggn", second=operator == "hessian")
+    C.check_quantity(
+        net, params, X, Y, name, factor=operator == "ggn", second=operator == "hessian"
+    )
     validation.check_finite(X, Y)
     if batch_size is not None:
         _check_count("batch_size", batch_size, None, "")
@@ -291,7 +293,7 @@ def _scale(net: MLP, params: Params, preconditioner):
     """s = P^{-1/2}, flat, or None; P must be finite and positive."""
     if preconditioner is None:
         return None
-    C._check_direction(net, params, preconditioner)
+    C.check_direction(net, params, preconditioner)
     P = np.asarray(ravel_pytree(preconditioner)[0], np.float64)
     if not (np.isfinite(P).all() and (P > 0).all()):
         raise ValueError("preconditioner: expected finite, positive entries (a diagonal P > 0)")

@@ -16,7 +16,14 @@ import sys
 import jax
 
 from manualbp.records import environment
-from manualbp.tools import bench_curvature, bench_extensions, fashion_bench, limits, timing
+from manualbp.tools import (
+    bench_curvature,
+    bench_extensions,
+    bench_spectra,
+    fashion_bench,
+    limits,
+    timing,
+)
 from manualbp.tools.bench import (
     CONFIGS_BY_NAME,
     QUICK_CONFIGS,
@@ -39,10 +46,19 @@ def _fashion(repeats):
     return fashion_bench.bench_fashion_epoch(repeats or 5)
 
 
+def _spectra(repeats):
+    repeats = repeats or 10
+    return {
+        "top1": bench_spectra.bench_top1(repeats),
+        "split": bench_spectra.bench_split(max(3, repeats // 3), batch=128),
+    }
+
+
 SECTIONS = {
     "extensions": (_extensions, bench_extensions.markdown),
     "curvature": (_curvature, bench_curvature.markdown),
     "fashion-mnist": (_fashion, fashion_bench.markdown),
+    "spectra": (_spectra, bench_spectra.markdown),
 }
 """Extra sections: (run with the repeats, render as markdown)."""
 
