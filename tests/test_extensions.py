@@ -270,9 +270,9 @@ def test_a_clip_of_its_own_is_caught(mutate):
     """Clipping at the batch's median norm, whatever l2_clip says: wrong at the other clips."""
     right = per_example.clip_factors
 
-    def median_clip(norms, l2_clip):
+    def median_clip(norms, l2_clip, dtype):
         total = sum(n.W + n.b for n in norms)
-        return right(norms, jnp.sqrt(jnp.median(total)))
+        return right(norms, jnp.sqrt(jnp.median(total)), dtype)
 
     mutate("clip_factors", median_clip)
     found = failures(mbp.verify_extensions(NET, *case()))
