@@ -186,3 +186,16 @@ def test_a_non_finite_product_is_one_clear_line():
         S.eigenpairs(net, params, X, Y, steps=20)
     with pytest.raises(FloatingPointError, match="product is not finite"):
         S.hutchinson_trace(net, params, X, Y, probes=10)
+
+
+def test_verify_curvature_gains_the_spectra_rows_and_says_why_the_hessian_is_left_out():
+    net, params, X, Y = tiny()
+    net = mbp.MLP(net.sizes, hidden=no_second_derivative(), output="softmax", loss="cross_entropy")
+    report = mbp.verify_curvature(net, params, X, Y, spectra=True)
+    spectra = [row for row in report.rows if row.check.startswith("spectra: ")]
+    judged = [row for row in spectra if row.judged]
+    assert judged and all(row.passed for row in judged), str(report)
+    assert {row.equation for row in judged} == {22, 23, 24, 25}
+    (left_out,) = [row for row in spectra if not row.judged]
+    assert left_out.check == "spectra: Hessian" and "σ''" in left_out.diagnosis
+    assert report.inconclusive, str(report)  # nothing judged failed; σ'' rows could not run

@@ -37,6 +37,8 @@ an end-to-end quantity through L − 1.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -54,6 +56,7 @@ from manualbp.verification.curvature_hessian import hessian_rows, r_rows
 from manualbp.verification.curvature_references import References
 from manualbp.verification.curvature_sampled import sampled_rows
 from manualbp.verification.report import Report, Row
+from manualbp.verification.spectra import verify_spectra
 
 Array = jax.Array
 
@@ -87,6 +90,7 @@ def verify_curvature(
     *,
     key: Array | None = None,
     equations: CurvatureEquations = CURVATURE,
+    spectra: bool = False,
 ) -> Report:
     """Check every curvature quantity equation by equation and layer by layer.
 
@@ -95,12 +99,17 @@ def verify_curvature(
         key: a `jax.random` key for the direction v of the vector products and
             the sampled targets (default ``jax.random.key(0)``).
         equations: the `CurvatureEquations` under test (default: manualbp's).
+        spectra: also check the spectra of equations (20)–(25) on these products:
+            `verify_spectra`'s rows for the GGN, and for the Hessian where every
+            activation the Hessian needs has σ'' (otherwise one row says why not).
 
     Returns:
         A `Report`.
     """
     key = jax.random.key(0) if key is None else key
     rows = curvature_rows(net, params, X, Y, key=key, equations=equations)
+    if spectra:
+        rows += _spectra_rows(net, params, X, Y, key)
     dtype = param_dtype(params)
     meta = {
         "subject": f"curvature of {net!r}",
@@ -110,6 +119,34 @@ def verify_curvature(
         **environment(),
     }
     return Report(tuple(rows), meta)
+
+
+def _spectra_rows(net: MLP, params: Params, X: Array, Y: Array, key: Array) -> list[Row]:
+    """`verify_spectra`'s rows for each operator these products define, checks prefixed."""
+    needs = net.hidden if logits_are_f(net) else net.activations
+    operators = ["ggn"]
+    if all(sigma.deriv2 is not None for sigma in needs):
+        operators.append("hessian")
+    rows = []
+    for operator in operators:
+        report = verify_spectra(net, params, X, Y, operator=operator, key=key)
+        rows += [row._replace(check=f"spectra: {row.check}") for row in report.rows]
+    if "hessian" not in operators:
+        rows.append(
+            Row(
+                check="spectra: Hessian",
+                equation=None,
+                layer=None,
+                max_abs_err=math.nan,
+                rel_err=math.nan,
+                tol=math.nan,
+                passed=False,
+                diagnosis="not judged: an activation has no σ'' (Activation.deriv2), "
+                "so the Hessian's products cannot be formed; the GGN's spectra were checked",
+                judged=False,
+            )
+        )
+    return rows
 
 
 MAX_ARRAY_SIZE = 2048
