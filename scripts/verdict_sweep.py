@@ -79,7 +79,11 @@ def false_alarms(quick: bool):
     shapes = [((1, 1, 1), 1), ((3, 1, 1, 2), 64), ((1024, 8, 3), 16), ((16, 1024, 4), 8)]
     shapes += [((8,) * 10 + (3,), 32), ((4, 16, 3), 4096), ((64,) * 4 + (10,), 256)]
     for sizes, batch in shapes[: 3 if quick else None]:
-        for h, (o, loss) in [("tanh", ("softmax", "cross_entropy")), ("relu", ("identity", "mse"))]:
+        # Softmax over one unit is refused (it is always 1): one output is a sigmoid's.
+        classifier = (
+            ("softmax", "cross_entropy") if sizes[-1] > 1 else ("sigmoid", "binary_cross_entropy")
+        )
+        for h, (o, loss) in [("tanh", classifier), ("relu", ("identity", "mse"))]:
             for dtype, scale in itertools.product((jnp.float32, jnp.float64), (1.0, 30.0)):
                 configs.append((mbp.MLP(sizes, h, o, loss), dtype, batch, dict(scale=scale)))
     for scheme in INIT_SCHEMES:
