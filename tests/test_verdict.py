@@ -3,11 +3,17 @@
 Small shapes throughout; scripts/verdict_sweep.py runs the same questions at full size.
 """
 
+import sys
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import numpy_case
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from verdict_classes import nielsen_loop  # noqa: E402  (the sweep's correct per-example loop)
 
 import manualbp as mbp
 from manualbp import backprop, losses, tolerance
@@ -234,10 +240,6 @@ def test_finite_differences_state_their_noise_and_a_kink_inside_the_step():
 
 @pytest.mark.slow
 def test_the_quick_sweep_has_no_false_alarm_and_misses_nothing():
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
     import verdict_sweep
 
     counts, worst = verdict_sweep.false_alarms(quick=True)
@@ -246,19 +248,6 @@ def test_the_quick_sweep_has_no_false_alarm_and_misses_nothing():
 
 
 # --- the hard classes: correct derivations that must pass, wrong ones that must fail -----
-
-
-def nielsen_loop(net, params, X, Y):
-    """A correct per-example loop: backprop of each example, summed in order, then / B."""
-
-    def body(b, acc):
-        E, g = backprop.backprop(net, params, X[b], Y[b])
-        return acc[0] + E, jax.tree.map(jnp.add, acc[1], g)
-
-    zero = (jnp.zeros((), X.dtype), jax.tree.map(jnp.zeros_like, params))
-    E, g = jax.lax.fori_loop(0, X.shape[0], body, zero)
-    _, _, deltas = backprop.backward_with_deltas(net, params, X, Y)
-    return E / X.shape[0], jax.tree.map(lambda t: t / X.shape[0], g), deltas
 
 
 def test_a_per_example_loop_over_a_large_batch_passes():

@@ -159,6 +159,18 @@ SUM_SQUARED = Equations(delta_L_batch, hidden_delta_batch, weight_sum_squared, b
 VARIANCE = Equations(delta_L_batch, hidden_delta_batch, weight_variance, bias_variance)
 
 
+def norms_and_deltas(net: MLP, params: Params, X: Array, Y: Array) -> tuple:
+    """One forward pass, then (5) in the backward pass: (fwd, norms, deltas).
+
+    ``norms`` holds each layer's per-example squared norms, ``deltas`` each Δ^l
+    (per example, no 1/B), and ``fwd`` the A^{l-1} that (9) multiplies them with.
+    """
+    fwd = forward_pass_batch(net, params, X)
+    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
+    norms, deltas = backward(net, params, fwd, delta_L, *gradient_steps(*NORMS[1:]))
+    return fwd, norms, deltas
+
+
 def clipped_mean_grad(
     net: MLP, params: Params, X: Array, Y: Array, l2_clip: float
 ) -> tuple[Array, Params]:
@@ -166,9 +178,7 @@ def clipped_mean_grad(
 
     One forward pass: its A^{l-1} feed both (5) and (9).
     """
-    fwd = forward_pass_batch(net, params, X)
-    delta_L = delta_L_batch(net, fwd.z[-1], fwd.a[-1], Y)
-    norms, deltas = backward(net, params, fwd, delta_L, *gradient_steps(*NORMS[1:]))
+    fwd, norms, deltas = norms_and_deltas(net, params, X, Y)
     c = clip_factors(norms, l2_clip, X.dtype)
     grads = tuple(
         Layer(W=clipped_weight_grad(c, delta, a_prev), b=clipped_bias_grad(c, delta))

@@ -33,9 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from manualbp.backprop import backward_with_deltas, weight_grad_sum
+from manualbp.backprop import weight_grad_sum
 from manualbp.extensions import per_example
-from manualbp.network import MLP, Layer, Params, forward_pass_batch
+from manualbp.network import MLP, Layer, Params
 from manualbp.training import poisson
 
 Array = jax.Array
@@ -162,11 +162,10 @@ def clipped_sum(net: MLP, params: Params, X: Array, Y: Array, mask: Array, clip:
     and rounded once to the compute dtype, inside `clip_factors`' margin.
     """
     l2_clip, clip_factors = clip
-    _, norms, deltas = backward_with_deltas(net, params, X, Y, per_example.NORMS)
-    a = forward_pass_batch(net, params, X).a
+    fwd, norms, deltas = per_example.norms_and_deltas(net, params, X, Y)
     c = jnp.where(mask, clip_factors(norms, l2_clip, X.dtype), 0)
     sums = []
-    for delta, a_prev in zip(deltas, a[:-1], strict=True):
+    for delta, a_prev in zip(deltas, fwd.a[:-1], strict=True):
         rows = (c[:, None] * delta.astype(c.dtype)).astype(delta.dtype)
         sums.append(Layer(W=weight_grad_sum(rows, a_prev), b=jnp.sum(rows, axis=0)))
     return tuple(sums)
