@@ -64,6 +64,7 @@ over 378 nets with widths and batches up to 99).
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -153,7 +154,25 @@ RHO = 0.5
 """The batch-sum term of the floor: ρ √n ε max|g| for a sum of n terms (T6)."""
 
 
-def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None, reduced=1) -> dict:
+class Rounding(NamedTuple):
+    """What a computation's rounding is bounded by: the inputs of the floor (T1–T6).
+
+    Attributes:
+        dtype: the net's dtype (its eps).
+        depth: d, the layers the value passes through.
+        magnitude: the size of the summed terms, if known (the cancellation refinement).
+        reduced: n, the length of the batch sum the value is formed by (1 for
+            none): a sum formed in any order carries up to about √n roundings
+            of its own size, so the floor adds ρ √n ε max|g⁶⁴| (T6).
+    """
+
+    dtype: Any
+    depth: int = 1
+    magnitude: Any = None
+    reduced: int = 1
+
+
+def judge(actual, reference, witness, rounding: Rounding) -> dict:
     """The verdict for one finite array: errors, scale, allowance, in absolute terms.
 
     Args:
@@ -163,16 +182,13 @@ def judge(actual, reference, witness, dtype, depth: int = 1, magnitude=None, red
             where the reference is of the same precision (then e_w = 0); or a
             tuple of such arrays, each a correct route (autodiff, a per-example
             loop summed in order, T6), e_w the largest of their errors.
-        dtype: the net's dtype (its eps).
-        depth: d, the layers the value passes through.
-        magnitude: the size of the summed terms, if known (see above).
-        reduced: n, the length of the batch sum the value is formed by (1 for
-            none): a sum formed in any order carries up to about √n roundings
-            of its own size, so the floor adds ρ √n ε max|g⁶⁴| (T6).
+        rounding: the dtype, depth, term size and batch-sum length the floor
+            is derived from (`Rounding`).
 
     Returns:
         {"error", "witness_error", "scale", "allowance", "passed"}.
     """
+    dtype, depth, magnitude, reduced = rounding
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
     error = float(np.max(np.abs(actual - reference), initial=0.0))

@@ -38,7 +38,7 @@ from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import block_rows, plug_in_rows
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Rounding, Setting, Site, compare
 from manualbp.verification.end_to_end import end_to_end_rows, fast_form_rows, forward_overflow
 from manualbp.verification.equations import Given, equation_rows
 from manualbp.verification.finite_differences import fd_rows
@@ -154,17 +154,17 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
     g = jax.vmap(net.loss.grad)(jnp.asarray(given.a[-1], dtype), Y)
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
-    where = dict(dtype=dtype, device=device)
-    rows = _kink_notes(block_rows(net, given, ref, wit, g, scales, **where), found)
+    setting = Setting(dtype, device)
+    rows = _kink_notes(block_rows(net, (ref, wit), g, scales, setting), found)
     rows += plug_in_rows(net, given.z[1:], dtype)
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)
     magnitudes = witnesses.chain_magnitudes(net, ref, params64, Y, scales, inherited)
     m_L = magnitudes[-1][0]
     failed = frozenset((row.check, row.layer) for row in rows if not row.passed)
     fed = Given(net, manual, ref, wit, params, params64, g, scales, m_L, failed)
-    rows += equation_rows(fed, **where)
-    rows += end_to_end_rows(net, manual, ref, wit, (magnitudes, np.mean(m_E)), **where)
-    rows += fast_form_rows(net, params, X, Y, ref, wit, (magnitudes, np.mean(m_E)), **where)
+    rows += equation_rows(fed, setting)
+    rows += end_to_end_rows(net, manual, (ref, wit), (magnitudes, np.mean(m_E)), setting)
+    rows += fast_form_rows(net, params, (X, Y), (ref, wit), (magnitudes, np.mean(m_E)), setting)
     return _forward_first(rows), manual[1], ref
 
 
@@ -255,15 +255,11 @@ def _cross_device_rows(net, grads_by_device, ref, dtype) -> list[Row]:
             for field in ("W", "b"):
                 rows.append(
                     compare(
-                        f"∂E/∂{field} vs {first}",
-                        None,
-                        k + 2,
+                        Site(f"∂E/∂{field} vs {first}", None, k + 2, other),
                         getattr(a, field),
                         getattr(ref.grads[k], field),
                         getattr(b, field),
-                        dtype=dtype,
-                        depth=net.L - 1,
-                        device=other,
+                        Rounding(dtype, net.L - 1),
                     )
                 )
     return rows

@@ -20,7 +20,7 @@ from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.losses import LOSSES, Loss, get_loss
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import NO_CLUES, Clues, Rounding, Setting, Site, compare
 from manualbp.verification.report import Report, Row
 
 NULL_DIRECTION = (
@@ -28,52 +28,46 @@ NULL_DIRECTION = (
 )
 
 
-def block_rows(net, given, ref, wit, g, scales, dtype, device) -> list[Row]:
+def block_rows(net, sides, g, scales, setting: Setting) -> list[Row]:
     """∂E/∂ŷ and each σ^l' (or J_σ) at the z^l and ŷ of the manual pass's forward pass.
 
     Args:
-        given: the forward pass the manual pass computed with (the witness's).
-        ref, wit: `witnesses.Side` in float64 and the net's dtype (wit None for float64).
-        g: the manual ∂E/∂ŷ at ``given``'s ŷ.
+        sides: (ref, wit), `witnesses.Side` in float64 and the net's dtype (wit
+            None for float64); the manual pass computed with the witness's
+            forward pass (the reference's for float64).
+        g: the manual ∂E/∂ŷ at that forward pass's ŷ.
         scales: `witnesses.sigma_scale` of each σ^l.
+        setting: the dtype and device of the rows.
     """
-    where = dict(dtype=dtype, device=device)
+    ref, wit = sides
+    given = wit if wit is not None else ref
+    dtype = setting.dtype
     rows = []
     if net.fused_loss is None or not net.fused:
-        rows.append(
-            compare(
-                "dE/dŷ",
-                None,
-                net.L,
-                g,
-                ref.dE_dyhat,
-                None if wit is None else wit.dE_dyhat,
-                candidates=_null_direction(net, g, ref),
-                inputs={"ŷ": given.a[-1]},
-                **where,
-            )
-        )
+        clues = Clues(candidates=_null_direction(net, g, ref), inputs={"ŷ": given.a[-1]})
+        arrays = (g, ref.dE_dyhat, None if wit is None else wit.dE_dyhat)
+        site = Site("dE/dŷ", None, net.L, setting.device)
+        rows.append(compare(site, *arrays, Rounding(dtype), clues))
     for k, sigma in enumerate(net.activations):
         z = jnp.asarray(given.z[k + 1], dtype)  # z^l of layer l = k + 2
         reference = ref.sigma_primes[k]
         witness = None if wit is None else wit.sigma_primes[k]
         if sigma.elementwise:
-            slips = dict(where, candidates=sigma_slips(sigma, z), points=("z", z))
-            rows.append(
-                _sigma_row("σ'", k + 2, sigma.deriv(z), reference, witness, scales[k], slips)
-            )
+            slips = Clues(candidates=sigma_slips(sigma, z), points=("z", z))
+            arrays = (sigma.deriv(z), reference, witness)
+            rows.append(_sigma_row(Site("σ'", None, k + 2), arrays, scales[k], setting, slips))
             if sigma.deriv_from_output is not None:
                 a = jnp.asarray(given.a[k + 1], dtype)
-                manual = sigma.deriv_from_output(a)
-                rows.append(
-                    _sigma_row("σ'(a)", k + 2, manual, reference, witness, scales[k], slips)
-                )
+                arrays = (sigma.deriv_from_output(a), reference, witness)
+                site = Site("σ'(a)", None, k + 2)
+                rows.append(_sigma_row(site, arrays, scales[k], setting, slips))
             continue
-        manual = jax.vmap(sigma.deriv)(z)
+        arrays = (jax.vmap(sigma.deriv)(z), reference, witness)
         terms = witnesses.jacobian_terms(np.asarray(sigma.fn(z), np.float64))
-        rows.append(_sigma_row("J_σ", k + 2, manual, reference, witness, terms, where))
+        rows.append(_sigma_row(Site("J_σ", None, k + 2), arrays, terms, setting))
         if sigma.jac_t_dot is not None:
-            rows.append(_jac_t_dot_row(sigma, k + 2, z, g, reference, wit is not None, where))
+            site = Site("J_σᵀg", None, k + 2)
+            rows.append(_jac_t_dot_row(sigma, site, (z, g), reference, setting))
     return rows
 
 
@@ -113,8 +107,10 @@ def _grid_row(row: Row, name: str, reach: str) -> Row:
     return row._replace(check=f"{row.check} grid ({name})", diagnosis=f"{row.diagnosis}; {reach}")
 
 
-def _sigma_row(check, layer, manual, reference, witness, scale, where) -> Row:
-    return compare(check, None, layer, manual, reference, witness, magnitude=scale, **where)
+def _sigma_row(site: Site, arrays, scale, setting: Setting, clues=NO_CLUES) -> Row:
+    """σ' (or J_σ): ``arrays`` = (manual, float64 reference, witness), judged at size ``scale``."""
+    site = site._replace(device=setting.device)
+    return compare(site, *arrays, Rounding(setting.dtype, magnitude=scale), clues)
 
 
 def sigma_slips(sigma: Activation, z) -> dict:
@@ -137,20 +133,24 @@ def sigma_slips(sigma: Activation, z) -> dict:
     return {"σ'(−z): taken at −z": lambda: at(-z64), "σ' taken at a = σ(z), not at z": at_a}
 
 
-def _jac_t_dot_row(sigma, layer, z, g, J64, with_witness, where) -> Row:
-    """J_σᵀg against the float64 Jacobian times g; the witness is autodiff's vjp."""
+def _jac_t_dot_row(sigma, site: Site, point, J64, setting: Setting) -> Row:
+    """J_σᵀg at ``point`` = (z, g) against the float64 Jacobian times g.
+
+    The witness is autodiff's vjp; none in float64, where the reference has no
+    higher precision.
+    """
+    z, g = point
     g = jnp.where(jnp.isfinite(g), g, 0)
     g64 = np.asarray(g, np.float64)
+    with_witness = jnp.dtype(setting.dtype) != witnesses.REFERENCE_DTYPE
     witness = autodiff.jacobian_t_dot(sigma.fn, z, g) if with_witness else None
+    magnitude = witnesses.jacobian_t_terms(np.asarray(sigma.fn(z), np.float64), g64)
     return compare(
-        "J_σᵀg",
-        None,
-        layer,
+        site._replace(device=setting.device),
         sigma.jac_t_dot(z, g),
         np.einsum("bij,bi->bj", J64, g64),
         witness,
-        magnitude=witnesses.jacobian_t_terms(np.asarray(sigma.fn(z), np.float64), g64),
-        **where,
+        Rounding(setting.dtype, magnitude=magnitude),
     )
 
 
@@ -199,24 +199,24 @@ def verify_activation(act: str | Activation, dtype=jnp.float32, seed: int = 0) -
     rng = np.random.default_rng(seed)
     groups = dict(SPECIAL_Z, random=list(2 * rng.standard_normal(64)))
     scale = witnesses.sigma_scale(act)
-    where = dict(dtype=dtype, device="")
+    setting = Setting(dtype)
     if act.elementwise:
         return Report(
-            _grid_rows(act, groups, scale, where), _meta(f"activation {act.name!r}", dtype)
+            _grid_rows(act, groups, scale, setting), _meta(f"activation {act.name!r}", dtype)
         )
     rows = []
     for group, values in groups.items():
         z = jnp.asarray(rng.choice(values, size=(4, 3)), dtype)
         reference, witness = _both(autodiff.jacobian, act.fn, z, dtype)
-        manual = jax.vmap(act.deriv)(z)
+        arrays = (jax.vmap(act.deriv)(z), reference, witness)
         terms = witnesses.jacobian_terms(np.asarray(act.fn(z), np.float64))
-        rows.append(_sigma_row(f"J_σ {group}", None, manual, reference, witness, terms, where))
+        rows.append(_sigma_row(Site(f"J_σ {group}"), arrays, terms, setting))
         if act.jac_t_dot is not None:
             g = jnp.asarray(rng.standard_normal((4, 3)), dtype)
-            rows.append(_jac_t_dot_row(act, None, z, g, reference, witness is not None, where))
-            rows[-1] = rows[-1]._replace(check=f"J_σᵀg {group}")
+            rows.append(_jac_t_dot_row(act, Site(f"J_σᵀg {group}"), (z, g), reference, setting))
         if act.deriv2 is not None:
-            rows.append(_second_derivative_row(f"T_σ {group}", act, z, reference, 0.0, where))
+            size = np.abs(reference)
+            rows.append(_second_derivative_row(Site(f"T_σ {group}"), act, z, size, setting))
     return Report(tuple(rows), _meta(f"activation {act.name!r}", dtype))
 
 
@@ -249,29 +249,26 @@ def verify_loss(loss: str | Loss, dtype=jnp.float32, seed: int = 0, width: int =
             reference, witness = _both(autodiff.loss_grad, loss.fn, (y_hat_, y_), dtype)
             rows.append(
                 compare(
-                    f"dE/dŷ ŷ {y_hat_name}, y {y_name}",
-                    None,
-                    None,
+                    Site(f"dE/dŷ ŷ {y_hat_name}, y {y_name}"),
                     jax.vmap(loss.grad)(y_hat_, y_),
                     reference,
                     witness,
-                    dtype=dtype,
-                    inputs={"ŷ": y_hat_, "y": y_},
+                    Rounding(dtype),
+                    Clues(inputs={"ŷ": y_hat_, "y": y_}),
                 )
             )
     return Report(tuple(rows), _meta(f"loss {loss.name!r}", dtype))
 
 
-def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
+def _grid_rows(act, groups, scale, setting: Setting) -> tuple[Row, ...]:
     """σ' (and σ'(a)) row by group; computed once on the whole grid, then split by group."""
-    z = jnp.asarray(
-        np.concatenate([np.asarray(v, np.float64) for v in groups.values()]), where["dtype"]
-    )
-    reference, witness = _both(autodiff.elementwise_derivative, act.fn, z, where["dtype"])
+    dtype = setting.dtype
+    z = jnp.asarray(np.concatenate([np.asarray(v, np.float64) for v in groups.values()]), dtype)
+    reference, witness = _both(autodiff.elementwise_derivative, act.fn, z, dtype)
     found = _grid_kinks(act, z, reference)
     if found:  # z on a kink: the hand's one-sided slope is as right as autodiff's tie rule
         fn = kinks.tie_broken(act).fn
-        reference, witness = _both(autodiff.elementwise_derivative, fn, z, where["dtype"])
+        reference, witness = _both(autodiff.elementwise_derivative, fn, z, dtype)
     forms = {"σ'": act.deriv(z)}
     if act.deriv_from_output is not None:
         forms["σ'(a)"] = act.deriv_from_output(act.fn(z))
@@ -281,18 +278,17 @@ def _grid_rows(act, groups, scale, where) -> tuple[Row, ...]:
         start += len(values)
         for name, manual in forms.items():
             w = None if witness is None else witness[part]
-            slips = dict(where, candidates=sigma_slips(act, z[part]), points=("z", z[part]))
-            check = f"{name} {group}"
-            row = _sigma_row(check, None, manual[part], reference[part], w, scale, slips)
+            slips = Clues(candidates=sigma_slips(act, z[part]), points=("z", z[part]))
+            arrays = (manual[part], reference[part], w)
+            row = _sigma_row(Site(f"{name} {group}"), arrays, scale, setting, slips)
             hit = [i for i in found if part.start <= i < part.stop]
             if hit and name == "σ'":
                 note = f"z = {float(z[hit[0]]):.4g}: a kink, judged with the hand's one-sided slope"
                 row = row._replace(diagnosis="; ".join(p for p in (row.diagnosis, note) if p))
             rows.append(row)
         if act.deriv2 is not None:
-            rows.append(
-                _second_derivative_row(f"σ'' {group}", act, z[part], reference[part], scale, where)
-            )
+            size = np.maximum(np.abs(reference[part]), scale)
+            rows.append(_second_derivative_row(Site(f"σ'' {group}"), act, z[part], size, setting))
     return tuple(rows)
 
 
@@ -309,19 +305,20 @@ def _grid_kinks(act, z, reference) -> list[int]:
         return [int(i) for i in np.flatnonzero(differ & np.asarray(kink & ok))]
 
 
-def _second_derivative_row(check, act, z, sigma_prime64, scale, where) -> Row:
-    """σ'' (or softmax's T_σ) against autodiff of the hand σ', on the scale of |σ'|.
+def _second_derivative_row(site: Site, act, z, size, setting: Setting) -> Row:
+    """σ'' (or softmax's T_σ) against autodiff of the hand σ', on the scale ``size`` of |σ'|.
 
     As for σ' itself, a componentwise σ'' is never judged on less than the size
-    σ' has where σ moves (``scale``): σ'' = −2 tanh (1 − tanh²) rounds there.
+    σ' has where σ moves (the caller's ``size`` = max(|σ'⁶⁴|, `witnesses.sigma_scale`)):
+    σ'' = −2 tanh (1 − tanh²) rounds there.
     """
     derivative = autodiff.elementwise_derivative if act.elementwise else autodiff.jacobian
-    reference, witness = _both(derivative, act.deriv, z, where["dtype"])
+    reference, witness = _both(derivative, act.deriv, z, setting.dtype)
     manual = act.deriv2(z) if act.elementwise else jax.vmap(act.deriv2)(z)
-    magnitude = np.maximum(np.abs(sigma_prime64), scale)
+    magnitude = size
     if not act.elementwise:  # T[b, i, j, k] sums terms of the size of J[b, i, j]
-        magnitude = np.broadcast_to(magnitude[..., None], np.shape(reference))
-    return compare(check, None, None, manual, reference, witness, magnitude=magnitude, **where)
+        magnitude = np.broadcast_to(size[..., None], np.shape(reference))
+    return compare(site, manual, reference, witness, Rounding(setting.dtype, magnitude=magnitude))
 
 
 def _both(derivative, fn, points, dtype):

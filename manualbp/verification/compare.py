@@ -8,62 +8,78 @@ only where that form explains it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from manualbp import tolerance
+from manualbp.tolerance import Rounding
 from manualbp.verification.report import Row
 
 
-def compare(
-    check,
-    equation,
-    layer,
-    actual,
-    reference,
-    witness,
-    *,
-    dtype,
-    depth: int = 1,
-    device: str = "",
-    candidates=None,
-    magnitude=None,
-    inputs=None,
-    upstream=None,
-    points=None,
-    reduced: int = 1,
-) -> Row:
-    """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
+class Site(NamedTuple):
+    """Where a row sits in the report: its check, equation (None for none), layer and device."""
 
-    Args:
-        check, equation, layer, device: where, for the row.
-        actual: the manual result, in the net's dtype.
-        reference: the same quantity in float64 from the same inputs.
-        witness: the same quantity computed the trusted way in the net's
-            dtype, or None where the reference has no higher precision; or a
-            tuple (autodiff's or None, further correct routes such as the
-            per-example loop of `witnesses.sequential_mean`).
-        dtype: the net's dtype.
-        depth: the layers the value passes through (`tolerance.floor`).
+    check: str
+    equation: Any = None
+    layer: Any = None
+    device: str = ""
+
+
+class Setting(NamedTuple):
+    """What every row of one report shares: the dtype it is judged in, the device it ran on."""
+
+    dtype: Any
+    device: str = ""
+
+
+class Clues(NamedTuple):
+    """What a miss is explained by; none of it changes whether a row passes.
+
+    Attributes:
         candidates: named wrong forms, ``{name: array or function returning
             one}``; a miss that matches one within the allowance is diagnosed by its name.
-        magnitude: the size of the terms each entry sums (the cancellation refinement).
         inputs: ``{name: array}`` the manual result was computed from, to say
             where a NaN or inf came from.
         upstream: ``{name: float64 reference array}`` the value depends on; a
             NaN or inf that one of them has too is not judged here.
         points: (name, array) the value was taken at (z for a σ'), to show
             the worst entries of a miss in the user's terms.
-        reduced: the length of the batch sum the value is formed by (T6).
+    """
+
+    candidates: Mapping | None = None
+    inputs: Mapping | None = None
+    upstream: Mapping | None = None
+    points: tuple | None = None
+
+
+NO_CLUES = Clues()
+
+
+def compare(site: Site, actual, reference, witness, rounding: Rounding, clues=NO_CLUES) -> Row:
+    """Judge ``actual`` (the manual result) against ``reference`` (float64), by ``witness``.
+
+    Args:
+        site: where the row sits (`Site`).
+        actual: the manual result, in the net's dtype.
+        reference: the same quantity in float64 from the same inputs.
+        witness: the same quantity computed the trusted way in the net's
+            dtype, or None where the reference has no higher precision; or a
+            tuple (autodiff's or None, further correct routes such as the
+            per-example loop of `witnesses.sequential_mean`).
+        rounding: what the allowance is derived from (`tolerance.Rounding`).
+        clues: what explains a miss (`Clues`).
     """
     actual = np.asarray(actual, np.float64)
     reference = np.asarray(reference, np.float64)
-    where = dict(check=check, equation=equation, layer=layer, device=device)
+    where = site._asdict()
     if actual.shape != reference.shape:
         return _failed(where, _shape_diagnosis(actual.shape, reference.shape))
     witness, others = _split(witness)
+    dtype = rounding.dtype
     if not np.all(np.isfinite(actual)) or not np.all(np.isfinite(reference)):
-        return _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream)
+        return _nonfinite_row(where, (actual, reference, witness), dtype, clues)
     if witness is not None and not np.all(np.isfinite(witness)):
         witness = np.where(np.isfinite(witness), witness, reference)  # judged where it is finite
     outside = _outside_range(reference, witness, dtype)
@@ -71,15 +87,15 @@ def compare(
         return _failed(where, outside, judged=False)
     if others:  # further correct routes, judged where they are finite
         witness = (witness, *(np.where(np.isfinite(o), o, reference) for o in others))
-    verdict = tolerance.judge(actual, reference, witness, dtype, depth, magnitude, reduced)
+    verdict = tolerance.judge(actual, reference, witness, rounding)
     diagnosis = ""
     if not verdict["passed"]:
-        diagnosis = _explain(actual, candidates, verdict["allowance"]) or diagnose(
+        diagnosis = _explain(actual, clues.candidates, verdict["allowance"]) or diagnose(
             actual, reference, verdict["allowance"]
         )
-        if points is not None:
+        if clues.points is not None:
             diagnosis = "; ".join(
-                part for part in (diagnosis, worst_entries(actual, reference, points)) if part
+                part for part in (diagnosis, worst_entries(actual, reference, clues.points)) if part
             )
     return _row(where, verdict, dtype, diagnosis)
 
@@ -134,8 +150,12 @@ def _shape_diagnosis(shape, expected) -> str:
     return f"shape {shape}, expected {tuple(expected)}"
 
 
-def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -> Row:
-    """A NaN or inf: where it is, and where it came from. Never a pass."""
+def _nonfinite_row(where, arrays, dtype, clues: Clues) -> Row:
+    """A NaN or inf: where it is, and where it came from. Never a pass.
+
+    ``arrays`` = (actual, reference, witness or None), as `compare` has them.
+    """
+    actual, reference, witness = arrays
     bad_ref = ~np.isfinite(reference)
     bad = ~np.isfinite(actual)
     if not bad.any():  # the manual result is finite, the float64 reference is not
@@ -154,7 +174,7 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -
             "these inputs, so nothing is judged there",
             judged=False,
         )
-    before = [name for name, x in (upstream or {}).items() if not np.all(np.isfinite(x))]
+    before = [name for name, x in (clues.upstream or {}).items() if not np.all(np.isfinite(x))]
     if before:
         return _failed(
             where,
@@ -177,7 +197,7 @@ def _nonfinite_row(where, actual, reference, witness, dtype, inputs, upstream) -
             "otherwise (1/B first), does not: an overflow of this dtype, not judged",
             judged=False,
         )
-    carried = [name for name, x in (inputs or {}).items() if not np.all(np.isfinite(x))]
+    carried = [name for name, x in (clues.inputs or {}).items() if not np.all(np.isfinite(x))]
     if carried:
         return _failed(where, f"{text}; it came in with {', '.join(carried)}")
     return _failed(where, f"{text}; it arises here: the inputs and the reference are finite")

@@ -50,7 +50,7 @@ from manualbp.network import MLP, Params, forward_pass_batch
 from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Rounding, Site, compare
 from manualbp.verification.curvature_ggn import block_rows, ggn_rows
 from manualbp.verification.curvature_hessian import hessian_rows, r_rows
 from manualbp.verification.curvature_references import References
@@ -70,15 +70,7 @@ def _agree(label, actual, reference, witness, magnitude, dtype) -> Row:
     """
     check, equation, layer, depth = label
     return compare(
-        check,
-        equation,
-        layer,
-        actual,
-        reference,
-        witness,
-        dtype=dtype,
-        depth=depth,
-        magnitude=magnitude,
+        Site(check, equation, layer), actual, reference, witness, Rounding(dtype, depth, magnitude)
     )
 
 

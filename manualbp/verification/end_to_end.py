@@ -12,7 +12,7 @@ import numpy as np
 
 from manualbp import backprop
 from manualbp.network import Layer
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Clues, Rounding, Site, compare
 from manualbp.verification.report import Row
 from manualbp.verification.witnesses import sequential_mean
 
@@ -50,96 +50,87 @@ def forward_overflow(wit, ref, dtype, device) -> Row | None:
     return None
 
 
-def end_to_end_rows(net, manual, ref, wit, magnitudes, dtype, device) -> list[Row]:
+def end_to_end_rows(net, manual, sides, magnitudes, setting) -> list[Row]:
     """E, and δ^l, ∂E/∂W^l, ∂E/∂b^l at every layer, against autodiff.
 
-    ``magnitudes`` = (per layer k: (m_δ, m_W, m_b) of layer l = k + 2
-    (`witnesses.chain_magnitudes`), m_E: what E inherits from z^L's rounding).
+    ``sides`` = (ref, wit): `witnesses.Side` in float64 and in the net's dtype
+    (None for a float64 net). ``magnitudes`` = (per layer k: (m_δ, m_W, m_b)
+    of layer l = k + 2 (`witnesses.chain_magnitudes`), m_E: what E inherits
+    from z^L's rounding). ``setting`` = (dtype, device).
     """
+    ref, wit = sides
     magnitudes, m_E = magnitudes
     E, grads, deltas = manual
-    B = len(deltas[0])
-    where = dict(dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref), reduced=B)
-    rows = [compare("E vs autodiff", None, None, E, ref.E, _get(wit, "E"), magnitude=m_E, **where)]
+    row = _judge_by(net, ref, setting, reduced=len(deltas[0]))
+    rows = [row("E vs autodiff", None, (E, ref.E, _get(wit, "E")), m_E)]
     for k in reversed(range(len(grads))):
         m_delta, m_W, m_b = magnitudes[k]
         l = k + 2
+        delta = (deltas[k], ref.deltas[k], _get(wit, "deltas", k))
+        grad = (grads[k], ref.grads[k], _routes(sides, k, setting[0]))
         rows += [
-            compare(
-                "δ vs autodiff",
-                None,
-                l,
-                deltas[k],
-                ref.deltas[k],
-                _get(wit, "deltas", k),
-                magnitude=m_delta,
-                **dict(where, reduced=1),  # one δ per example: no batch sum
-            ),
-            *_grad_rows(
-                "vs autodiff",
-                l,
-                grads[k],
-                ref.grads[k],
-                _routes(ref, wit, k, dtype),
-                m_W,
-                m_b,
-                where,
-            ),
+            row("δ vs autodiff", l, delta, m_delta, reduced=1),  # one δ per example: no batch sum
+            *_grad_rows(row, "vs autodiff", l, grad, (m_W, m_b)),
         ]
     return rows
 
 
-def fast_form_rows(net, params, X, Y, ref, wit, magnitudes, dtype, device) -> list[Row]:
+def fast_form_rows(net, params, batch, sides, magnitudes, setting) -> list[Row]:
     """`backprop.fast_backprop`, the function `manual_value_and_grad` and `train` call.
 
     Called here as it is there, on the net's own σ' and ∂E/∂ŷ: a regression in
     the fast form (the 1/B applied once, (2) and (3) as plain sums) fails these
-    rows even where the plain equations above pass.
+    rows even where the plain equations above pass. ``batch`` = (X, Y); the
+    rest as for `end_to_end_rows`.
     """
+    ref, wit = sides
     magnitudes, m_E = magnitudes
+    X, Y = batch
     E, grads = backprop.fast_backprop(net, params, X, Y)
-    where = dict(
-        dtype=dtype, depth=net.L - 1, device=device, upstream=_upstream(ref), reduced=len(X)
-    )
-    E_wit = _get(wit, "E")
-    rows = [compare("E fast form vs autodiff", None, None, E, ref.E, E_wit, magnitude=m_E, **where)]
+    row = _judge_by(net, ref, setting, reduced=len(X))
+    rows = [row("E fast form vs autodiff", None, (E, ref.E, _get(wit, "E")), m_E)]
     for k in reversed(range(len(params))):
         _, m_W, m_b = magnitudes[k]
-        rows += _grad_rows(
-            "fast form vs autodiff",
-            k + 2,
-            grads[k],
-            ref.grads[k],
-            _routes(ref, wit, k, dtype),
-            m_W,
-            m_b,
-            where,
-        )
+        sides_k = (grads[k], ref.grads[k], _routes(sides, k, setting[0]))
+        rows += _grad_rows(row, "fast form vs autodiff", k + 2, sides_k, (m_W, m_b))
     return rows
 
 
-def _grad_rows(name, l, grad, ref, wit, m_W, m_b, where) -> list[Row]:
+def _judge_by(net, ref, setting, reduced):
+    """The end-to-end rule: depth L − 1, the batch sum of ``reduced`` terms, E and δ^L upstream."""
+    dtype, device = setting
+    clues = Clues(upstream=_upstream(ref))
+
+    def row(check, layer, arrays, magnitude, reduced=reduced) -> Row:
+        actual, reference, witness = arrays
+        rounding = Rounding(dtype, net.L - 1, magnitude, reduced)
+        site = Site(check, None, layer, device)
+        return compare(site, actual, reference, witness, rounding, clues)
+
+    return row
+
+
+def _grad_rows(row, name, l, arrays, magnitudes) -> list[Row]:
+    """∂E/∂W^l and ∂E/∂b^l: ``arrays`` = (manual, float64 reference, the routes in the dtype)."""
+    grad, ref, routes = arrays
     return [
-        compare(
+        row(
             f"∂E/∂{field} {name}",
-            None,
             l,
-            getattr(grad, field),
-            getattr(ref, field),
-            tuple(None if w is None else getattr(w, field) for w in wit),
-            magnitude=m,
-            **where,
+            (getattr(grad, field), getattr(ref, field), tuple(_get(w, field) for w in routes)),
+            m,
         )
-        for field, m in (("W", m_W), ("b", m_b))
+        for field, m in zip(("W", "b"), magnitudes, strict=True)
     ]
 
 
-def _routes(ref, wit, k, dtype) -> tuple:
+def _routes(sides, k, dtype) -> tuple:
     """The correct routes to ∂E/∂θ^l in the net's dtype: autodiff's, and a per-example loop.
 
     The loop (`witnesses.sequential_mean`) sums the witness's own δ_b (a_b)ᵀ
     one example at a time, as a hand-written loop over the batch does (T6).
     """
+    ref, wit = sides
     side = ref if wit is None else wit
     delta, a = np.asarray(side.deltas[k]), np.asarray(side.a[k])
     loop = Layer(sequential_mean(delta, a, dtype), sequential_mean(delta, None, dtype))

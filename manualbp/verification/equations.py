@@ -20,7 +20,7 @@ import numpy as np
 
 from manualbp import autodiff
 from manualbp.backprop import bias_grad_batch, hidden_delta_batch, weight_grad_batch
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Clues, Rounding, Setting, Site, compare
 from manualbp.verification.witnesses import sequential_mean, sigma_terms
 
 
@@ -53,23 +53,20 @@ class Given(NamedTuple):
     failed: frozenset
 
 
-def equation_rows(given_: Given, dtype, device) -> list:
+def equation_rows(given_: Given, setting: Setting) -> list:
     """Rows for (4) at layer L, then (1), (2), (3) from layer L down to 2."""
     net, manual, ref, wit, params, params64, g, scales, m_L, failed = given_
     _, grads, deltas = manual
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
-    where = dict(dtype=dtype, device=device)
+    dtype, device = setting
     rows = [
         compare(
-            "δ^L",
-            4,
-            net.L,
+            Site("δ^L", 4, net.L, device),
             deltas[-1],
             ref.delta_L,
             None if wit is None else wit.delta_L,
-            magnitude=m_L,
-            candidates=_output_forms(net, ref, g, ("dE/dŷ", net.L) in failed),
-            **where,
+            Rounding(dtype, magnitude=m_L),
+            Clues(candidates=_output_forms(net, ref, g, ("dE/dŷ", net.L) in failed)),
         )
     ]
     for k in reversed(range(len(params64))):
@@ -77,48 +74,44 @@ def equation_rows(given_: Given, dtype, device) -> list:
         if k < len(params64) - 1 and net.activations[k].elementwise:
             sigma = net.activations[k]
             inherited = ("σ'", k + 2) in failed
-            rows.append(_hidden_row(k, given_, sigma, inherited, where))
+            rows.append(_hidden_row(k, given_, sigma, inherited, setting))
         A = np.asarray(given.a[k], np.float64)
         rows.append(
             compare(
-                "∂E/∂W",
-                2,
-                l,
+                Site("∂E/∂W", 2, l, device),
                 grads[k].W,
                 delta.T @ A / len(A),
                 (
                     None if wit is None else weight_grad_batch(deltas[k], wit.a[k]),
                     sequential_mean(delta, A, dtype),
                 ),
-                magnitude=np.abs(delta).T @ np.abs(A) / len(A),
-                candidates=_weight_forms(delta, A, np.asarray(given.a[k + 1], np.float64)),
-                inputs={"δ^l": delta},
-                reduced=len(delta),
-                **where,
+                Rounding(dtype, magnitude=np.abs(delta).T @ np.abs(A) / len(A), reduced=len(delta)),
+                Clues(
+                    candidates=_weight_forms(delta, A, np.asarray(given.a[k + 1], np.float64)),
+                    inputs={"δ^l": delta},
+                ),
             )
         )
         rows.append(
             compare(
-                "∂E/∂b",
-                3,
-                l,
+                Site("∂E/∂b", 3, l, device),
                 grads[k].b,
                 delta.mean(axis=0),
                 (
                     None if wit is None else bias_grad_batch(deltas[k]),
                     sequential_mean(delta, None, dtype),
                 ),
-                magnitude=np.abs(delta).mean(axis=0),
-                candidates={"summed over the batch, not averaged": delta.sum(axis=0)},
-                inputs={"δ^l": delta},
-                reduced=len(delta),
-                **where,
+                Rounding(dtype, magnitude=np.abs(delta).mean(axis=0), reduced=len(delta)),
+                Clues(
+                    candidates={"summed over the batch, not averaged": delta.sum(axis=0)},
+                    inputs={"δ^l": delta},
+                ),
             )
         )
     return rows
 
 
-def _hidden_row(k, given_: Given, sigma, inherited: bool, where):
+def _hidden_row(k, given_: Given, sigma, inherited: bool, setting: Setting):
     """Eq. (1) at layer l = k + 2, fed the manual Δ^{l+1}.
 
     ``inherited``: the hand σ^l' failed its own row; (1) applied right to it
@@ -131,7 +124,7 @@ def _hidden_row(k, given_: Given, sigma, inherited: bool, where):
     forms = {}
     if inherited:
         z = (wit if wit is not None else ref).z[k + 1]
-        hand = np.asarray(sigma.deriv(jnp.asarray(z, where["dtype"])), np.float64)
+        hand = np.asarray(sigma.deriv(jnp.asarray(z, setting.dtype)), np.float64)
         forms["inherited: (1) applied right to the hand σ' (see the σ' row at this layer)"] = (
             back * hand
         )
@@ -145,18 +138,14 @@ def _hidden_row(k, given_: Given, sigma, inherited: bool, where):
     witness = None
     if wit is not None:
         witness = hidden_delta_batch(deltas[k + 1], params[k + 1].W, wit.sigma_primes[k])
+    magnitude = (np.abs(delta_next) @ np.abs(W_next)) * sigma_terms(sigma_prime, given_.scales[k])
     return compare(
-        "δ^l",
-        1,
-        k + 2,
+        Site("δ^l", 1, k + 2, setting.device),
         deltas[k],
         back * sigma_prime,
         witness,
-        magnitude=(np.abs(delta_next) @ np.abs(W_next))
-        * sigma_terms(sigma_prime, given_.scales[k]),
-        candidates=forms,
-        inputs={"δ^{l+1}": delta_next},
-        **where,
+        Rounding(setting.dtype, magnitude=magnitude),
+        Clues(candidates=forms, inputs={"δ^{l+1}": delta_next}),
     )
 
 

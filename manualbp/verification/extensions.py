@@ -51,7 +51,7 @@ from manualbp.network import (
 from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Clues, Rounding, Site, compare
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
@@ -105,19 +105,15 @@ def _check(where, quantity, equation, l, part, actual, formula, candidates=None,
     float64 autodiff g_b it gives the reference, applied to the g_b of
     autodiff in the net's dtype the witness (none for a float64 net).
     """
+    # (6), (7), (9) sum over the batch; (5) is per example
+    reduced = 1 if equation in (5, None) else len(where.g64)
     return compare(
-        f"{quantity} {part}",
-        equation,
-        l,
+        Site(f"{quantity} {part}", equation, l),
         actual,
         formula(where.g64),
         None if where.gw is None else formula(where.gw),
-        dtype=where.dtype,
-        depth=where.depth,
-        candidates=candidates,
-        magnitude=magnitude,
-        # (6), (7), (9) sum over the batch; (5) is per example
-        reduced=1 if equation in (5, None) else len(where.g64),
+        Rounding(where.dtype, where.depth, magnitude, reduced),
+        Clues(candidates),
     )
 
 

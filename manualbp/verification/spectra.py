@@ -41,7 +41,7 @@ from manualbp.network import MLP, Params, forward_pass, mean_loss
 from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
-from manualbp.verification.compare import compare
+from manualbp.verification.compare import Rounding, Site, compare
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
@@ -151,9 +151,8 @@ def _judged(check, equation, actual, reference, witness, dtype, depth, scale) ->
     """A row by the tolerance rule, at the scale ``scale`` (the cancellation refinement)."""
     magnitude = np.full(np.shape(reference), scale)
     return compare(
-        check, equation, None, actual, reference, witness,
-        dtype=dtype, depth=depth, magnitude=magnitude,
-    )  # fmt: skip
+        Site(check, equation), actual, reference, witness, Rounding(dtype, depth, magnitude)
+    )
 
 
 def _eigen_rows(net, params, X, Y, dense, options) -> list[Row]:
