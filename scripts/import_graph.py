@@ -31,6 +31,7 @@ MATH = {
     "network",
     "parameters",
     "validation",
+    "_block_checks",
     "backprop",
     "autodiff",
     "tolerance",

@@ -20,7 +20,7 @@ from manualbp import backprop, losses, tolerance
 from manualbp.network import Layer
 from manualbp.tools.cli import main as cli_main
 from manualbp.verification.blocks import NULL_DIRECTION
-from manualbp.verification.compare import diagnose
+from manualbp.verification.diagnosis import diagnose
 
 
 def run(net, dtype=jnp.float32, batch=6, scale=1.0, seed=0, **options):

@@ -37,11 +37,12 @@ from manualbp.network import MLP, Layer, Params, as_targets
 from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
-from manualbp.verification.blocks import block_rows, plug_in_rows
+from manualbp.verification.blocks import block_rows
 from manualbp.verification.compare import Rounding, Setting, Site, compare
 from manualbp.verification.end_to_end import end_to_end_rows, fast_form_rows, forward_overflow
 from manualbp.verification.equations import Given, equation_rows
 from manualbp.verification.finite_differences import fd_rows
+from manualbp.verification.grids import plug_in_rows
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array

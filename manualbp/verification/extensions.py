@@ -19,7 +19,7 @@ the larger of the witness's distance and the floor. Squared quantities:
   ‖g_b‖², and g_b its own: the clipped mean's floor counts twice the depth too,
   at the scale (1/B) |c ⊙ Δ^l|ᵀ |A^{l-1}| of its terms.
 
-Every comparison goes through `_check`, so a new tolerance rule is a change
+Every comparison goes through `extension_rows.check`, so a new tolerance rule is a change
 in one place. A failing row is diagnosed by named wrong forms (a missing
 square, the 1/B-scaled Δ^l, a sum for a mean, clipping per layer) before
 `compare`'s constant factor ("off by ×8" is ×B for a batch of 8).
@@ -51,7 +51,15 @@ from manualbp.network import (
 from manualbp.parameters import param_dtype
 from manualbp.records import environment
 from manualbp.verification import witnesses
-from manualbp.verification.compare import Clues, Rounding, Site, compare
+from manualbp.verification.extension_rows import (
+    Clipping,
+    Part,
+    check,
+    clipped_row,
+    l2_row,
+    sum_grad_squared_row,
+    variance_row,
+)
 from manualbp.verification.report import Report, Row
 
 Array = jax.Array
@@ -98,25 +106,6 @@ def _squared_norms(G: Params) -> Params:
 # --- the check ------------------------------------------------------------------------------
 
 
-def _check(where, quantity, equation, l, part, actual, formula, candidates=None, magnitude=None):
-    """One row: every extension comparison goes through here (the one place of the rule).
-
-    ``formula`` maps per-example gradients to the quantity; applied to the
-    float64 autodiff g_b it gives the reference, applied to the g_b of
-    autodiff in the net's dtype the witness (none for a float64 net).
-    """
-    # (6), (7), (9) sum over the batch; (5) is per example
-    reduced = 1 if equation in (5, None) else len(where.g64)
-    return compare(
-        Site(f"{quantity} {part}", equation, l),
-        actual,
-        formula(where.g64),
-        None if where.gw is None else formula(where.gw),
-        Rounding(where.dtype, where.depth, magnitude, reduced),
-        Clues(candidates),
-    )
-
-
 def verify_extensions(
     net: MLP, params: Params, X: Array, Y: Array, *, float64: bool = False
 ) -> Report:
@@ -155,15 +144,6 @@ def verify_extensions(
     return Report(tuple(rows), meta)
 
 
-class _Where(NamedTuple):
-    """The per-example gradients of one layer's W or b: float64 and the witness's."""
-
-    g64: np.ndarray
-    gw: np.ndarray | None
-    dtype: np.dtype
-    depth: int
-
-
 def _references(net, params, X, Y, dtype):
     """(g_b and Ē in float64 from the inputs cast up, the same in ``dtype`` or None)."""
     with jax.enable_x64(True):
@@ -193,18 +173,18 @@ def _rows(net, params, X, Y, dtype) -> list[Row]:
         layer_norm = _norms((g,))
         for part in ("W", "b"):
             gw = None if Gw is None else getattr(Gw[k], part)
-            where = _Where(getattr(g, part), gw, dtype, depth)
+            where = Part(getattr(g, part), gw, dtype, depth, k + 2, part)
             rows += [
-                _l2_row(where, k, part, manual.l2[k]),
-                _sum_grad_squared_row(where, k, part, manual.sum_grad_squared[k]),
-                _variance_row(where, k, part, manual.variance[k]),
+                l2_row(where, manual.l2[k]),
+                sum_grad_squared_row(where, manual.sum_grad_squared[k]),
+                variance_row(where, manual.variance[k]),
             ]
             for name, (_, grads) in manual.clipped.items():
-                clipping = _Clipping(name, clips[name], norms, layer_norm)
-                rows.append(_clipped_row(where, k, part, getattr(grads[k], part), clipping))
-    E_where = _Where(E64, Ew, dtype, net.L - 1)
+                clipping = Clipping(name, clips[name], norms, layer_norm)
+                rows.append(clipped_row(where, getattr(grads[k], part), clipping))
+    E_part = Part(E64, Ew, dtype, net.L - 1, None, "Ē")
     for E, _ in list(manual.clipped.values())[:1]:
-        rows.append(_check(E_where, "clipped", None, None, "Ē", E, lambda E: E))
+        rows.append(check(E_part, ("clipped", None), E, lambda E: E))
     return rows + unjudged
 
 
@@ -251,15 +231,6 @@ def test_clips(norms, dtype) -> tuple[dict, list]:
     return clips, []
 
 
-class _Clipping(NamedTuple):
-    """One clip under test: its name, l2_clip, and the norms over all layers and over this one."""
-
-    name: str
-    l2_clip: float
-    norms: np.ndarray
-    layer_norm: np.ndarray
-
-
 class _Manual(NamedTuple):
     """The quantities under test, per layer; ``clipped`` maps a clip's name to (Ē, grads)."""
 
@@ -267,96 +238,6 @@ class _Manual(NamedTuple):
     sum_grad_squared: tuple
     variance: tuple
     clipped: dict
-
-
-def _clip_factor(l2_clip: float, norms: np.ndarray) -> np.ndarray:
-    return np.minimum(1.0, l2_clip / np.where(norms > 0, norms, 1.0))
-
-
-def _per_b(g_: np.ndarray) -> tuple[int, ...]:
-    """The shape that broadcasts a (B,) factor over per-example gradients like ``g_``."""
-    return (-1,) + (1,) * (g_.ndim - 1)
-
-
-def _squares_per_example(g_):
-    return np.sum(g_ * g_, axis=tuple(range(1, g_.ndim)))
-
-
-def _l2_row(where, k, part, manual) -> Row:
-    norm2 = _squares_per_example(where.g64)
-    B = where.g64.shape[0]
-    wrong = {
-        "not squared: ‖δ^l_b‖ ‖a^{l-1}_b‖, not its square": np.sqrt(norm2),
-        "Δ^l scaled by 1/B (the fast form's), off by ×1/B²": norm2 / B**2,
-    }
-    actual = getattr(manual, part)
-    return _check(where, "batch_l2", 5, k + 2, part, actual, _squares_per_example, wrong)
-
-
-def _sum_grad_squared_row(where, k, part, manual) -> Row:
-    g_ = where.g64
-    squares, total = g_ * g_, g_.sum(axis=0)
-    wrong = {
-        "not squared: Σ_b g_b": total,
-        "squared after the sum: (Σ_b g_b)²": total**2,
-        "averaged, not summed: off by ×1/B": squares.mean(axis=0),
-    }
-    actual = getattr(manual, part)
-    return _check(
-        where, "sum_grad_squared", 6, k + 2, part, actual, lambda g: (g * g).sum(axis=0), wrong
-    )
-
-
-def _variance_row(where, k, part, manual) -> Row:
-    g_ = where.g64
-    B = g_.shape[0]
-    squares, mean = g_ * g_, g_.mean(axis=0)
-    wrong = {
-        "mean not subtracted: (1/B) Σ_b g_b²": squares.mean(axis=0),
-        "summed, not averaged: Σ_b g_b² − (Σ_b g_b)²": squares.sum(0) - (B * mean) ** 2,
-    }
-    return _check(
-        where,
-        "variance",
-        7,
-        k + 2,
-        part,
-        getattr(manual, part),
-        lambda g: (g * g).mean(axis=0) - g.mean(axis=0) ** 2,
-        wrong,
-        magnitude=squares.mean(axis=0),
-    )
-
-
-def _clipped_row(where, k, part, manual, clipping: _Clipping) -> Row:
-    g_ = where.g64
-    B, shape = g_.shape[0], _per_b(g_)
-    c = _clip_factor(clipping.l2_clip, clipping.norms).reshape(shape)
-
-    def clipped(g):
-        return np.mean(c * g, axis=0)
-
-    wrong = {
-        "not clipped: the mean gradient": g_.mean(axis=0),
-        "summed over the batch, not averaged: off by ×B": B * clipped(g_),
-        "clipped per layer, not over all layers together": np.mean(
-            _clip_factor(clipping.l2_clip, clipping.layer_norm).reshape(shape) * g_, axis=0
-        ),
-        "clip factor from ‖g_b‖², not ‖g_b‖": np.mean(
-            _clip_factor(clipping.l2_clip, clipping.norms**2).reshape(shape) * g_, axis=0
-        ),
-    }
-    return _check(
-        where,
-        f"clipped (C {clipping.name})",
-        9,
-        k + 2,
-        part,
-        manual,
-        clipped,
-        wrong,
-        magnitude=np.mean(np.abs(c * g_), axis=0),
-    )
 
 
 def catalogue_extensions(dtype=jnp.float32) -> list[Report]:

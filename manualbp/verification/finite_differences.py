@@ -25,7 +25,7 @@ import numpy as np
 
 from manualbp import tolerance
 from manualbp.network import as_targets, forward_pass_batch, mean_loss
-from manualbp.verification.compare import diagnose
+from manualbp.verification.diagnosis import diagnose
 from manualbp.verification.report import Row
 
 FD_DTYPE = np.float64
