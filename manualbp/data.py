@@ -1,4 +1,4 @@
-"""Data for manualbp: random batches, synthetic sets, digits, MNIST, Fashion-MNIST, preparation.
+"""Data for manualbp: random batches, the sets, and their preparation.
 
 Every set comes back as ``(X, Y)``: inputs X of shape (n, N_1) in a floating
 dtype, and targets Y as integer class labels (n,) for classification sets (use
@@ -7,23 +7,50 @@ sets are drawn from a `jax.random` key, so the same key gives the same set.
 
 `random_batch` draws inputs and targets that suit a net's loss, for checking
 gradients on nets that have no dataset of their own.
+
+Every name is imported from here. The synthetic sets (xor, two_moons, spirals,
+sine, blobs) live in `data_synthetic`, the IDX reader and the checks of the
+MNIST-format files in `data_idx`; this module says where the MNIST and
+Fashion-MNIST files are, and prepares any set (split, standardize, one-hot).
 """
 
 from __future__ import annotations
 
-import functools
-import gzip
-import math
 import os
-import zlib
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from manualbp import losses
+from manualbp.data_idx import MNIST_CLASSES, MNIST_FILES, image_set, read_idx
+from manualbp.data_synthetic import blobs, sine, spirals, two_moons, xor
 from manualbp.network import MLP
+
+__all__ = [  # the data's surface, whichever module of it a name lives in
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
+    "MNIST_CLASSES",
+    "MNIST_ENV",
+    "MNIST_FILES",
+    "MNIST_MIRRORS",
+    "blobs",
+    "digits",
+    "fashion_mnist",
+    "fashion_mnist_missing_message",
+    "mnist",
+    "mnist_missing_message",
+    "one_hot",
+    "random_batch",
+    "read_idx",
+    "sine",
+    "spirals",
+    "standardize",
+    "train_test_split",
+    "two_moons",
+    "xor",
+]
 
 Array = jax.Array
 
@@ -46,115 +73,6 @@ def random_batch(net: MLP, key: Array, batch: int, dtype=jnp.float32) -> tuple[A
         Y = jax.random.bernoulli(key_Y, 0.5, (batch, N_L)).astype(dtype)
     else:
         Y = jax.random.normal(key_Y, (batch, N_L), dtype)
-    return X, Y
-
-
-# --- synthetic sets -------------------------------------------------------------
-# Each generator is jitted whole (sizes and dtype static), so a call compiles once
-# instead of once per primitive.
-
-
-@functools.partial(jax.jit, static_argnames=("n", "dtype"))
-def xor(key: Array, n: int = 4, noise: float = 0.0, dtype=jnp.float32) -> tuple[Array, Array]:
-    """The XOR problem: corners of the unit square, label x_1 XOR x_2.
-
-    Example i sits on corner i mod 4, so ``n=4`` with no noise is exactly the
-    truth table (0,0)→0, (0,1)→1, (1,0)→1, (1,1)→0.
-
-    Args:
-        key: a `jax.random` key (used for the noise).
-        n: the number of examples.
-        noise: the standard deviation of Gaussian noise added to the corners.
-
-    Returns:
-        X of shape (n, 2) and integer labels Y of shape (n,).
-    """
-    corners = jnp.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype)
-    index = jnp.arange(n) % 4
-    X = corners[index] + noise * jax.random.normal(key, (n, 2), dtype)
-    Y = jnp.array([0, 1, 1, 0], jnp.int32)[index]
-    return X, Y
-
-
-@functools.partial(jax.jit, static_argnames=("n", "dtype"))
-def two_moons(
-    key: Array, n: int = 200, noise: float = 0.1, dtype=jnp.float32
-) -> tuple[Array, Array]:
-    """Two interleaved half circles (scikit-learn's ``make_moons``), labels 0 and 1.
-
-    Class 0 is the upper half of the unit circle, class 1 the lower half
-    shifted by (1, 0.5); each example draws its angle uniformly.
-
-    Returns:
-        X of shape (n, 2) and integer labels Y of shape (n,).
-    """
-    key_label, key_angle, key_noise = jax.random.split(key, 3)
-    Y = jax.random.bernoulli(key_label, 0.5, (n,)).astype(jnp.int32)
-    angle = jax.random.uniform(key_angle, (n,), dtype, 0.0, math.pi)
-    upper = jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-    lower = jnp.stack([1.0 - jnp.cos(angle), 0.5 - jnp.sin(angle)], axis=1)
-    X = jnp.where((Y == 1)[:, None], lower, upper)
-    X = X + noise * jax.random.normal(key_noise, (n, 2), dtype)
-    return X.astype(dtype), Y
-
-
-@functools.partial(jax.jit, static_argnames=("n", "classes", "dtype"))
-def spirals(
-    key: Array,
-    n: int = 300,
-    classes: int = 3,
-    turns: float = 1.0,
-    noise: float = 0.05,
-    dtype=jnp.float32,
-) -> tuple[Array, Array]:
-    """Interleaved spiral arms, one per class, in the unit disc (CS231n's spiral set).
-
-    Arm c starts at the origin and winds ``turns`` times, rotated by 2πc/classes.
-
-    Returns:
-        X of shape (n, 2) and integer labels Y of shape (n,), in 0..classes-1.
-    """
-    key_label, key_radius, key_noise = jax.random.split(key, 3)
-    Y = jax.random.randint(key_label, (n,), 0, classes, jnp.int32)
-    radius = jax.random.uniform(key_radius, (n,), dtype)
-    angle = 2 * math.pi * (turns * radius + Y.astype(dtype) / classes)
-    X = radius[:, None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-    X = X + noise * jax.random.normal(key_noise, (n, 2), dtype)
-    return X.astype(dtype), Y
-
-
-@functools.partial(jax.jit, static_argnames=("n", "dtype"))
-def sine(key: Array, n: int = 256, noise: float = 0.0, dtype=jnp.float32) -> tuple[Array, Array]:
-    """Regression of y = sin(x) for x uniform on [−π, π], plus optional Gaussian noise.
-
-    Returns:
-        X of shape (n, 1) and Y of shape (n, 1).
-    """
-    key_x, key_noise = jax.random.split(key)
-    X = jax.random.uniform(key_x, (n, 1), dtype, -math.pi, math.pi)
-    Y = jnp.sin(X) + noise * jax.random.normal(key_noise, (n, 1), dtype)
-    return X, Y
-
-
-@functools.partial(jax.jit, static_argnames=("n", "classes", "dim", "dtype"))
-def blobs(
-    key: Array,
-    n: int = 300,
-    classes: int = 3,
-    dim: int = 2,
-    spread: float = 5.0,
-    std: float = 1.0,
-    dtype=jnp.float32,
-) -> tuple[Array, Array]:
-    """Gaussian blobs: centers uniform in [−spread, spread]^dim, examples N(center, std²).
-
-    Returns:
-        X of shape (n, dim) and integer labels Y of shape (n,), in 0..classes-1.
-    """
-    key_center, key_label, key_noise = jax.random.split(key, 3)
-    centers = jax.random.uniform(key_center, (classes, dim), dtype, -spread, spread)
-    Y = jax.random.randint(key_label, (n,), 0, classes, jnp.int32)
-    X = centers[Y] + std * jax.random.normal(key_noise, (n, dim), dtype)
     return X, Y
 
 
@@ -187,62 +105,11 @@ def digits(dtype=jnp.float32) -> tuple[Array, Array]:
 MNIST_ENV = "MANUALBP_MNIST_DIR"
 """The environment variable naming the MNIST directory when no directory is passed."""
 
-MNIST_FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-"""The four standard IDX files; each may also be gzipped (name + ``.gz``)."""
-
 MNIST_MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
-
-_IDX_DTYPES = {
-    0x08: np.uint8,
-    0x09: np.int8,
-    0x0B: np.dtype(">i2"),
-    0x0C: np.dtype(">i4"),
-    0x0D: np.dtype(">f4"),
-    0x0E: np.dtype(">f8"),
-}
-
-
-def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (gzipped when the name ends in ``.gz``) into a NumPy array.
-
-    The format: two zero bytes, a type code (0x08 for unsigned bytes), the
-    number of dimensions d, then d big-endian uint32 sizes, then the data in
-    row-major order.
-
-    Raises:
-        ValueError: naming the file, when it is not IDX, holds more or fewer
-            values than its header says, or its gzip stream is truncated or
-            fails its CRC check.
-    """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # truncated, or a CRC mismatch
-        raise ValueError(f"{path}: the gzip data is damaged ({e}); fetch the file again") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number {raw[:4].hex()})")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: the header promises {ndim} sizes, the file ends before them")
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    held = (len(raw) - 4 - 4 * ndim) / dtype.itemsize
-    if held != math.prod(shape):
-        raise ValueError(
-            f"{path}: the header says shape {shape} ({math.prod(shape)} values), "
-            f"the file holds {held:g}"
-        )
-    return np.frombuffer(raw, dtype, offset=4 + 4 * ndim).reshape(shape)
 
 
 def mnist_missing_message(directory: str | os.PathLike | None) -> str:
@@ -259,13 +126,6 @@ def mnist_missing_message(directory: str | os.PathLike | None) -> str:
         f"directory:\n{files}\nfrom one of the usual mirrors, e.g.\n{mirrors}\n"
         f"and pass that directory or set {MNIST_ENV}=/path/to/mnist."
     )
-
-
-def _find_idx(directory: Path, name: str) -> Path | None:
-    for candidate in (directory / (name + ".gz"), directory / name):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def mnist(
@@ -291,7 +151,7 @@ def mnist(
         directory = os.environ.get(MNIST_ENV) or None
     if directory is None:
         raise FileNotFoundError(mnist_missing_message(None))
-    return _idx_image_set("MNIST", directory, mnist_missing_message, dtype)
+    return image_set("MNIST", directory, mnist_missing_message, dtype)
 
 
 # --- Fashion-MNIST from Debian's dataset-fashion-mnist --------------------------------
@@ -352,58 +212,7 @@ def fashion_mnist(
     """
     if directory is None:
         directory = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
-    return _idx_image_set("Fashion-MNIST", directory, fashion_mnist_missing_message, dtype)
-
-
-MNIST_CLASSES = 10
-"""MNIST and Fashion-MNIST both label ten classes, 0..9."""
-
-
-def _check_labels(path: Path, labels: np.ndarray, classes: int) -> None:
-    """Every label a class index 0..classes-1; a stray byte would add classes silently."""
-    bad = np.flatnonzero(labels >= classes)
-    if bad.size:
-        raise ValueError(
-            f"{path}: expected class labels 0..{classes - 1}, got {labels[bad[0]]} at index "
-            f"{bad[0]} ({bad.size} such labels)"
-        )
-
-
-def _idx_image_set(name: str, directory, missing_message, dtype):
-    """The four IDX files of an MNIST-format set: checked, flattened, scaled to [0, 1]."""
-    paths = {key: _find_idx(Path(directory), file) for key, file in MNIST_FILES.items()}
-    if None in paths.values():
-        raise FileNotFoundError(missing_message(directory))
-    arrays = {key: read_idx(path) for key, path in paths.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-            raise ValueError(
-                f"{name} {split}: expected images (n, rows, cols) and labels (n,), got "
-                f"{images.shape} and {labels.shape}"
-            )
-        for kind, path in (
-            ("images", paths[f"{split}_images"]),
-            ("labels", paths[f"{split}_labels"]),
-        ):
-            if arrays[f"{split}_{kind}"].dtype != np.uint8:
-                raise ValueError(
-                    f"{path}: expected {kind} of unsigned bytes (IDX type 0x08), got "
-                    f"{arrays[f'{split}_{kind}'].dtype}"
-                )
-        _check_labels(paths[f"{split}_labels"], labels, MNIST_CLASSES)
-
-    def prepare(images: np.ndarray, labels: np.ndarray) -> tuple[Array, Array]:
-        # Divide in float32 unless float64 is asked for: exact pixel values, one rounding,
-        # and a fraction of the time of NumPy's default float64 arithmetic.
-        work = np.float64 if jnp.dtype(dtype) == np.float64 else np.float32
-        scaled = images.reshape(images.shape[0], -1).astype(work) / work(255)
-        return jnp.asarray(scaled, dtype), jnp.asarray(labels, jnp.int32)
-
-    return (
-        prepare(arrays["train_images"], arrays["train_labels"]),
-        prepare(arrays["test_images"], arrays["test_labels"]),
-    )
+    return image_set("Fashion-MNIST", directory, fashion_mnist_missing_message, dtype)
 
 
 # --- preparation ---------------------------------------------------------------------

@@ -205,8 +205,15 @@ class MLP:
         return tuple(params)
 
 
+# The jit stays here rather than in `_entry.entry_point`: that helper builds the functions
+# of (net, params, X, Y), checking them and casting into the parameters' dtype and back,
+# while init takes none of those (`MLP.init` checks its own arguments above); and `_entry`
+# imports this module, so importing it here would be a cycle. The jit also fixes the
+# values: the whole draw compiled as one program (sizes, dtype, scheme static) gives other
+# bits than the same operations run one by one, and every stored value starts from it.
 @functools.partial(jax.jit, static_argnums=(0, 2, 3))
 def _init(sizes: tuple[int, ...], key: Array, dtype, scheme: str) -> Params:
+    """`MLP.init`'s draw: one key per layer l = 2..L, W^l scaled by the scheme, b^l."""
     params = []
     keys = jax.random.split(key, len(sizes) - 1)
     for key_l, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):

@@ -8,7 +8,8 @@ cycle by running late is still a cycle. The layers, lowest first:
 * math: the equations and what they are written with (activations, losses,
   parameters, network, backprop, autodiff, tolerance), the argument checks (validation)
   and the plain helpers (names, records, table);
-* gradients: the checked, jitted entry points (_entry builds them; gradients) and the data;
+* gradients: the checked, jitted entry points (_entry builds them; gradients) and the data
+  (data, with the synthetic sets in data_synthetic and the IDX files in data_idx);
 * extensions: the per-example and curvature math (manualbp.extensions);
 * verification: every verifier, core, extensions and curvature (manualbp.verification);
 * training: the training loop, privacy, checkpoints and run identity (manualbp.training);
@@ -39,7 +40,7 @@ MATH = {
     "records",
     "table",
 }
-GRADIENTS = {"_entry", "gradients", "data"}
+GRADIENTS = {"_entry", "gradients", "data", "data_synthetic", "data_idx"}
 SUBPACKAGES = ("extensions", "verification", "training", "tools")
 LAYERS = ("math", "gradients", "extensions", "verification", "training", "package", "tools")
 

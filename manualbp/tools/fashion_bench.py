@@ -39,8 +39,6 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 
@@ -51,6 +49,7 @@ import optax
 import manualbp as mbp
 from manualbp import data
 from manualbp.tools import timing
+from manualbp.tools.fashion_bench_threads import one_thread, thread_settings
 
 SIZES = (784, 100, 10)
 BATCH = 200
@@ -254,57 +253,6 @@ def _ratio(paired: dict) -> str:
     interval = paired["ci95"]
     text = f"{paired['median']:.2f}"
     return text + (f" (95% CI {interval[0]:.2f}–{interval[1]:.2f})" if interval else "")
-
-
-@contextlib.contextmanager
-def one_thread():
-    """This process on one CPU (XLA's thread pool follows it), BLAS and OpenMP on one thread.
-
-    Enter it before JAX's backend starts: the pool is sized when the backend is.
-    """
-    from threadpoolctl import threadpool_limits
-
-    if not hasattr(os, "sched_setaffinity"):
-        raise SystemExit("--threads 1: expected os.sched_setaffinity (Linux), got none here")
-    cpus = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(cpus)})
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:  # XLA's pool stays as sized; processes started later get every CPU again
-        os.sched_setaffinity(0, cpus)
-
-
-def thread_settings(rounds: int) -> list[dict]:
-    """manual against sklearn, paired, for one thread and the default threads × float32, float64.
-
-    Each setting runs in a process of its own (`main`), since the thread pools
-    and x64 are fixed when a process first uses them. Prints a line per setting.
-    """
-    results = []
-    for threads in ("1", "default"):
-        for dtype in ("float32", "float64"):
-            command = [sys.executable, "-m", "manualbp.tools.fashion_bench", str(rounds),
-                       "--dtype", dtype, "--threads", threads, "--trainers", "manual", "sklearn",
-                       "--no-peak", "--json"]  # fmt: skip
-            output = subprocess.run(command, capture_output=True, text=True)
-            if output.returncode:
-                last = (output.stderr.strip().splitlines() or ["no message"])[-1]
-                raise RuntimeError(f"fashion_bench --threads {threads} --dtype {dtype}: {last}")
-            result = {"dtype": dtype, **json.loads(output.stdout.strip().splitlines()[-1])}
-            results.append(result)
-            if "skipped" not in result:
-                wall = result["paired"]["sklearn_over_manual_time"]["median"]
-                cpu = result["paired_cpu"]["sklearn_over_manual_time"]["median"]
-                manual, sklearn = result["manual"], result["sklearn"]
-                print(
-                    f"threads {threads}, {dtype}: s/epoch manual {manual['epoch_s']:.3f} wall "
-                    f"{manual['cpu_epoch_s']:.3f} CPU, sklearn {sklearn['epoch_s']:.3f} wall "
-                    f"{sklearn['cpu_epoch_s']:.3f} CPU; paired sklearn / manual {wall:.2f} wall, "
-                    f"{cpu:.2f} CPU; CPU / wall {result['cpu_over_wall']:.2f}",
-                    flush=True,
-                )
-    return results
 
 
 def main(argv=None) -> dict | list[dict]:

@@ -50,40 +50,42 @@ def train_side_by_side(
     Returns:
         {grad: `TrainResult`}, plus ``"seconds"``: {grad: wall time}.
     """
-    import manualbp as mbp
-
+    settings = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        key=key,
+        eval_data=eval_data,
+        check_every=check_every,
+        progress=progress,
+        resume=resume,
+        privacy=privacy,
+    )
     results, seconds = {}, {}
     for grad in grads:
         directory = None if checkpoint_dir is None else str(Path(checkpoint_dir) / grad)
-        logged = []
-
-        def log(record, grad=grad, logged=logged):
-            logged.append(record["epoch"])
-            run.log(grad=grad, **record)
-
         started = time.perf_counter()
-        results[grad] = mbp.train(
-            net,
-            params,
-            optimizer,
-            *train_data,
-            epochs=epochs,
-            batch_size=batch_size,
-            key=key,
-            grad=grad,
-            eval_data=eval_data,
-            check_every=check_every,
-            progress=progress,
-            checkpoint_dir=directory,
-            resume=resume,
-            callback=log,
-            privacy=privacy,
+        results[grad], logged = _train_logged(
+            run, (net, params, optimizer, *train_data), dict(settings, grad=grad), directory
         )
         seconds[grad] = time.perf_counter() - started
         if not progress and (not logged or logged[0] > 1):
             print(_resumed_line(grad, directory, logged, epochs), file=sys.stderr)
     _plot(run, results, grads, metrics)
     return {**results, "seconds": seconds}
+
+
+def _train_logged(run: Run, args: tuple, settings: dict, directory: str | None):
+    """`mbp.train(*args, **settings)` saving to ``directory``, each epoch logged with its
+    path; returns the result and the epochs trained now."""
+    import manualbp as mbp
+
+    grad, logged = settings["grad"], []
+
+    def log(record):
+        logged.append(record["epoch"])
+        run.log(grad=grad, **record)
+
+    return mbp.train(*args, **settings, checkpoint_dir=directory, callback=log), logged
 
 
 def _plot(run: Run, results: Mapping[str, Any], grads: Sequence[str], metrics: Sequence[str]):

@@ -19,14 +19,14 @@ Safe to resume: the checkpoint stores the run's fingerprint
 (`identity.fingerprint`: net, plug-in code, shapes, settings, data content, and
 what the caller passed: the starting params and the optimizer's updates on a
 fixed probe). A checkpoint whose fingerprint differs raises
-`CheckpointMismatchError` naming what differs, unless only the caller's
-settings do and ``resume="continue"`` asks to go on with them.
+`CheckpointMismatchError` naming what differs (`checkpoint_match`), unless only
+the caller's settings do and ``resume="continue"`` asks to go on with them.
 
 Read as untrusted input: `checkpoint_file` checks the file's kind and size,
 the zip entries and every ``.npy`` header against the run before it reads any
 data, `checkpoint_meta` every metadata field; then the parameters must be
-finite and the optimizer state free of NaN. Anything else raises
-`CheckpointError`, and the file is left as it is.
+finite and the optimizer state free of NaN (`checkpoint_values`). Anything else
+raises `CheckpointError`, and the file is left as it is.
 
 The metadata is strict JSON: a non-finite number in the history (an
 overflowing test loss) is written as the string "inf", "-inf" or "nan" and
@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from manualbp.records import to_json
@@ -62,9 +61,9 @@ from manualbp.training.checkpoint_directory import (
     path_in,
     writable_directory,
 )
+from manualbp.training.checkpoint_match import RESUME, check_fingerprint
+from manualbp.training.checkpoint_values import check_values, nan_leaves
 from manualbp.training.identity import (
-    PARTS,
-    differences,
     dtype_of,
     fingerprint,
     key_arrays,
@@ -179,19 +178,6 @@ def _arrays(state: Checkpoint, run_print: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def nan_leaves(tree) -> list[str]:
-    """The paths of the leaves of ``tree`` that hold a NaN (one reduction per leaf, compiled)."""
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    floating = [(p, x) for p, x in flat if jnp.issubdtype(x.dtype, jnp.inexact)]
-    found = to_host(_any_nan([x for _, x in floating])) if floating else []
-    return [jax.tree_util.keystr(p) for (p, _), nan in zip(floating, found, strict=True) if nan]
-
-
-@jax.jit
-def _any_nan(leaves: list) -> jax.Array:
-    return jnp.stack([jnp.any(jnp.isnan(x)) for x in leaves])
-
-
 def load(
     checkpoint_dir: str | os.PathLike,
     run_print: dict,
@@ -225,42 +211,72 @@ def load(
         CheckpointMismatchError: it belongs to a different run.
     """
     path = path_in(checkpoint_dir)
+    expected = _expected(params_like, opt_state_like, key_like)
+    read = _read(path, expected, run_print, resume)
+    if read is None:
+        return None
+    epoch, history, arrays = read
+    check_values(path, arrays)
+    params, opt_state = (
+        jax.tree.unflatten(treedef, [arrays[f"{prefix}/{i}"] for i in range(len(leaves))])
+        for prefix, (leaves, treedef) in expected.trees.items()
+    )
+    key = _wrap_key(path, arrays["key"], expected.key_impl)
+    return Checkpoint(epoch=epoch, params=params, opt_state=opt_state, key=key, history=history)
+
+
+class _Expected(NamedTuple):
+    """What this run's checkpoint must hold: each member's (shape, dtype), the trees to
+    rebuild, as (leaves, treedef) by prefix, and the key's implementation."""
+
+    members: dict
+    trees: dict
+    key_impl: str | None
+
+
+def _expected(params_like, opt_state_like, key_like) -> _Expected:
+    """The members the file must hold, read off the trees and the key this run passes."""
     key_like = jax.random.key(0) if key_like is None else key_like
     key_data_like, key_impl = key_arrays(key_like)
     trees = {
         prefix: jax.tree.flatten(like)
         for prefix, like in (("params", params_like), ("opt_state", opt_state_like))
     }
-    expected = {"key": (key_data_like.shape, key_data_like.dtype)}
+    members = {"key": (key_data_like.shape, key_data_like.dtype)}
     for prefix, (leaves, _) in trees.items():
-        expected.update({f"{prefix}/{i}": (np.shape(x), dtype_of(x)) for i, x in enumerate(leaves)})
+        members.update({f"{prefix}/{i}": (np.shape(x), dtype_of(x)) for i, x in enumerate(leaves)})
+    return _Expected(members, trees, key_impl)
+
+
+def _read(path: Path, expected: _Expected, run_print: dict, resume: str):
+    """(epoch, history, arrays) from the file, each part checked before the next is read;
+    None when there is no file."""
     try:
         f = checkpoint_file.open_regular(path)
         if f is None:
             return None
         with f:
-            checkpoint_file.check_size(f, expected)
+            checkpoint_file.check_size(f, expected.members)
             with zipfile.ZipFile(f) as archive:
                 meta = json.loads(checkpoint_file.read_meta(archive).decode())
-                epoch, history, stored_print = checkpoint_meta.check_meta(meta, key_impl)
-                _check_fingerprint(path, stored_print, run_print, resume)
-                arrays = checkpoint_file.read_arrays(archive, expected)
+                epoch, history, stored_print = checkpoint_meta.check_meta(meta, expected.key_impl)
+                check_fingerprint(path, stored_print, run_print, resume)
+                arrays = checkpoint_file.read_arrays(archive, expected.members)
     except checkpoint_file.READ_ERRORS + (UnicodeDecodeError,) as e:
         if isinstance(e, CheckpointError) and not isinstance(e, checkpoint_file.FileFormatError):
             raise
         raise _corrupted(path, e) from e
-    _check_values(path, arrays)
-    params, opt_state = (
-        jax.tree.unflatten(treedef, [arrays[f"{prefix}/{i}"] for i in range(len(leaves))])
-        for prefix, (leaves, treedef) in trees.items()
-    )
-    key = arrays["key"]
-    if key_impl is not None:
-        try:
-            key = jax.random.wrap_key_data(key, impl=key_impl)
-        except (ValueError, TypeError) as e:
-            raise _corrupted(path, e) from e
-    return Checkpoint(epoch=epoch, params=params, opt_state=opt_state, key=key, history=history)
+    return epoch, history, arrays
+
+
+def _wrap_key(path: Path, key_data: np.ndarray, key_impl: str | None):
+    """The stored key data as a typed key of the run's implementation (raw data without one)."""
+    if key_impl is None:
+        return key_data
+    try:
+        return jax.random.wrap_key_data(key_data, impl=key_impl)
+    except (ValueError, TypeError) as e:
+        raise _corrupted(path, e) from e
 
 
 def completed_epochs(checkpoint_dir: str | os.PathLike) -> int:
@@ -284,71 +300,4 @@ def _corrupted(path: Path, e: BaseException) -> CheckpointError:
         f"checkpoint_dir: {path} is corrupted or not a manualbp checkpoint "
         f"({type(e).__name__}: {str(e)[:300]}); it is left untouched: move it away to start "
         "the run afresh"
-    )
-
-
-def _check_values(path: Path, arrays: dict) -> None:
-    """Parameters finite and no NaN in the optimizer state (its inf may be a start value)."""
-    for name, values in arrays.items():
-        if name == "key" or values.dtype.kind not in "fcV":
-            continue
-        floats = values.astype(np.float32) if values.dtype.kind == "V" else values  # bfloat16
-        params = name.startswith("params/")
-        bad = ~np.isfinite(floats) if params else np.isnan(floats)
-        if bad.any():
-            raise CheckpointError(
-                f"checkpoint_dir: {path} holds {'non-finite' if params else 'NaN'} values in "
-                f"{name} ({int(bad.sum())} of {values.size}); a run never saves those, so the "
-                "file is damaged or hand-made. It is left untouched: move it away to start the "
-                "run afresh"
-            )
-
-
-RESUME = ("same", "continue")
-"""How `load` treats a checkpoint whose caller part differs: refuse, or go on with it."""
-
-
-def _check_fingerprint(path: Path, stored: dict, current: dict, resume: str) -> None:
-    """Raise `CheckpointMismatchError` naming each part, and the first entries, that differ;
-    then, unless ``resume == "continue"``, the caller's settings."""
-    differ = [part for part in PARTS if stored.get(part) != current[part]]
-    if differ:
-        found = [d for part in differ for d in differences(stored.get(part), current[part], part)]
-        details = "; ".join(
-            f"{where}: checkpoint has {old!r:.120}, this run has {new!r:.120}"
-            for where, old, new in found[:4]
-        )
-        raise CheckpointMismatchError(
-            f"checkpoint_dir: {path} belongs to a different run ({', '.join(differ)} differ"
-            f"); it is left untouched. Use another checkpoint_dir, or the same net, code, data, "
-            f"optimizer and settings to resume. {details}"
-        )
-    if "caller" not in current or resume == "continue" or stored.get("caller") == current["caller"]:
-        return
-    before = stored.get("caller")
-    if not isinstance(before, dict):
-        raise CheckpointMismatchError(
-            f"checkpoint_dir: {path} records no starting params or optimizer to compare with "
-            "this call's (an older manualbp wrote it); it is left untouched. Pass "
-            "resume='continue' to go on from it with this call's settings"
-        )
-    changed = []
-    if before.get("optimizer") != current["caller"]["optimizer"]:
-        changed.append(
-            "the optimizer (its updates on a fixed probe gradient differ: another learning "
-            "rate or hyperparameter)"
-        )
-    leaves = [
-        k for k, v in current["caller"]["params"].items() if before.get("params", {}).get(k) != v
-    ]
-    if leaves:
-        changed.append(
-            f"the starting params ({', '.join(f'params{k}' for k in leaves[:4])} differ: another "
-            "init, seed or params=)"
-        )
-    raise CheckpointMismatchError(
-        f"checkpoint_dir: {path} was trained with other settings than this call passes: "
-        f"{'; and '.join(changed)}. It is left untouched. To go on from the checkpoint with "
-        "this call's settings, pass resume='continue'; to start afresh, use another "
-        "checkpoint_dir"
     )

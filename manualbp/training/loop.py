@@ -4,24 +4,25 @@
 (equations (1)–(4), ``grad="manual"``) or from `autodiff.value_and_grad`
 (``grad="autodiff"``); the update from any optax `GradientTransformation`.
 
-One epoch is one compiled program (`programs.epoch`): shuffle with the epoch's
-key (`shuffle.permutation`), then `jax.lax.scan` over the mini-batches, so no
-Python runs between steps. The program is cached on the static settings (net,
-optimizer object, gradient path, batch size, compute dtype, mesh) and the
-shapes, so calling `train` again with the same ones compiles nothing; pass the
-same optimizer object to reuse it (optax builds new functions on every
-``optax.adam(...)`` call).
+One epoch is one compiled program (`programs.epoch`, run by `epoch.run_epoch`):
+shuffle with the epoch's key (`shuffle.permutation`), then `jax.lax.scan` over
+the mini-batches, so no Python runs between steps. The program is cached on the
+static settings (net, optimizer object, gradient path, batch size, compute
+dtype, mesh) and the shapes, so calling `train` again with the same ones
+compiles nothing; pass the same optimizer object to reuse it (optax builds new
+functions on every ``optax.adam(...)`` call).
 
 Remainder rule: an epoch runs ⌊n / batch_size⌋ steps of exactly ``batch_size``
 examples each. The n mod batch_size examples that the epoch's permutation puts
 last are left out of that epoch only; the next epoch's permutation leaves out
 others, so every example is used and every step has the same shape.
+
+Here: the run checked and placed (`_setup`), resumed (`_resume`, with
+`run_checkpoint` for the checkpoint directory), and its epochs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -29,25 +30,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.experimental import multihost_utils
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from manualbp.network import MLP, Params
 from manualbp.parameters import param_dtype
-from manualbp.training import (
-    accounting,
-    arguments,
-    checkpoint,
-    history,
-    memory,
-    processes,
-    programs,
-)
-from manualbp.training.checkpoint import to_host
+from manualbp.training import arguments, checkpoint, history, memory, run_checkpoint
 from manualbp.training.dpsgd import DPSGD
+from manualbp.training.epoch import Run, State, run_epoch
 from manualbp.training.placement import place, place_data, place_key, shardings
 
 Array = jax.Array
@@ -196,14 +186,14 @@ def train(
         epochs, batch_size, grad, check_every, mesh, compute_dtype, shuffle, eval_data, privacy
     )
     run, state = _setup(net, params, optimizer, X, Y, key, settings)
-    with _holding(checkpoint_dir):
+    with run_checkpoint.holding(checkpoint_dir):
         _resume(run, state, checkpoint_dir, resume)
         if progress and state.start:
             line = history.resume_line(state.start, run.settings.epochs, checkpoint_dir)
             print(line, file=sys.stderr, flush=True)
         for epoch in range(state.start + 1, run.settings.epochs + 1):
             started = time.perf_counter()
-            record = _run_epoch(run, state, epoch, checkpoint_dir)
+            record = run_epoch(run, state, epoch, checkpoint_dir)
             _after_epoch(state, record, checkpoint_dir)
             if progress:
                 seconds = time.perf_counter() - started
@@ -212,31 +202,6 @@ def train(
             if callback is not None:
                 callback(record)
     return TrainResult(state.params, state.opt_state, state.history, state.key)
-
-
-class _Run(NamedTuple):
-    """What stays fixed over a training run: the net, the checked settings, the placed data."""
-
-    net: MLP
-    optimizer: optax.GradientTransformation
-    settings: arguments.Settings
-    X: Array
-    Y: Array
-    test: tuple | None
-    replicated: NamedSharding | None
-    statics: dict
-
-
-@dataclasses.dataclass
-class _State:
-    """What changes epoch by epoch."""
-
-    params: Params
-    opt_state: Any
-    key: Array
-    history: list[dict]
-    start: int = 0
-    fingerprint: dict | None = None
 
 
 def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
@@ -254,18 +219,8 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     replicated, batch_sharding = shardings(settings.mesh)
     if test is not None:
         test = place_data(net, *test, dtype, replicated)
-    statics = dict(
-        net=net,
-        optimizer=optimizer,
-        batch_size=settings.batch_size,
-        compute_dtype=settings.compute_dtype,
-        batch_sharding=batch_sharding,
-    )
-    if settings.privacy is None:
-        statics.update(grad=settings.grad, shuffle=bool(settings.shuffle))
-    else:
-        statics.update(privacy=settings.privacy)
-    run = _Run(
+    statics = _statics(net, optimizer, settings, batch_sharding)
+    run = Run(
         net,
         optimizer,
         settings,
@@ -277,47 +232,31 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     # Copies: the epoch donates its params and opt_state, never the caller's arrays.
     params = place(params, replicated, copy=True)
     opt_state = place(optimizer.init(params), replicated, copy=True)
-    return run, _State(params, opt_state, key, [])
+    return run, State(params, opt_state, key, [])
 
 
-def _fingerprint_run(run: _Run, key) -> dict:
-    """The settings a checkpoint must share to be resumed by this run."""
-    settings = run.settings
-    described = {
-        "grad": settings.grad,
-        "batch_size": settings.batch_size,
-        "compute_dtype": jnp.dtype(settings.compute_dtype).name,
-        "shuffle": bool(settings.shuffle),
-        "X": [list(run.X.shape), run.X.dtype.name],
-        "Y": [list(run.Y.shape), run.Y.dtype.name],
-        "key": checkpoint.key_description(key),
-    }
-    if settings.privacy is not None:  # only then: checkpoints of runs without it still match
-        described["privacy"] = dataclasses.asdict(settings.privacy)
-    return described
+def _statics(net, optimizer, settings: arguments.Settings, batch_sharding) -> dict:
+    """The compiled epoch's static arguments: what its program is cached on."""
+    statics = dict(
+        net=net,
+        optimizer=optimizer,
+        batch_size=settings.batch_size,
+        compute_dtype=settings.compute_dtype,
+        batch_sharding=batch_sharding,
+    )
+    if settings.privacy is None:
+        statics.update(grad=settings.grad, shuffle=bool(settings.shuffle))
+    else:
+        statics.update(privacy=settings.privacy)
+    return statics
 
 
-def _holding(checkpoint_dir):
-    """The checkpoint directory, checked writable and locked for this run (by its writer,
-    process 0), before any epoch runs."""
-    if checkpoint_dir is None or jax.process_index() != 0:
-        return contextlib.nullcontext()
-    return checkpoint.lock(checkpoint_dir)
-
-
-def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
+def _resume(run: Run, state: State, checkpoint_dir, resume: str) -> None:
     """Start from the checkpoint's state where one of the same run exists."""
     if resume not in checkpoint.RESUME:  # reliability hook: the caller's settings, too
         raise ValueError(f"resume: expected one of {', '.join(checkpoint.RESUME)}, got {resume!r}")
     if checkpoint_dir is not None or jax.process_count() > 1:
-        data = {"X": run.X, "Y": run.Y}
-        if run.test is not None:
-            data.update(X_test=run.test[0], Y_test=run.test[1])
-        state.fingerprint = checkpoint.fingerprint(
-            run.net, state.params, state.opt_state, _fingerprint_run(run, state.key), data,
-            optimizer=run.optimizer,
-        )  # fmt: skip
-        processes.check_agree(state.fingerprint)  # reliability hook: one all-gather
+        state.fingerprint = run_checkpoint.fingerprint(run, state)
     if checkpoint_dir is not None:
         saved = checkpoint.load(
             checkpoint_dir, state.fingerprint, state.params, state.opt_state, state.key,
@@ -325,11 +264,11 @@ def _resume(run: _Run, state: _State, checkpoint_dir, resume: str) -> None:
         )  # fmt: skip
         if saved is not None:
             _restore(run, state, saved, checkpoint_dir)
-        _check_same_start(state.start, checkpoint_dir)
+        run_checkpoint.check_same_start(state.start, checkpoint_dir)
     state.key = place_key(state.key, run.replicated)
 
 
-def _restore(run: _Run, state: _State, saved: checkpoint.Checkpoint, checkpoint_dir) -> None:
+def _restore(run: Run, state: State, saved: checkpoint.Checkpoint, checkpoint_dir) -> None:
     epochs = run.settings.epochs
     if saved.epoch > epochs:
         raise ValueError(
@@ -342,97 +281,8 @@ def _restore(run: _Run, state: _State, saved: checkpoint.Checkpoint, checkpoint_
     state.key = saved.key
 
 
-def _run_epoch(run: _Run, state: _State, epoch: int, checkpoint_dir) -> dict:
-    """One compiled epoch, then its history entry; nothing of a diverged epoch is kept."""
-    if run.settings.privacy is None:
-        params, opt_state, key, losses, finite = programs.epoch(
-            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
-        )
-        losses = to_host(losses)
-    else:  # no loss: that of the private training data is not released
-        params, opt_state, key, finite, _ = programs.private_epoch(
-            state.params, state.opt_state, state.key, run.X, run.Y, **run.statics
-        )
-        losses = None
-    if not to_host(finite):
-        message = history.divergence_message(epoch, losses, checkpoint_dir)
-        raise history.DivergenceError(message, epoch, state.history)
-    _refuse_a_nan_optimizer_state(opt_state, epoch, state, checkpoint_dir)  # reliability hook
-    state.params, state.opt_state, state.key = params, opt_state, key
-    record = {"epoch": epoch}
-    if losses is not None:
-        record["loss"] = float(np.mean(losses, dtype=np.float64))
-    n, settings = run.X.shape[0], run.settings
-    record.update(
-        accounting.entries(settings.privacy, epoch=epoch, n=n, batch_size=settings.batch_size)
-    )
-    record.update(_held_out_entries(run, state.params, epoch))
-    return record
-
-
-def _held_out_entries(run: _Run, params, epoch: int) -> dict:
-    """Test loss and accuracy, and on checked epochs the gradient check: on the held-out
-    data, or for a run without privacy the check on the first B training examples."""
-    entries = {}
-    if run.test is not None:
-        test_loss, accuracy = map(to_host, programs.evaluate(params, *run.test, net=run.net))
-        entries["test_loss"] = float(test_loss)
-        if run.net.classifier:
-            entries["test_accuracy"] = float(accuracy)
-    settings = run.settings
-    if settings.check_every is not None and epoch % settings.check_every == 0:
-        X, Y = (run.X, run.Y) if settings.privacy is None else run.test
-        rows = slice(0, settings.batch_size)
-        entries["grad_check"] = history.grad_check(run.net, params, X[rows], Y[rows])
-    return entries
-
-
-def _refuse_a_nan_optimizer_state(opt_state, epoch: int, state: _State, checkpoint_dir) -> None:
-    """A NaN in the optimizer state (finite parameters) is divergence too: never saved."""
-    where = checkpoint.nan_leaves(opt_state)
-    if where:
-        kept = (
-            f"; the checkpoint of epoch {epoch - 1} in {checkpoint_dir} is kept"
-            if checkpoint_dir is not None and epoch > 1
-            else ""
-        )
-        message = (
-            f"training diverged in epoch {epoch}: the optimizer state holds NaN in "
-            f"opt_state{', opt_state'.join(where[:3])} while the parameters are finite; nothing "
-            f"of epoch {epoch} is kept{kept}. Check the optimizer's settings"
-        )
-        raise history.DivergenceError(message, epoch, state.history)
-
-
-def _after_epoch(state: _State, record: dict, checkpoint_dir) -> None:
+def _after_epoch(state: State, record: dict, checkpoint_dir) -> None:
     """Append the record and write the checkpoint (process 0; the others wait for it)."""
     state.history.append(record)
     if checkpoint_dir is not None:
-        saved = checkpoint.Checkpoint(
-            record["epoch"], state.params, state.opt_state, state.key, state.history
-        )
-        _save(checkpoint_dir, saved, state.fingerprint)
-
-
-def _save(checkpoint_dir, state: checkpoint.Checkpoint, fingerprint: dict) -> None:
-    """Process 0 writes the checkpoint; with several processes, all wait until it has.
-
-    The wait keeps a process that goes on to resume from reading the epoch before.
-    """
-    if jax.process_index() == 0:
-        checkpoint.save(checkpoint_dir, state, fingerprint)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"manualbp checkpoint epoch {state.epoch}")
-
-
-def _check_same_start(start: int, checkpoint_dir) -> None:
-    """Every process resumes after the same epoch, or all raise (a checkpoint_dir not shared)."""
-    if jax.process_count() == 1:
-        return
-    starts = multihost_utils.process_allgather(np.int32(start))
-    if np.any(starts != start):
-        raise checkpoint.CheckpointError(
-            f"checkpoint_dir: the processes found checkpoints of different epochs in "
-            f"{checkpoint_dir} ({starts.tolist()} completed, by process); give every process "
-            "the same checkpoint_dir on a shared file system"
-        )
+        run_checkpoint.save(checkpoint_dir, state, record["epoch"])
