@@ -36,7 +36,7 @@ import optax
 
 import manualbp as mbp
 from manualbp import backprop, data
-from manualbp.records import environment
+from manualbp._records import environment
 from manualbp.tools import experiment
 
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from manualbp.names import resolve
+from manualbp._names import resolve
 
 Array = jax.Array
 

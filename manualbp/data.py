@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import losses
-from manualbp.data_idx import MNIST_CLASSES, MNIST_FILES, image_set, read_idx
-from manualbp.data_synthetic import blobs, sine, spirals, two_moons, xor
+from manualbp._data_idx import MNIST_CLASSES, MNIST_FILES, image_set, read_idx
+from manualbp._data_synthetic import blobs, sine, spirals, two_moons, xor
 from manualbp.network import MLP
 
 __all__ = [  # the data's surface, whichever module of it a name lives in

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from manualbp import activations
-from manualbp.names import resolve
+from manualbp._names import resolve
 
 Array = jax.Array
 

@@ -7,9 +7,9 @@ cycle by running late is still a cycle. The layers, lowest first:
 
 * math: the equations and what they are written with (activations, losses,
   parameters, network, backprop, autodiff, tolerance), the argument checks (validation)
-  and the plain helpers (names, records, table);
+  and the plain helpers (_names, _records, _table; _block_checks);
 * gradients: the checked, jitted entry points (_entry builds them; gradients) and the data
-  (data, with the synthetic sets in data_synthetic and the IDX files in data_idx);
+  (data, with the synthetic sets in _data_synthetic and the IDX files in _data_idx);
 * extensions: the per-example and curvature math (manualbp.extensions);
 * verification: every verifier, core, extensions and curvature (manualbp.verification);
 * training: the training loop, privacy, checkpoints and run identity (manualbp.training);
@@ -36,11 +36,11 @@ MATH = {
     "backprop",
     "autodiff",
     "tolerance",
-    "names",
-    "records",
-    "table",
+    "_names",
+    "_records",
+    "_table",
 }
-GRADIENTS = {"_entry", "gradients", "data", "data_synthetic", "data_idx"}
+GRADIENTS = {"_entry", "gradients", "data", "_data_synthetic", "_data_idx"}
 SUBPACKAGES = ("extensions", "verification", "training", "tools")
 LAYERS = ("math", "gradients", "extensions", "verification", "training", "package", "tools")
 

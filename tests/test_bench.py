@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import manualbp as mbp
-from manualbp import records
+from manualbp import _records as records
 from manualbp.tools import bench, bench_cli, cli, timing
 from manualbp.tools import bench_curvature as bc
 from manualbp.tools.console import UserError

@@ -15,7 +15,7 @@ import sys
 
 import jax
 
-from manualbp.records import environment
+from manualbp._records import environment
 from manualbp.tools import (
     bench_curvature,
     bench_extensions,

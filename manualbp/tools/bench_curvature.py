@@ -30,11 +30,11 @@ import jax.numpy as jnp
 
 import manualbp as mbp
 from manualbp import backprop
+from manualbp._records import environment
 from manualbp.data import random_batch
 from manualbp.extensions import curvature as C
 from manualbp.extensions.curvature_equations import CURVATURE, logits_are_f
 from manualbp.network import as_targets, forward_pass, mean_loss
-from manualbp.records import environment
 from manualbp.tools import timing
 from manualbp.tools.bench import Config
 

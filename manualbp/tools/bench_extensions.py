@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import optax
 
 import manualbp as mbp
+from manualbp._records import environment
 from manualbp.data import random_batch
-from manualbp.records import environment
 from manualbp.tools import timing
 from manualbp.tools.bench import CONFIGS, CONFIGS_BY_NAME, TRAINING_EPOCHS, _ratio
 from manualbp.verification.extensions import clip_materialized, example_grads

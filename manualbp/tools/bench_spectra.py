@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 import manualbp as mbp
+from manualbp._records import environment
 from manualbp.data import random_batch
 from manualbp.extensions import _krylov
 from manualbp.extensions import curvature as C
@@ -41,7 +42,6 @@ from manualbp.extensions._spectral_programs import (
     residual_program,
 )
 from manualbp.network import as_targets, mean_loss
-from manualbp.records import environment
 from manualbp.tools import timing
 
 TARGET = 1.1

@@ -9,7 +9,7 @@ against autodiff training (`manualbp.tools.side_by_side`). `manualbp train` is
 built from the same pieces in `manualbp.tools.train_cli`.
 """
 
-from manualbp.records import to_json
+from manualbp._records import to_json
 from manualbp.tools.configs import RunConfig, build_parser, parse_config, run_main
 from manualbp.tools.plots import plot_curves, print_table
 from manualbp.tools.runs import Run, run_folder, start_run

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from manualbp.table import format_table
+from manualbp._table import format_table
 
 # Line styles per series, so coinciding curves (manual under autodiff) both stay visible.
 _STYLES = (

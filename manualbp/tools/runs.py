@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from manualbp.records import environment, to_json
+from manualbp._records import environment, to_json
 from manualbp.tools.configs import RunConfig
 from manualbp.tools.console import UserError
 from manualbp.tools.plots import plot_curves

@@ -171,7 +171,7 @@ def _verify_one(args, net, dtype, check) -> int:
 
 
 def _catalogue(args, dtype, check) -> int:
-    from manualbp.table import format_table
+    from manualbp._table import format_table
 
     subjects = _catalogue_subjects(dtype, check)
     n_nets = len(HIDDEN_ACTIVATIONS) * len(OUTPUT_LOSS_PAIRS)
@@ -233,9 +233,9 @@ def _extensions(args, single: bool) -> int:
     """`verify_extensions` on the net the flags describe, or over the catalogue with progress."""
     import jax
 
+    from manualbp._table import format_table
     from manualbp.data import random_batch
     from manualbp.network import MLP
-    from manualbp.table import format_table
     from manualbp.verification import verify_extensions
 
     float64 = args.dtype == "float64"

@@ -46,7 +46,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from manualbp.records import to_json
+from manualbp._records import to_json
 from manualbp.training import checkpoint_file, checkpoint_meta
 from manualbp.training.checkpoint_directory import (
     FILENAME,

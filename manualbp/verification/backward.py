@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import validation
+from manualbp._records import environment
 from manualbp.backprop import EQUATIONS, Equations, backward_with_deltas
 from manualbp.network import MLP, Layer, Params, as_targets
 from manualbp.parameters import param_dtype
-from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import block_rows
 from manualbp.verification.compare import Rounding, Setting, Site, compare

@@ -45,10 +45,10 @@ import numpy as np
 
 from manualbp import validation
 from manualbp._entry import in_compute_dtype
+from manualbp._records import environment
 from manualbp.extensions.curvature_equations import CURVATURE, CurvatureEquations, logits_are_f
 from manualbp.network import MLP, Params, forward_pass_batch
 from manualbp.parameters import param_dtype
-from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.compare import Rounding, Site, compare
 from manualbp.verification.curvature_ggn import block_rows, ggn_rows

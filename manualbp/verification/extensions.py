@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import validation
+from manualbp._records import environment
 from manualbp.activations import HIDDEN_ACTIVATIONS
 from manualbp.data import random_batch
 from manualbp.extensions import per_example
@@ -49,7 +50,6 @@ from manualbp.network import (
     mean_loss,
 )
 from manualbp.parameters import param_dtype
-from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.extension_rows import (
     Clipping,

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from manualbp import autodiff, validation
+from manualbp._records import environment
 from manualbp.activations import ACTIVATIONS, Activation, get_activation
 from manualbp.losses import LOSSES, Loss, get_loss
-from manualbp.records import environment
 from manualbp.verification import kinks, witnesses
 from manualbp.verification.blocks import jac_t_dot_row, sigma_row, sigma_slips
 from manualbp.verification.compare import Clues, Rounding, Setting, Site, compare

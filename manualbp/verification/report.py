@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any, NamedTuple
 
-from manualbp.table import format_table
+from manualbp._table import format_table
 
 
 class Row(NamedTuple):

@@ -34,12 +34,12 @@ from jax.flatten_util import ravel_pytree
 
 from manualbp import tolerance, validation
 from manualbp._entry import in_compute_dtype
+from manualbp._records import environment
 from manualbp.extensions import _krylov
 from manualbp.extensions import spectra as S
 from manualbp.extensions.curvature_equations import logits_are_f
 from manualbp.network import MLP, Params, forward_pass, mean_loss
 from manualbp.parameters import param_dtype
-from manualbp.records import environment
 from manualbp.verification import witnesses
 from manualbp.verification.compare import Rounding, Site, compare
 from manualbp.verification.report import Report, Row
