@@ -9,8 +9,8 @@ sets are drawn from a `jax.random` key, so the same key gives the same set.
 gradients on nets that have no dataset of their own.
 
 Every name is imported from here. The synthetic sets (xor, two_moons, spirals,
-sine, blobs) live in `data_synthetic`, the IDX reader and the checks of the
-MNIST-format files in `data_idx`; this module says where the MNIST and
+sine, blobs) live in `_data_synthetic`, the IDX reader and the checks of the
+MNIST-format files in `_data_idx`; this module says where the MNIST and
 Fashion-MNIST files are, and prepares any set (split, standardize, one-hot).
 """
 
@@ -55,15 +55,26 @@ __all__ = [  # the data's surface, whichever module of it a name lives in
 Array = jax.Array
 
 
-def random_batch(net: MLP, key: Array, batch: int, dtype=jnp.float32) -> tuple[Array, Array]:
+def random_batch(
+    net: MLP, key: Array | np.random.Generator, batch: int, dtype=jnp.float32
+) -> tuple[Array, Array]:
     """X ~ N(0, 1) of shape (B, N_1) and targets Y that suit the net's loss.
 
     Targets: integer class labels (B,) for cross-entropy (with N_L > 1),
     0/1 values (B, N_L) for binary cross-entropy, N(0, 1) values (B, N_L)
-    otherwise.
+    otherwise. The one random batch of the verifiers, the benchmarks and the
+    tests.
+
+    Args:
+        key: a `jax.random` key, or a NumPy ``Generator``: the same
+            distributions drawn with NumPy (X first, then Y, from the
+            generator's current state), so that no JAX random program compiles.
     """
-    key_X, key_Y = jax.random.split(key)
     N_1, N_L = net.sizes[0], net.sizes[-1]
+    if isinstance(key, np.random.Generator):
+        X = jnp.asarray(key.normal(size=(batch, N_1)), dtype)
+        return X, _numpy_targets(net, key, batch, dtype)
+    key_X, key_Y = jax.random.split(key)
     X = jax.random.normal(key_X, (batch, N_1), dtype)
     if net.loss is losses.cross_entropy and N_L > 1:
         Y = jax.random.randint(key_Y, (batch,), 0, N_L)
@@ -74,6 +85,18 @@ def random_batch(net: MLP, key: Array, batch: int, dtype=jnp.float32) -> tuple[A
     else:
         Y = jax.random.normal(key_Y, (batch, N_L), dtype)
     return X, Y
+
+
+def _numpy_targets(net: MLP, rng: np.random.Generator, batch: int, dtype) -> Array:
+    """`random_batch`'s targets drawn with NumPy."""
+    N_L = net.sizes[-1]
+    if net.loss is losses.cross_entropy and N_L > 1:
+        return jnp.asarray(rng.integers(0, N_L, size=batch))
+    if net.loss is losses.cross_entropy:
+        return jnp.ones((batch, 1), dtype)
+    if net.loss is losses.binary_cross_entropy:
+        return jnp.asarray(rng.integers(0, 2, size=(batch, N_L)), dtype)
+    return jnp.asarray(rng.normal(size=(batch, N_L)), dtype)
 
 
 # --- digits (scikit-learn) --------------------------------------------------------

@@ -34,12 +34,12 @@ def numpy_case(net, seed: int, batch: int, dtype):
     """Params, X and Y for ``net`` drawn with NumPy, so no JAX random kernel compiles.
 
     W ~ N(0, 1/N_{l-1}) and b ~ N(0, 1) (non-zero biases, so equation (3)
-    matters); targets suit the loss as in `manualbp.data.random_batch`.
+    matters); X and Y by `manualbp.data.random_batch` from the same generator.
     """
     import jax.numpy as jnp
     import numpy as np
 
-    from manualbp import losses
+    from manualbp.data import random_batch
     from manualbp.network import Layer
 
     rng = np.random.default_rng(seed)
@@ -50,16 +50,7 @@ def numpy_case(net, seed: int, batch: int, dtype):
         )
         for n_in, n_out in zip(net.sizes[:-1], net.sizes[1:], strict=True)
     )
-    N_1, N_L = net.sizes[0], net.sizes[-1]
-    X = jnp.asarray(rng.normal(size=(batch, N_1)), dtype)
-    if net.loss is losses.cross_entropy and N_L > 1:
-        Y = jnp.asarray(rng.integers(0, N_L, size=batch))
-    elif net.loss is losses.cross_entropy:
-        Y = jnp.ones((batch, 1), dtype)
-    elif net.loss is losses.binary_cross_entropy:
-        Y = jnp.asarray(rng.integers(0, 2, size=(batch, N_L)), dtype)
-    else:
-        Y = jnp.asarray(rng.normal(size=(batch, N_L)), dtype)
+    X, Y = random_batch(net, rng, batch, dtype)
     return params, X, Y
 
 

@@ -252,3 +252,34 @@ def test_one_hot():
         data.one_hot(jnp.array([3]), 3)
     with pytest.raises(ValueError, match="integer labels"):
         data.one_hot(jnp.array([0.0]), 3)
+
+
+@pytest.mark.parametrize(
+    "output, loss",
+    [
+        ("softmax", "cross_entropy"),
+        ("sigmoid", "cross_entropy"),
+        ("sigmoid", "binary_cross_entropy"),
+        ("identity", "mse"),
+    ],
+)
+def test_random_batch_draws_alike_from_a_key_and_from_a_numpy_generator(output, loss):
+    from manualbp.network import MLP
+
+    sizes = (3, 4, 1) if (output, loss) == ("sigmoid", "cross_entropy") else (3, 4, 2)
+    net = MLP(sizes, "tanh", output, loss)
+    from_key = data.random_batch(net, jax.random.key(0), 6, jnp.float32)
+    from_rng = data.random_batch(net, np.random.default_rng(0), 6, jnp.float32)
+    for a, b in zip(from_key, from_rng, strict=True):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+    Y = np.asarray(from_rng[1])
+    if loss == "cross_entropy" and sizes[-1] > 1:
+        assert set(np.unique(Y)) <= {0, 1}
+    elif loss == "cross_entropy":
+        assert np.all(Y == 1)
+    elif loss == "binary_cross_entropy":
+        assert set(np.unique(Y)) <= {0.0, 1.0}
+    else:
+        assert len(np.unique(Y)) == Y.size  # N(0, 1) draws
+    again = data.random_batch(net, np.random.default_rng(0), 6, jnp.float32)
+    assert all(np.array_equal(a, b) for a, b in zip(from_rng, again, strict=True))
