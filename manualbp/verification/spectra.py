@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import statistics
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,14 +98,15 @@ def verify_spectra(
         )
     dtype = jnp.dtype(param_dtype(params))
     A, A_witness = dense_operators(net, params, X, Y, operator)
-    options = dict(operator=operator, key=key, methods=methods)
+    case = _Case(net, params, X, Y, dict(operator=operator, key=key, methods=methods), confidence)
+    dense = _Dense(A, A_witness, dtype)
     rows = []
     if "eigenvalues" in parts:
-        rows += _eigen_rows(net, params, X, Y, (A, A_witness, dtype, k), options)
+        rows += _eigen_rows(case, dense, k)
     if "density" in parts:
-        rows += _density_rows(net, params, X, Y, (A, A_witness, dtype, probes), options, confidence)
+        rows += _density_rows(case, dense, probes)
     if "trace" in parts:
-        rows += _trace_rows(net, params, X, Y, (A, A_witness, dtype, probes), options, confidence)
+        rows += _trace_rows(case, dense, probes)
     meta = {
         "subject": f"{operator} spectra of {net!r}",
         "batch": int(X.shape[0]),
@@ -147,16 +149,37 @@ def _dense(net, p, X, Y, operator):
     return jnp.einsum("bin,bij,bjm->nm", J, H, J) / X.shape[0]
 
 
-def _judged(check, equation, actual, reference, witness, dtype, depth, scale) -> Row:
-    """A row by the tolerance rule, at the scale ``scale`` (the cancellation refinement)."""
-    magnitude = np.full(np.shape(reference), scale)
-    return compare(
-        Site(check, equation), actual, reference, witness, Rounding(dtype, depth, magnitude)
-    )
+class _Case(NamedTuple):
+    """What every spectra row is computed from: the net, its batch, the methods' options."""
+
+    net: MLP
+    params: Params
+    X: Array
+    Y: Array
+    options: dict
+    confidence: float
 
 
-def _eigen_rows(net, params, X, Y, dense, options) -> list[Row]:
-    A, A_w, dtype, k = dense
+class _Dense(NamedTuple):
+    """The dense reference: A in float64, A in the net's dtype (None for float64), the dtype."""
+
+    A: np.ndarray
+    A_w: np.ndarray | None
+    dtype: np.dtype
+
+
+def _judged(site: Site, arrays, dtype, depth: int, scale: float) -> Row:
+    """A row by the tolerance rule, at the scale ``scale`` (the cancellation refinement).
+
+    ``arrays`` = (manual, float64 reference, witness or None).
+    """
+    magnitude = np.full(np.shape(arrays[1]), scale)
+    return compare(site, *arrays, Rounding(dtype, depth, magnitude))
+
+
+def _eigen_rows(case: _Case, dense: _Dense, k: int) -> list[Row]:
+    net, params, X, Y, options, _ = case
+    A, A_w, dtype = dense
     n, depth = A.shape[0], net.L - 1
     lam = np.linalg.eigvalsh(A)
     lam_w = None if A_w is None else np.linalg.eigvalsh(A_w.astype(dtype)).astype(np.float64)
@@ -166,24 +189,15 @@ def _eigen_rows(net, params, X, Y, dense, options) -> list[Row]:
         pairs = S.eigenpairs(net, params, X, Y, k=k, which=which, steps=n, **options)
         ref = lam[order][:k]
         wit = None if lam_w is None else lam_w[order][:k]
-        rows.append(_judged(f"λ {which} {k}", 22, pairs.values, ref, wit, dtype, depth, scale))
+        site = Site(f"λ {which} {k}", 22)
+        rows.append(_judged(site, (pairs.values, ref, wit), dtype, depth, scale))
         V = np.asarray(ravel_vectors(pairs.vectors), np.float64)
         residual_ref = np.linalg.norm(V @ A - pairs.values[:, None] * V, axis=1)
         residual_w = None
         if A_w is not None:
             residual_w = np.linalg.norm(V @ A_w - pairs.values[:, None] * V, axis=1)
-        rows.append(
-            _judged(
-                f"residual ‖Av − λv‖ {which}",
-                22,
-                pairs.residuals,
-                residual_ref,
-                residual_w,
-                dtype,
-                depth,
-                scale,
-            )  # fmt: skip
-        )
+        site = Site(f"residual ‖Av − λv‖ {which}", 22)
+        rows.append(_judged(site, (pairs.residuals, residual_ref, residual_w), dtype, depth, scale))
     return rows
 
 
@@ -192,9 +206,10 @@ def ravel_vectors(vectors) -> Array:
     return jax.vmap(lambda v: ravel_pytree(v)[0])(vectors)
 
 
-def _density_rows(net, params, X, Y, dense, options, confidence) -> list[Row]:
+def _density_rows(case: _Case, dense: _Dense, probes: int) -> list[Row]:
     """Per-probe quadrature against vᵀAᵖv (judged), and the moments against tr(Aᵖ)/n."""
-    A, A_w, dtype, probes = dense
+    net, params, X, Y, options, confidence = case
+    A, A_w, dtype = dense
     n, depth = A.shape[0], net.L - 1
     count, steps = max(probes // 10, 2), min(n, 10)
     density = S.spectral_density(
@@ -213,8 +228,8 @@ def _density_rows(net, params, X, Y, dense, options, confidence) -> list[Row]:
         if A_w is not None:
             A_p = np.linalg.matrix_power(A_w.astype(dtype), p).astype(np.float64)
             witness = np.einsum("vi,vi->v", Z.astype(dtype).astype(np.float64) @ A_p, Z)
-        check = f"SLQ quadrature vᵀA^{p}v"
-        rows.append(_judged(check, 25, per_probe[:, i], reference, witness, dtype, depth, scale**p))
+        site = Site(f"SLQ quadrature vᵀA^{p}v", 25)
+        rows.append(_judged(site, (per_probe[:, i], reference, witness), dtype, depth, scale**p))
         exact = float(np.sum(lam**p) / n)
         rounding = _rounding(dtype, depth, float(np.sum(np.abs(lam) ** p) / n))
         check = f"SLQ moment tr(A^{p})/n"
@@ -231,8 +246,9 @@ def slq_probes(options, count: int, n: int, dtype) -> Array:
     return jnp.stack([draw(jax.random.split(k)[0], (n,), dtype) for k in keys])
 
 
-def _trace_rows(net, params, X, Y, dense, options, confidence) -> list[Row]:
-    A, A_w, dtype, probes = dense
+def _trace_rows(case: _Case, dense: _Dense, probes: int) -> list[Row]:
+    net, params, X, Y, options, confidence = case
+    A, dtype = dense.A, dense.dtype
     lam = np.linalg.eigvalsh(A)
     exact, rounding = float(np.sum(lam)), _rounding(dtype, net.L - 1, float(np.sum(np.abs(lam))))
     rows = []
