@@ -101,13 +101,15 @@ def verify(
         name = str(device) if devices is not None else ""
         with jax.default_device(device):
             p, x, y = jax.device_put((params, X, Y), device)
-            device_rows, grads, ref = _verify_on_device(net, p, x, y, dtype, backward, name)
+            device_rows, grads, ref = _verify_on_device(
+                net, p, (x, y), backward, Setting(dtype, name)
+            )
         rows += device_rows
         grads_by_device[name] = grads
     if len(device_list) > 1:
         rows += _cross_device_rows(net, grads_by_device, ref, dtype)
     if finite_differences:
-        rows += fd_rows(net, params, X, Y, backward, fd_samples, seed)
+        rows += fd_rows(net, params, (X, Y), backward, (fd_samples, seed))
     meta = {
         "subject": repr(net),
         "net": {
@@ -139,8 +141,9 @@ def _devices(devices):
     return list(devices)
 
 
-def _verify_on_device(net, params, X, Y, dtype, backward, device):
+def _verify_on_device(net, params, batch, backward, setting: Setting):
     """(rows, manual grads, reference) on one device: witnesses, blocks, equations, end to end."""
+    (X, Y), (dtype, device) = batch, setting
     X = X.astype(dtype)
     Y = as_targets(net, Y, dtype)
     manual = backward(net, params, X, Y)
@@ -155,7 +158,6 @@ def _verify_on_device(net, params, X, Y, dtype, backward, device):
     given = wit if wit is not None else ref  # the forward pass the manual pass saw
     g = jax.vmap(net.loss.grad)(jnp.asarray(given.a[-1], dtype), Y)
     scales = [witnesses.sigma_scale(sigma) for sigma in net.activations]
-    setting = Setting(dtype, device)
     rows = _kink_notes(block_rows(net, (ref, wit), g, scales, setting), found)
     rows += plug_in_rows(net, given.z[1:], dtype)
     inherited, m_E = witnesses.inherited_output_error(net, ref, wit, Y, dtype)

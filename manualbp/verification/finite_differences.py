@@ -31,8 +31,13 @@ from manualbp.verification.report import Row
 FD_DTYPE = np.float64
 
 
-def fd_rows(net, params, X, Y, backward, samples, seed) -> list[Row]:
-    """One row per W^l and b^l: the manual gradient at ``samples`` coordinates against fd."""
+def fd_rows(net, params, batch, backward, sampling) -> list[Row]:
+    """One row per W^l and b^l: the manual gradient at ``samples`` coordinates against fd.
+
+    ``batch`` = (X, Y); ``sampling`` = (samples, seed): how many coordinates of
+    each W^l and b^l, drawn with `np.random.default_rng(seed)`.
+    """
+    (X, Y), (samples, seed) = batch, sampling
     rng = np.random.default_rng(seed)
     rows = []
     with jax.enable_x64():
@@ -109,10 +114,13 @@ def _row(probe, k, field, theta, manual, flat) -> Row:
         rounding = eps * max(abs(e) for e in E.values()) / h
         curvature = abs(fd_2h - fd_h) / 3
         measured.append((i, manual.ravel()[i], fd_h, rounding + curvature + floor))
-    return _verdict(k, field, measured, kinks, len(flat), scale, eps)
+    return _verdict((k, field), measured, (kinks, len(flat)), scale)
 
 
-def _verdict(k, field, measured, kinks, n, scale, eps) -> Row:
+def _verdict(where, measured, kinks, scale) -> Row:
+    """The row of ∂E/∂W^l or ∂E/∂b^l: ``where`` = (k, "W" or "b"), ``measured`` as `_row`
+    gathers it, ``kinks`` = (coordinates skipped for a kink, coordinates drawn)."""
+    (k, field), (kinks, n) = where, kinks
     check = f"∂E/∂{field} vs finite diff."
     kink_note = f"kink inside the step at {kinks} of {n} coordinates: not compared" if kinks else ""
     if not measured:
