@@ -32,7 +32,7 @@ from jax.flatten_util import ravel_pytree
 from manualbp import validation
 from manualbp._entry import in_compute_dtype
 from manualbp.extensions import _krylov
-from manualbp.extensions import curvature as C
+from manualbp.extensions._curvature_checks import check_direction, check_quantity
 from manualbp.extensions._spectral_programs import (
     OPERATORS,
     SPECTRAL,
@@ -249,9 +249,7 @@ def _checked(net, params, X, Y, name: str, operator: str, batch_size, methods):
         raise ValueError(
             f"{name}: the data set has no examples (X has 0 rows); expected at least one"
         )
-    C.check_quantity(
-        net, params, X, Y, name, factor=operator == "ggn", second=operator == "hessian"
-    )
+    check_quantity(net, params, X, Y, name, factor=operator == "ggn", second=operator == "hessian")
     validation.check_finite(X, Y)
     if batch_size is not None:
         _check_count("batch_size", batch_size, None, "")
@@ -293,7 +291,7 @@ def _scale(net: MLP, params: Params, preconditioner):
     """s = P^{-1/2}, flat, or None; P must be finite and positive."""
     if preconditioner is None:
         return None
-    C.check_direction(net, params, preconditioner)
+    check_direction(net, params, preconditioner)
     P = np.asarray(ravel_pytree(preconditioner)[0], np.float64)
     if not (np.isfinite(P).all() and (P > 0).all()):
         raise ValueError("preconditioner: expected finite, positive entries (a diagonal P > 0)")
