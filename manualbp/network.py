@@ -9,8 +9,6 @@ l = k + 2.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -20,16 +18,13 @@ import numpy as np
 
 from manualbp import activations as _activations
 from manualbp import losses as _losses
+from manualbp._initialization import INIT_SCHEMES, check_sizes, draw
 from manualbp.activations import Activation
 from manualbp.losses import FusedLoss, Loss
 from manualbp.parameters import Layer, Params
 from manualbp.validation import check_key, check_x64
 
 Array = jax.Array
-
-
-INIT_SCHEMES = ("lecun", "glorot", "he", "nielsen", "nielsen_scaled")
-"""Weight initializations; see `MLP.init`."""
 
 
 @dataclasses.dataclass(frozen=True, init=False)
@@ -68,7 +63,7 @@ class MLP:
         loss: str | Loss = "mse",
         fused: bool = True,
     ):
-        sizes = _check_sizes(sizes)
+        sizes = check_sizes(sizes)
         n_hidden = len(sizes) - 2
         if isinstance(hidden, (str, Activation)):
             hidden = (hidden,) * n_hidden
@@ -165,7 +160,7 @@ class MLP:
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
         check_key(key)
-        return _init(self.sizes, key, dtype, scheme)
+        return draw(self.sizes, key, dtype, scheme)
 
     def params_from(self, weights: Sequence, biases: Sequence, dtype=None) -> Params:
         """Parameters from another implementation's lists of W^l and b^l, l = 2..L.
@@ -203,52 +198,6 @@ class MLP:
             check_x64(layer_dtype, f"params_from (layer l={l})")
             params.append(Layer(jnp.asarray(W, layer_dtype), jnp.asarray(b, layer_dtype)))
         return tuple(params)
-
-
-# The jit stays here rather than in `_entry.entry_point`: that helper builds the functions
-# of (net, params, X, Y), checking them and casting into the parameters' dtype and back,
-# while init takes none of those (`MLP.init` checks its own arguments above); and `_entry`
-# imports this module, so importing it here would be a cycle. The jit also fixes the
-# values: the whole draw compiled as one program (sizes, dtype, scheme static) gives other
-# bits than the same operations run one by one, and every stored value starts from it.
-@functools.partial(jax.jit, static_argnums=(0, 2, 3))
-def _init(sizes: tuple[int, ...], key: Array, dtype, scheme: str) -> Params:
-    """`MLP.init`'s draw: one key per layer l = 2..L, W^l scaled by the scheme, b^l."""
-    params = []
-    keys = jax.random.split(key, len(sizes) - 1)
-    for key_l, n_in, n_out in zip(keys, sizes[:-1], sizes[1:], strict=True):
-        key_W, key_b = jax.random.split(key_l)
-        W_std = {
-            "lecun": (1 / n_in) ** 0.5,
-            "glorot": (2 / (n_in + n_out)) ** 0.5,
-            "he": (2 / n_in) ** 0.5,
-            "nielsen": 1.0,
-            "nielsen_scaled": (1 / n_in) ** 0.5,
-        }[scheme]
-        W = W_std * jax.random.normal(key_W, (n_out, n_in), dtype)
-        if scheme.startswith("nielsen"):
-            b = jax.random.normal(key_b, (n_out,), dtype)
-        else:
-            b = jnp.zeros((n_out,), dtype)
-        params.append(Layer(W, b))
-    return tuple(params)
-
-
-def _check_sizes(sizes) -> tuple[int, ...]:
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
-        raise TypeError(
-            f"sizes: expected a sequence of layer widths (N_1, ..., N_L), got {sizes!r}"
-        )
-    if len(sizes) < 2:
-        raise ValueError(
-            f"sizes: expected at least two layers (input and output), got {tuple(sizes)}"
-        )
-    for l, n in enumerate(sizes, start=1):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise ValueError(
-                f"sizes: expected positive integer widths, got N_{l} = {n!r} in {tuple(sizes)}"
-            )
-    return tuple(int(n) for n in sizes)
 
 
 # --- the forward pass (step 1 of docs/derivation.md) ---------------------------

@@ -33,6 +33,7 @@ MATH = {
     "parameters",
     "validation",
     "_block_checks",
+    "_initialization",
     "backprop",
     "autodiff",
     "tolerance",
