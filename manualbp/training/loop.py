@@ -219,16 +219,9 @@ def _setup(net, params, optimizer, X, Y, key, settings: arguments.Settings):
     replicated, batch_sharding = shardings(settings.mesh)
     if test is not None:
         test = place_data(net, *test, dtype, replicated)
+    X, Y = place_data(net, X, Y, dtype, replicated)
     statics = _statics(net, optimizer, settings, batch_sharding)
-    run = Run(
-        net,
-        optimizer,
-        settings,
-        *place_data(net, X, Y, dtype, replicated),
-        test,
-        replicated,
-        statics,
-    )
+    run = Run(net, optimizer, settings, X=X, Y=Y, test=test, replicated=replicated, statics=statics)
     # Copies: the epoch donates its params and opt_state, never the caller's arrays.
     params = place(params, replicated, copy=True)
     opt_state = place(optimizer.init(params), replicated, copy=True)
