@@ -73,3 +73,45 @@ def test_no_public_name_hides_a_module():
         parent = importlib.import_module(parent_name)
         module = importlib.import_module(info.name)
         assert getattr(parent, child) is module, f"{parent_name}.{child} is not the module"
+
+
+MODULE_LINES = 340
+"""About 300 lines a module (CONTRIBUTING.md), with room for a docstring's growth."""
+FUNCTION_CODE_LINES = 60
+"""Lines of code a function may run to, its docstring not counted."""
+
+
+def _sizes(root):
+    """(module line counts, function code line counts) of every .py file under ``root``."""
+    import ast
+    from pathlib import Path
+
+    modules, functions = {}, {}
+    for path in sorted(Path(root).rglob("*.py")):
+        text = path.read_text()
+        modules[str(path)] = len(text.splitlines())
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body
+                if isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                    body = body[1:]
+                if body:
+                    functions[f"{path}:{node.name}"] = body[-1].end_lineno - body[0].lineno + 1
+    return modules, functions
+
+
+def test_modules_and_functions_stay_small():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "manualbp"
+    modules, functions = _sizes(root)
+    assert {m: n for m, n in modules.items() if n > MODULE_LINES} == {}
+    assert {f: n for f, n in functions.items() if n > FUNCTION_CODE_LINES} == {}
+
+
+def test_the_size_check_sees_a_long_module_and_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(FUNCTION_CODE_LINES + 1))
+    (tmp_path / "long.py").write_text('def f():\n    """Doc."""\n' + body + "\n" * MODULE_LINES)
+    modules, functions = _sizes(tmp_path)
+    assert modules[str(tmp_path / "long.py")] > MODULE_LINES
+    assert functions[f"{tmp_path / 'long.py'}:f"] == FUNCTION_CODE_LINES + 1
