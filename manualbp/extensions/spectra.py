@@ -146,7 +146,7 @@ def eigenpairs(
     Returns:
         `Eigenpairs`: values (float64), vectors, the residual ‖A v − λ v‖ of each, steps.
     """
-    problem, X, Y, n = _checked(net, params, X, Y, "eigenpairs", operator, batch_size, methods)
+    problem, X, Y, n = _checked("eigenpairs", net, params, (X, Y), (operator, batch_size, methods))
     _check_count("k", k, n, "the parameter count n")
     _check_choice("which", which, ("largest", "smallest"))
     steps = min(n, max(30, 3 * k)) if steps is None else steps
@@ -192,7 +192,7 @@ def hutchinson_trace(
         Others as `eigenpairs`.
     """
     problem, X, Y, _ = _checked(
-        net, params, X, Y, "hutchinson_trace", operator, batch_size, methods
+        "hutchinson_trace", net, params, (X, Y), (operator, batch_size, methods)
     )
     _check_choice("method", method, ("hutchinson", "hutch++"))
     _check_count("probes", probes, None, "", least=3 if method == "hutch++" else 1)
@@ -228,7 +228,7 @@ def spectral_density(
         `SpectralDensity`: nodes and weights; ``.on_grid(grid, width)``, ``.moments()``.
     """
     problem, X, Y, n = _checked(
-        net, params, X, Y, "spectral_density", operator, batch_size, methods
+        "spectral_density", net, params, (X, Y), (operator, batch_size, methods)
     )
     _check_count("probes", probes, None, "")
     _check_count("steps", steps, n, "the parameter count n")
@@ -241,8 +241,12 @@ def spectral_density(
 # --- input checks ------------------------------------------------------------------------
 
 
-def _checked(net, params, X, Y, name: str, operator: str, batch_size, methods):
-    """(Problem, X, Y, n) after every check a spectral function needs, one line each."""
+def _checked(name: str, net, params, batch, options):
+    """(Problem, X, Y, n) after every check spectral function ``name`` needs, one line each.
+
+    ``batch`` = (X, Y); ``options`` = (operator, batch_size, methods) as the caller took them.
+    """
+    (X, Y), (operator, batch_size, methods) = batch, options
     _check_choice("operator", operator, tuple(OPERATORS))
     X, Y = validation.as_array(X, "X"), validation.as_array(Y, "Y")
     if getattr(X, "ndim", 0) >= 1 and X.shape[0] == 0:
