@@ -37,6 +37,7 @@ an end-to-end quantity through L − 1.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -182,13 +183,44 @@ def curvature_rows(
     found = _kinks_in_batch(net, p, X)
     if found:  # autodiff takes the hand's one-sided slope there (kinks.py)
         net = kinks.with_ties_broken(net, found)
+    arrays, reference_arrays, labels = _programs(net, equations, tuple(missing))
+    values, v, drawn = arrays(p, X, Y, key)
+    if dtype == witnesses.REFERENCE_DTYPE:
+        # No higher precision: this run is the reference, and there is no witness.
+        judged = [(actual, None, reference, magnitude) for actual, reference, magnitude in values]
+    else:
+        with jax.enable_x64(True):
+            up = jax.tree.map(lambda t: jnp.asarray(np.asarray(t, np.float64)), (p, X, Y, v, drawn))
+            references = jax.device_get(reference_arrays(*up[:3], key, *up[3:]))
+        judged = [
+            (actual, witness, reference64, magnitude64)
+            for (actual, witness, _), (reference64, magnitude64) in zip(
+                values, references, strict=True
+            )
+        ]
+    rows = [
+        _agree(label, actual, reference, witness, magnitude, dtype)
+        for label, (actual, witness, reference, magnitude) in zip(labels, judged, strict=True)
+    ]
+    rows += sampled_rows(net, p, X, Y, equations, jax.random.fold_in(key, 1))
+    return rows + ([_skipped_row(missing)] if missing else [])
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(net: MLP, equations: CurvatureEquations, missing: tuple):
+    """(the rows' arrays, their float64 references, the rows' labels) for one net.
+
+    One traced program for every reference and step: op by op, the many small
+    autodiff transforms spend most of their time compiling. It runs first in
+    the net's dtype (v and the samples drawn there), then in float64 with that
+    v and those samples cast up. Built once per (net, equations), so that
+    `verify_curvature` called again on the same net reuses the compiled
+    programs; the labels are the same for every batch and are recorded when
+    the program is traced.
+    """
     labels = []
 
     def arrays(p, X, Y, key, v=None, drawn=None):
-        # One traced program for every reference and step: op by op, the many
-        # small autodiff transforms spend most of their time compiling. Run
-        # first in the net's dtype (v and the samples drawn here), then in
-        # float64 with that v and those samples cast up.
         key_v, key_mc = jax.random.split(key)
         if v is None:
             v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
@@ -202,31 +234,11 @@ def curvature_rows(
         labels[:] = [label for label, _ in pairs]
         return [values for _, values in pairs], v, ref.drawn
 
-    values, v, drawn = jax.jit(arrays)(p, X, Y, key)
-    if dtype == witnesses.REFERENCE_DTYPE:
-        # No higher precision: this run is the reference, and there is no witness.
-        judged = [(actual, None, reference, magnitude) for actual, reference, magnitude in values]
-    else:
+    def reference_arrays(p, X, Y, key, v, drawn):
+        values, _, _ = arrays(p, X, Y, key, v, drawn)
+        return [(reference, magnitude) for _, reference, magnitude in values]
 
-        def reference_arrays(p, X, Y, key, v, drawn):
-            values, _, _ = arrays(p, X, Y, key, v, drawn)
-            return [(reference, magnitude) for _, reference, magnitude in values]
-
-        with jax.enable_x64(True):
-            up = jax.tree.map(lambda t: jnp.asarray(np.asarray(t, np.float64)), (p, X, Y, v, drawn))
-            references = jax.device_get(jax.jit(reference_arrays)(*up[:3], key, *up[3:]))
-        judged = [
-            (actual, witness, reference64, magnitude64)
-            for (actual, witness, _), (reference64, magnitude64) in zip(
-                values, references, strict=True
-            )
-        ]
-    rows = [
-        _agree(label, actual, reference, witness, magnitude, dtype)
-        for label, (actual, witness, reference, magnitude) in zip(labels, judged, strict=True)
-    ]
-    rows += sampled_rows(net, p, X, Y, equations, jax.random.fold_in(key, 1))
-    return rows + ([_skipped_row(missing)] if missing else [])
+    return jax.jit(arrays), jax.jit(reference_arrays), labels
 
 
 def _kinks_in_batch(net: MLP, p, X) -> dict:

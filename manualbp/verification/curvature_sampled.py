@@ -17,6 +17,8 @@ reported as not resolved rather than wrong.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,15 +38,7 @@ Z_MAX = 6.0
 def sampled_rows(net, p, X, Y, eqs, key) -> list[Row]:
     """One row per layer and estimator: mean of `DRAWS` draws against the exact, in SEs."""
     keys = jax.random.split(key, DRAWS)
-
-    def draws(p, X, Y, keys):
-        diag = jax.vmap(lambda k: C.diag_ggn_layers(net, p, X, Y, eqs, key=k, samples=SAMPLES))
-        kfac = jax.vmap(lambda k: [G for _, G in C.kron_layers(net, p, X, Y, eqs, key=k)])
-        exact_diag = C.diag_ggn_layers(net, p, X, Y, CURVATURE)
-        exact_G = [G for _, G in C.kron_layers(net, p, X, Y, CURVATURE)]
-        return diag(keys), kfac(keys), exact_diag, exact_G
-
-    diag, kfac, exact_diag, exact_G = jax.device_get(jax.jit(draws)(p, X, Y, keys))
+    diag, kfac, exact_diag, exact_G = jax.device_get(_draws(net, p, X, Y, eqs, keys))
     eps = float(jnp.finfo(jnp.dtype(p[0].W.dtype)).eps)
     rows = []
     for k in range(len(p)):
@@ -53,6 +47,16 @@ def sampled_rows(net, p, X, Y, eqs, key) -> list[Row]:
             rows.append(_row(f"diag_ggn_mc {field}", k, drawn, getattr(exact_diag[k], field), eps))
         rows.append(_row("kfac G", k, kfac[k], exact_G[k], eps))
     return rows
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _draws(net, p, X, Y, eqs, keys):
+    """`DRAWS` draws of each estimator and the exact values, as one program per net."""
+    diag = jax.vmap(lambda k: C.diag_ggn_layers(net, p, X, Y, eqs, key=k, samples=SAMPLES))
+    kfac = jax.vmap(lambda k: [G for _, G in C.kron_layers(net, p, X, Y, eqs, key=k)])
+    exact_diag = C.diag_ggn_layers(net, p, X, Y, CURVATURE)
+    exact_G = [G for _, G in C.kron_layers(net, p, X, Y, CURVATURE)]
+    return diag(keys), kfac(keys), exact_diag, exact_G
 
 
 def _row(name, k, drawn, exact, eps) -> Row:
