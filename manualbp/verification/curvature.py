@@ -224,7 +224,7 @@ def _programs(net: MLP, equations: CurvatureEquations, missing: tuple):
         key_v, key_mc = jax.random.split(key)
         if v is None:
             v = jax.tree.map(lambda t: jax.random.normal(key_v, t.shape, t.dtype), p)
-        ref = References(net, p, X, Y, v, equations, key_mc, drawn)
+        ref = References(net, p, (X, Y), (v, equations), (key_mc, drawn))
         pairs = (
             block_rows(ref, equations)
             + ggn_rows(ref, equations, key_mc)

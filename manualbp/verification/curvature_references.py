@@ -42,7 +42,11 @@ def layer_rows(check, equation, k, actual: Layer, reference: Layer, depth=1, siz
 class References:
     """Every autodiff reference the rows need, for one batch and direction v."""
 
-    def __init__(self, net, p, X, Y, v, eqs, key, drawn=None):
+    def __init__(self, net, p, batch, direction, sampling):
+        """``batch`` = (X, Y); ``direction`` = (v, the `CurvatureEquations` under test);
+        ``sampling`` = (key, drawn): the key of the sampled factors of (16), or the factors
+        ``drawn`` already (from the run in the net's dtype, cast up), None to draw them."""
+        (X, Y), (v, eqs), (key, drawn) = batch, direction, sampling
         self.net, self.p, self.X, self.Y, self.v = net, p, X, Y, v
         self.B = X.shape[0]
         self.z, self.a = forward_pass_batch(net, p, X)  # aligned by layer: z[k + 1] is z^{k+2}
