@@ -171,17 +171,17 @@ def _rows(net, params, X, Y, dtype) -> list[Row]:
     rows = []
     for k, g in enumerate(G64):
         layer_norm = _norms((g,))
-        for part in ("W", "b"):
-            gw = None if Gw is None else getattr(Gw[k], part)
-            where = Part(getattr(g, part), gw, dtype, depth, k + 2, part)
+        for field in ("W", "b"):
+            gw = None if Gw is None else getattr(Gw[k], field)
+            part = Part(getattr(g, field), gw, dtype, depth, k + 2, field)
             rows += [
-                l2_row(where, manual.l2[k]),
-                sum_grad_squared_row(where, manual.sum_grad_squared[k]),
-                variance_row(where, manual.variance[k]),
+                l2_row(part, manual.l2[k]),
+                sum_grad_squared_row(part, manual.sum_grad_squared[k]),
+                variance_row(part, manual.variance[k]),
             ]
             for name, (_, grads) in manual.clipped.items():
                 clipping = Clipping(name, clips[name], norms, layer_norm)
-                rows.append(clipped_row(where, getattr(grads[k], part), clipping))
+                rows.append(clipped_row(part, getattr(grads[k], field), clipping))
     E_part = Part(E64, Ew, dtype, net.L - 1, None, "Ē")
     for E, _ in list(manual.clipped.values())[:1]:
         rows.append(check(E_part, ("clipped", None), E, lambda E: E))
